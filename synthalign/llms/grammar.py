@@ -1,0 +1,111 @@
+"""Schema-forced decoding for transformers with xgrammar.
+
+xgrammar's own ``contrib.hf.LogitsProcessor`` needs a grammar for every row; our
+batches mix constrained and free rows (one LLM serves several tasks), and a row whose
+grammar has terminated must only be able to end. This processor handles both, and
+compiled grammars are cached per schema because pipelines send the same schema for
+every row of a step.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+import transformers
+import xgrammar as xgr
+
+
+# xgrammar (0.2.x) compiles a string with ``maxLength`` to a character class that lets
+# raw control characters through and forbids escapes, so a schema-forced output can
+# be invalid JSON. We compile the schema to EBNF and replace that class with the one
+# the unbounded JSON string uses (no control characters, escapes allowed).
+_BOUNDED_STRING_CHARS = '(([^\\"\\\\\\r\\n]))'
+_JSON_STRING_CHARS = '(([^\\0-\\x1f\\"\\\\]) | ("\\\\" basic_escape))'
+_BASIC_ESCAPE = (
+    'basic_escape ::= (([\\"\\\\/bfnrt]) | ("u" [A-Fa-f0-9] [A-Fa-f0-9] [A-Fa-f0-9] [A-Fa-f0-9]))'
+)
+
+
+def json_schema_ebnf(schema: dict[str, Any]) -> str:
+    """EBNF grammar for a JSON schema, compact (no free whitespace), valid JSON only.
+
+    Engines that take an EBNF grammar (xgrammar here, vLLM's ``grammar=``) get this
+    instead of the raw schema so bounded strings stay valid JSON.
+    """
+    ebnf = str(xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False))
+    if _BOUNDED_STRING_CHARS in ebnf:
+        ebnf = ebnf.replace(_BOUNDED_STRING_CHARS, _JSON_STRING_CHARS)
+        if "basic_escape ::=" not in ebnf:
+            ebnf += "\n" + _BASIC_ESCAPE + "\n"
+    return ebnf
+
+
+class GrammarCache:
+    """Compiles JSON schemas once per tokenizer."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
+        self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+        self.compiler = xgr.GrammarCompiler(self.info)
+        self._cache: dict[str, xgr.CompiledGrammar] = {}
+
+    def get(self, schema: dict[str, Any]) -> xgr.CompiledGrammar:
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._cache:
+            self._cache[key] = self.compiler.compile_grammar(json_schema_ebnf(schema))
+        return self._cache[key]
+
+
+class BatchGrammarProcessor(transformers.LogitsProcessor):
+    """Masks logits row by row; rows with ``None`` grammar are left free."""
+
+    def __init__(
+        self,
+        grammars: list[xgr.CompiledGrammar | None],
+        vocab_size: int,
+        suppress_tokens: list[int] | None = None,
+        special_tokens: list[int] | None = None,
+    ) -> None:
+        # The model's own ``suppress_tokens`` are applied here, after the grammar, and
+        # only where the grammar leaves another choice: run as a separate processor
+        # they could mask the only tokens the grammar allows.
+        self.suppress = torch.tensor(suppress_tokens or [], dtype=torch.long)
+        # xgrammar sees a special token such as <|endoftext|> as its literal text, which
+        # is valid inside a JSON string; decoding then drops it and the JSON breaks.
+        self.special = torch.tensor(special_tokens or [], dtype=torch.long)
+        self.matchers = [xgr.GrammarMatcher(g) if g is not None else None for g in grammars]
+        self.vocab_size = vocab_size
+        self.bitmask = xgr.allocate_token_bitmask(len(grammars), vocab_size)
+        self._started = False
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self._started:
+            for i, matcher in enumerate(self.matchers):
+                if matcher is not None and not matcher.is_terminated():
+                    matcher.accept_token(int(input_ids[i, -1]))
+        self._started = True
+        constrained = [i for i, m in enumerate(self.matchers) if m is not None]
+        if constrained:
+            self.bitmask.fill_(-1)  # all tokens allowed
+            for i in constrained:
+                matcher = self.matchers[i]
+                if not matcher.is_terminated():
+                    matcher.fill_next_token_bitmask(self.bitmask, i)
+            work = scores[:, : self.vocab_size].float().cpu()
+            xgr.apply_token_bitmask_inplace(work, self.bitmask)
+            scores[:, : self.vocab_size] = work.to(scores.device, scores.dtype)
+            rows = torch.tensor(constrained, dtype=torch.long, device=scores.device)
+            if len(self.special):
+                scores[rows.unsqueeze(1), self.special.to(scores.device).unsqueeze(0)] = float(
+                    "-inf"
+                )
+            if scores.shape[1] > self.vocab_size:  # padded embedding rows are never valid
+                scores[rows, self.vocab_size :] = float("-inf")
+        if len(self.suppress):
+            suppress = self.suppress.to(scores.device)
+            trial = scores.clone()
+            trial[:, suppress] = float("-inf")
+            keep = torch.isfinite(trial).any(dim=1)
+            scores[keep] = trial[keep]
+        return scores

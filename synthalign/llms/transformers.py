@@ -1,0 +1,151 @@
+"""Batched transformers backend with schema-forced JSON.
+
+distilabel's ``TransformersLLM`` generates one prompt at a time on this stack; this
+one left-pads the whole batch (sorted by length to waste little padding) and calls
+``model.generate`` once per micro-batch, with an xgrammar logits processor when any
+row carries a schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, PrivateAttr
+
+from synthalign.llms.base import ChatType, Completion, JSONSchema, SynthLLM
+
+
+class TransformersLLM(SynthLLM):
+    """A causal LM loaded with ``transformers`` (CPU or GPU)."""
+
+    device: str | None = Field(default=None, description="torch device; default cuda if available")
+    torch_dtype: str = Field(default="auto", description="'auto', 'float32', 'bfloat16', ...")
+    max_batch_size: int | None = Field(
+        default=None, description="micro-batch size handed to generate(); None = the whole batch"
+    )
+    trust_remote_code: bool = False
+
+    _model: Any = PrivateAttr(default=None)
+    _tokenizer: Any = PrivateAttr(default=None)
+    _grammars: Any = PrivateAttr(default=None)
+
+    def load(self) -> None:
+        super().load()
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from synthalign.llms.grammar import GrammarCache
+        from synthalign.models import resolve_model
+
+        path = resolve_model(self.model)
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = self.torch_dtype if self.torch_dtype == "auto" else getattr(torch, self.torch_dtype)
+        self._tokenizer = AutoTokenizer.from_pretrained(
+            path, trust_remote_code=self.trust_remote_code
+        )
+        self._tokenizer.padding_side = "left"
+        if self._tokenizer.pad_token is None:
+            self._tokenizer.pad_token = self._tokenizer.eos_token
+        self._model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=self.trust_remote_code
+        ).to(device)
+        self._model.eval()
+        self._grammars = GrammarCache(self._tokenizer, self._model.config.vocab_size)
+
+    def unload(self) -> None:
+        self._model = self._tokenizer = self._grammars = None
+
+    def prompt_text(self, conversation: ChatType) -> str:
+        """The exact text the model sees for a conversation (chat template applied)."""
+        return self._tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=True
+        )
+
+    def _generate_batch(
+        self,
+        conversations: list[ChatType],
+        schemas: list[JSONSchema | None],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        **extra: Any,
+    ) -> list[Completion]:
+        import torch
+
+        texts = [self.prompt_text(c) for c in conversations]
+        encoded = [self._tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+        step = self.max_batch_size or len(order)
+        results: dict[int, Completion] = {}
+        for start in range(0, len(order), step):
+            chunk = order[start : start + step]
+            torch.manual_seed(seed + start)
+            for i, completion in zip(
+                chunk,
+                self._generate_chunk(
+                    [encoded[i] for i in chunk],
+                    [schemas[i] for i in chunk],
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_p=top_p,
+                    **extra,
+                ),
+                strict=True,
+            ):
+                results[i] = completion
+        return [results[i] for i in range(len(texts))]
+
+    def _generate_chunk(
+        self,
+        ids: list[list[int]],
+        schemas: list[JSONSchema | None],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        **extra: Any,
+    ) -> list[Completion]:
+        import torch
+
+        from synthalign.llms.grammar import BatchGrammarProcessor
+
+        batch = self._tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding=True)
+        batch = {k: v.to(self._model.device) for k, v in batch.items()}
+        grammars = [self._grammars.get(s) if s is not None else None for s in schemas]
+        suppress = self._model.generation_config.suppress_tokens
+        processors = []
+        if suppress or any(g is not None for g in grammars):
+            eos = self._tokenizer.eos_token_id
+            special = [t for t in self._tokenizer.all_special_ids if t != eos]
+            processors.append(
+                BatchGrammarProcessor(grammars, self._grammars.info.vocab_size, suppress, special)
+            )
+        sampling: dict[str, Any] = {"do_sample": False}
+        if temperature > 0:
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        with torch.inference_mode():
+            out = self._model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                logits_processor=processors or None,
+                pad_token_id=self._tokenizer.pad_token_id,
+                eos_token_id=self._tokenizer.eos_token_id,
+                top_k=None,
+                suppress_tokens=None,  # applied by BatchGrammarProcessor, after the grammar
+                **sampling,
+                **extra,
+            )
+        prompt_len = batch["input_ids"].shape[1]
+        completions = []
+        for row, prompt in zip(out, ids, strict=True):
+            new = row[prompt_len:].tolist()
+            n_out = len(new)
+            for j, tok in enumerate(new):
+                if tok in (self._tokenizer.eos_token_id, self._tokenizer.pad_token_id):
+                    n_out = j + 1 if tok == self._tokenizer.eos_token_id else j
+                    break
+            text = self._tokenizer.decode(new[:n_out], skip_special_tokens=True)
+            completions.append(Completion(text=text, input_tokens=len(prompt), output_tokens=n_out))
+        return completions

