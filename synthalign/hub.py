@@ -1,6 +1,6 @@
 """Hub-layout output folders: write, validate, read back and push.
 
-Every synthalign run ends in a folder that is byte for byte what a Hugging Face Hub
+Every synthalign run ends in a folder holding exactly the files a Hugging Face Hub
 dataset repo holds, so that ``load_dataset(DIR)`` and ``load_dataset(REPO_ID)`` give the
 same rows and a push is a plain folder upload with nothing left to convert::
 
@@ -145,7 +145,7 @@ def _is_secret_key(key: str) -> bool:
 def _scrub(value: Any, secrets: list[str]) -> Any:
     """A JSON-ready copy of ``value`` with credentials replaced by ``<redacted>``.
 
-    Values under credential-named keys are dropped whatever they look like; known
+    Values under credential-named keys are replaced whatever they look like; known
     secret values and token-shaped strings are replaced anywhere. Objects JSON cannot
     hold (paths, dates, pydantic models, numpy scalars) are converted, not rejected,
     because a run record that fails to save would lose the whole run.
@@ -599,9 +599,9 @@ def update_card(path: str | Path, card: CardContent, *, default_config: str | No
     """Rewrite ``README.md`` and ``figures/`` of an existing folder, leaving data as is.
 
     Used by ``synthalign card DIR``. The config list and ``dataset_info`` are rebuilt from
-    the parquet files. The default config is kept from the old card unless given. Each
-    part is swapped in with a rename, so an interruption leaves the old card or the new
-    one, never half of either.
+    the parquet files. The default config is kept from the old card unless given. The
+    new figures and README are written completely before they replace the old ones by
+    rename, so an interruption never leaves a truncated card or figure.
     """
     folder = Path(path).expanduser().absolute()
     _load_run_info(folder)
@@ -692,10 +692,17 @@ def push_hub_folder(
             delete_patterns=["data/*", "figures/*"],
         )
     except HfHubHTTPError as error:
-        status = error.response.status_code if error.response is not None else "?"
-        first = next((line for line in str(error).splitlines() if line.strip()), "")
+        status = error.response.status_code if error.response is not None else None
+        detail = error.server_message or next(
+            (line for line in str(error).splitlines() if line.strip()), ""
+        )
+        hint = (
+            f"; check that the token has write access to {repo_id.split('/')[0]}"
+            if status in (401, 403)
+            else ""
+        )
         raise OutputError(
-            f"push to {repo_id} failed (HTTP {status}): {_one_line(first, secrets)}"
+            f"push to {repo_id} failed (HTTP {status}): {_one_line(detail, secrets)}{hint}"
         ) from None
     except OSError as error:  # includes connection errors surfaced as OSError
         raise OutputError(
@@ -709,7 +716,7 @@ def push_hub_folder(
     except Exception as error:
         if type(error).__module__.startswith(("httpx", "httpcore")):
             raise OutputError(
-                f"cannot reach the Hugging Face Hub to push {repo_id}: "
+                f"cannot reach the Hugging Face Hub at {api.endpoint} to push {repo_id}: "
                 f"{_one_line(str(error), secrets) or type(error).__name__}"
             ) from None
         raise

@@ -113,7 +113,10 @@ def generate(
 ) -> Path:
     """Run one method end to end and return the written Hub-layout folder."""
     from synthalign.hub import push_hub_folder, write_hub_folder
+    from synthalign.llms import check_spec
 
+    for spec in llms or []:
+        check_spec(spec)
     method = get_method(method_name)
     recipe = load_recipe(recipe_path, method.recipe_cls)
     if llms:
@@ -142,3 +145,19 @@ def generate(
     if push_to_hub:
         push_hub_folder(folder, push_to_hub)
     return folder
+
+
+def rewrite_card(folder: str | Path) -> Path:
+    """Rebuild a folder's card from its data and ``synthalign.json`` (``synthalign card DIR``)."""
+    from synthalign.hub import read_hub_folder, update_card
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise OutputError(f"{folder} is not a folder: pass a folder written by `synthalign generate`")
+    datasets, info = read_hub_folder(folder)
+    method_name = info.get("method")
+    if method_name not in METHOD_MODULES:
+        raise OutputError(f"{folder}/synthalign.json names no known method ({method_name!r}); was it written by synthalign?")
+    method = get_method(method_name)
+    update_card(folder, method.build_card(datasets, info), default_config=method.default_config)
+    return folder / "README.md"

@@ -262,14 +262,18 @@ class LocalHub:
             repo = self._repos[(repo_type, repo_id)]
             return {p: b.data for p, b in self._commit(repo, revision).files.items()}
 
-    def stored_bytes(self) -> Iterator[bytes]:
+    def stored_bytes(self) -> list[bytes]:
         """Everything the server holds: files of every commit and uploaded LFS objects."""
         with self._lock:
-            for repo in self._repos.values():
-                for commit in repo.commits.values():
-                    for blob in commit.files.values():
-                        yield blob.data
-                yield from repo.lfs_objects.values()
+            return [
+                *(
+                    b.data
+                    for r in self._repos.values()
+                    for c in r.commits.values()
+                    for b in c.files.values()
+                ),
+                *(data for r in self._repos.values() for data in r.lfs_objects.values()),
+            ]
 
     # ------------------------------------------------------------------ state
     def _new_commit(
@@ -943,6 +947,8 @@ def hub_environment(endpoint: str, token: str, home: str | Path) -> dict[str, st
         "HF_HUB_DISABLE_XET": "1",
         "HF_HOME": str(home),
         "HF_HUB_DISABLE_TELEMETRY": "1",
+        # ``datasets`` pings s3.amazonaws.com to count each Hub load unless told not to.
+        "HF_UPDATE_DOWNLOAD_COUNTS": "0",
     }
 
 

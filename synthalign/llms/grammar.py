@@ -16,7 +16,6 @@ import torch
 import transformers
 import xgrammar as xgr
 
-
 # xgrammar (0.2.x) compiles a string with ``maxLength`` to a character class that lets
 # raw control characters through and forbids escapes, so a schema-forced output can
 # be invalid JSON. We compile the schema to EBNF and replace that class with the one

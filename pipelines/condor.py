@@ -1,0 +1,324 @@
+"""Condor (arXiv 2501.12273; ``shared/seeds/000_*``) as a distilabel pipeline.
+
+Shape::
+
+    sample_tags ─► generate_questions ─► split_by_difficulty ─► answer_question
+        ─► critique_response ─► refine_response ─► {generations, void, refined}
+
+- ``sample_tags`` draws ``ceil(num_samples / 3)`` (tag path, task type) items from the
+  World Knowledge Tree, stratified over root domains and the seven task types;
+- ``generate_questions`` writes an Easy, a Medium and a Hard question per item and
+  ``split_by_difficulty`` makes each its own row;
+- ``answer_question`` answers (the paper's Condor Void), ``critique_response`` writes
+  strengths / weaknesses / suggestions, ``refine_response`` rewrites the answer
+  (Condor Refine);
+- three leaf steps publish the configs: ``refined`` (D_R: question + refined answer,
+  the default), ``void`` (D_V: question + original answer, same rows) and
+  ``generations`` (every row with its errors and drop reason, for the card).
+
+The paper uses one model (Qwen2.5-72B-Instruct) for every role; ``llm`` sets it and
+each role section may override it. distilabel runs each step in its own process, so
+four roles on a local GPU engine would load four engines at once: with ``vllm:`` specs
+the steps run one load stage at a time (``load_stages: auto``). A rerun with
+``distilabel pipeline run --config pipeline.yaml`` loads all steps together; point
+GPU reruns at an ``openai:`` server (``vllm serve``) for that reason.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from distilabel.pipeline import Pipeline
+from pydantic import Field, field_validator, model_validator
+
+import synthalign.offline  # noqa: F401  (no citation fetches)
+from synthalign.errors import RecipeError
+from synthalign.methods import Method
+from synthalign.recipes import Recipe, StrictModel
+from synthalign.steps.condor import (
+    DEFAULT_MAX_CRITIQUE_CHARS,
+    DEFAULT_MAX_QUESTION_CHARS,
+    GENERATIONS_COLUMNS,
+    TRAIN_COLUMNS,
+    format_row,
+)
+from synthalign.steps.knowledge_tree import DEFAULT_TREE, TASK_TYPES
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from distilabel.distiset import Distiset
+
+    from synthalign.cards.base import CardContent
+
+CONFIGS: tuple[str, ...] = ("refined", "void", "generations")
+ROLES: tuple[str, ...] = ("question", "answer", "critique", "refine")
+QUESTIONS_PER_CALL = 3
+
+# ------------------------------------------------------------------ recipe
+
+
+class RoleSection(StrictModel):
+    """One role's model and decoding settings (the paper does not state them; these are
+    common chat-sampling values with room for long answers)."""
+
+    llm: str | None = Field(default=None, description="LLM spec for this role (default: the recipe's llm)")
+    temperature: float = Field(default=0.7, ge=0, description="0 = greedy")
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_new_tokens: int = Field(default=2048, ge=1)
+    batch_size: int = Field(default=64, ge=1, description="rows per engine call (distilabel input_batch_size)")
+
+
+class QuestionSection(RoleSection):
+    max_new_tokens: int = 1024
+    max_question_chars: int = Field(
+        default=DEFAULT_MAX_QUESTION_CHARS, ge=16, description="schema cap on each question's length"
+    )
+
+
+class CritiqueSection(RoleSection):
+    max_new_tokens: int = 1024
+    max_field_chars: int = Field(
+        default=DEFAULT_MAX_CRITIQUE_CHARS, ge=16, description="schema cap on strengths / weaknesses / suggestions"
+    )
+
+
+class CondorRecipe(Recipe):
+    """A Condor run: the model(s), the knowledge tree, how many samples, decoding per role."""
+
+    name: str = "condor"
+    llm: str = Field(description="LLM spec used for every role unless a role sets its own")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="backend options for every LLM (tensor_parallel_size, max_batch_size, ...)"
+    )
+    knowledge_tree: str = Field(default=DEFAULT_TREE, description="'default' or a path to a tree YAML file")
+    num_samples: int = Field(
+        default=20_000, ge=1, description="question rows wanted; ceil(n/3) calls write 3 each (the paper trains on 20K)"
+    )
+    task_types: list[str] = Field(default_factory=lambda: list(TASK_TYPES))
+    root_domains: list[str] | None = Field(default=None, description="sample only these root domains (default: all)")
+    question: QuestionSection = Field(default_factory=QuestionSection)
+    answer: RoleSection = Field(default_factory=RoleSection)
+    critique: CritiqueSection = Field(default_factory=CritiqueSection)
+    refine: RoleSection = Field(default_factory=RoleSection)
+    drop_truncated: bool = Field(
+        default=True, description="drop answers / refinements that used up max_new_tokens (cut off mid-text)"
+    )
+    load_stages: Literal["auto", "sequential", "concurrent"] = Field(
+        default="auto",
+        description="sequential: load one step at a time (one GPU engine at a time); auto: sequential iff a role uses vllm:",
+    )
+    license: str = Field(default="apache-2.0", description="license written into the dataset card")
+
+    @field_validator("task_types")
+    @classmethod
+    def _known_task_types(cls, value: list[str]) -> list[str]:
+        unknown = [t for t in value if t not in TASK_TYPES]
+        if unknown:
+            raise ValueError(f"unknown task type(s) {unknown}; choose from {list(TASK_TYPES)}")
+        if not value:
+            raise ValueError("needs at least one task type")
+        return value
+
+    @model_validator(mode="after")
+    def _absolute_tree(self) -> CondorRecipe:
+        # pipeline.yaml must rerun from any directory: store the tree path absolute.
+        if self.knowledge_tree != DEFAULT_TREE:
+            self.knowledge_tree = str(Path(self.knowledge_tree).expanduser().absolute())
+        return self
+
+    def role_spec(self, role: str) -> str:
+        return getattr(self, role).llm or self.llm
+
+    def llm_specs(self) -> list[str]:
+        return list(dict.fromkeys(self.role_spec(r) for r in ROLES))
+
+    @property
+    def num_calls(self) -> int:
+        return math.ceil(self.num_samples / QUESTIONS_PER_CALL)
+
+    def sequential(self) -> bool:
+        if self.load_stages != "auto":
+            return self.load_stages == "sequential"
+        return any(spec.startswith("vllm:") for spec in self.llm_specs())
+
+    def generation_settings(self) -> dict[str, dict[str, Any]]:
+        """Decoding per role, as recorded in every row and in the card."""
+        return {
+            role: {
+                "max_new_tokens": getattr(self, role).max_new_tokens,
+                "temperature": float(getattr(self, role).temperature),
+                "top_p": float(getattr(self, role).top_p),
+                "seed": self.seed,
+            }
+            for role in ROLES
+        }
+
+
+def preflight(recipe: CondorRecipe) -> None:
+    """Load the tree and check the domain filter before any model loads."""
+    from synthalign.steps.knowledge_tree import SampleKnowledgeTasks
+
+    SampleKnowledgeTasks(
+        tree=recipe.knowledge_tree, task_types=recipe.task_types, root_domains=recipe.root_domains
+    ).load_tree()
+
+
+def override_llms(recipe: CondorRecipe, llms: list[str]) -> CondorRecipe:
+    """``--llm SPEC`` serves every role; four specs set question, answer, critique, refine."""
+    if len(llms) not in (1, len(ROLES)):
+        raise RecipeError("condor takes one --llm (every role) or four (question, answer, critique, refine)")
+    data = recipe.model_dump()
+    if len(llms) == 1:
+        data["llm"] = llms[0]
+        for role in ROLES:
+            data[role]["llm"] = None
+    else:
+        for role, spec in zip(ROLES, llms, strict=True):
+            data[role]["llm"] = spec
+    return CondorRecipe.model_validate(data)
+
+
+# ------------------------------------------------------------------ pipeline
+
+
+class CondorPipeline(Pipeline):
+    """distilabel's Pipeline, run one load stage at a time when the recipe asks for it."""
+
+    sequential_stages: bool = False
+
+    def run(self, *args: Any, **kwargs: Any) -> Distiset:  # type: ignore[override]
+        if self.sequential_stages and kwargs.get("load_groups") is None:
+            kwargs["load_groups"] = "sequential_step_execution"
+        return super().run(*args, **kwargs)
+
+
+def _llm(recipe: CondorRecipe, role: str) -> Any:
+    from synthalign.llms import load_llm
+
+    section = getattr(recipe, role)
+    return load_llm(
+        recipe.role_spec(role),
+        max_new_tokens=section.max_new_tokens,
+        temperature=section.temperature,
+        top_p=section.top_p,
+        seed=recipe.seed,
+        engine_kwargs=dict(recipe.engine_kwargs),
+    )
+
+
+def build_pipeline(recipe: CondorRecipe) -> Pipeline:
+    """The distilabel pipeline for a recipe (see the module docstring for its shape)."""
+    from synthalign.steps.condor import (
+        AnswerQuestion,
+        CritiqueResponse,
+        FormatCondorRows,
+        GenerateQuestions,
+        RefineResponse,
+        SplitQuestionsByDifficulty,
+    )
+    from synthalign.steps.knowledge_tree import SampleKnowledgeTasks
+
+    lean = {"add_raw_output": False, "add_raw_input": False}
+    with CondorPipeline(
+        name=recipe.name,
+        description="Condor: knowledge-tree questions, answers, self-critique and refined answers",
+        cache_dir=recipe.cache_dir,
+    ) as pipeline:
+        sample = SampleKnowledgeTasks(
+            name="sample_tags",
+            tree=recipe.knowledge_tree,
+            num_items=recipe.num_calls,
+            task_types=recipe.task_types,
+            root_domains=recipe.root_domains,
+            seed=recipe.seed,
+            batch_size=recipe.question.batch_size,
+        )
+        questions = GenerateQuestions(
+            name="generate_questions",
+            llm=_llm(recipe, "question"),
+            max_question_chars=recipe.question.max_question_chars,
+            input_batch_size=recipe.question.batch_size,
+            **lean,
+        )
+        split = SplitQuestionsByDifficulty(name="split_by_difficulty", input_batch_size=recipe.question.batch_size)
+        answer = AnswerQuestion(
+            name="answer_question",
+            llm=_llm(recipe, "answer"),
+            truncated_is_error=recipe.drop_truncated,
+            input_batch_size=recipe.answer.batch_size,
+            **lean,
+        )
+        critique = CritiqueResponse(
+            name="critique_response",
+            llm=_llm(recipe, "critique"),
+            max_field_chars=recipe.critique.max_field_chars,
+            input_batch_size=recipe.critique.batch_size,
+            **lean,
+        )
+        refine = RefineResponse(
+            name="refine_response",
+            llm=_llm(recipe, "refine"),
+            truncated_is_error=recipe.drop_truncated,
+            input_batch_size=recipe.refine.batch_size,
+            **lean,
+        )
+        settings = recipe.generation_settings()
+        outputs = [
+            FormatCondorRows(name=config, config=config, generation_settings=settings, input_batch_size=recipe.refine.batch_size)
+            for config in CONFIGS
+        ]
+        sample >> questions >> split >> answer >> critique >> refine >> outputs
+    pipeline.sequential_stages = recipe.sequential()
+    return pipeline
+
+
+# ------------------------------------------------------------------ datasets
+
+
+def _empty(config: str, recipe: CondorRecipe) -> Dataset:
+    """A zero-row config with the real column types (a run where nothing survived)."""
+    from datasets import Dataset
+
+    text = "x"
+    row = {
+        "question": text, "response": text, "refined_response": text, "difficulty": text, "task_type": text,
+        "root_domain": text, "sub_domain": text, "tag": text, "tag_path": [text], "sample_index": 0,
+        "critique_strengths": text, "critique_weaknesses": text, "critique_suggestions": text,
+        "knowledge_tree": text,
+        **{f"{s}_{k}": text for s in ("question", "response", "critique", "refine") for k in ("model", "prompt")},
+    }  # fmt: skip
+    formatted = format_row(row, config, recipe.generation_settings())
+    return Dataset.from_list([formatted]).select([])
+
+
+def to_datasets(distiset: Distiset, recipe: CondorRecipe) -> dict[str, Dataset]:
+    """The published configs, straight from the pipeline's leaf steps (columns in order)."""
+    out: dict[str, Dataset] = {}
+    for config in CONFIGS:
+        data = distiset[config]["train"] if config in distiset else None
+        if data is None or len(data) == 0:
+            data = _empty(config, recipe)
+        order = GENERATIONS_COLUMNS if config == "generations" else TRAIN_COLUMNS
+        data = data.select_columns([c for c in order if c in data.column_names])
+        out[config] = data
+    return out
+
+
+def build_card(datasets: dict[str, Dataset], info: dict[str, Any]) -> CardContent:
+    from synthalign.cards.condor import build_card as _build
+
+    return _build(datasets, info)
+
+
+METHOD = Method(
+    name="condor",
+    recipe_cls=CondorRecipe,
+    build_pipeline=build_pipeline,
+    to_datasets=to_datasets,
+    build_card=build_card,
+    default_config="refined",
+    override_llms=override_llms,
+    preflight=preflight,
+)

@@ -1,0 +1,431 @@
+"""Condor's steps: questions from tags, answers, self-critique, refinement, configs.
+
+Condor (arXiv 2501.12273) synthesises SFT data in two stages with one model:
+
+- *Condor Void*: for a (tag path, task type) pair from the World Knowledge Tree, one
+  call writes three questions, Easy / Medium / Hard (:class:`GenerateQuestions`); each
+  becomes its own row (:class:`SplitQuestionsByDifficulty`) and is answered
+  (:class:`AnswerQuestion`). Question + answer is the paper's D_V.
+- *Condor Refine*: the model critiques its own answer as strengths, weaknesses and
+  suggestions (:class:`CritiqueResponse`) and then rewrites it from question, answer
+  and critique (:class:`RefineResponse`). Question + refined answer is D_R.
+
+Every LLM step is gated: a row whose earlier stage failed passes through without a
+call, its own ``*_error`` saying it was skipped, so no tokens go to broken rows and
+the all-rows config can still count what failed where. :class:`FormatCondorRows` is
+the pipeline's leaf: it publishes the ``generations`` (all rows, with errors), ``void``
+and ``refined`` configs from inside the pipeline, so a ``pipeline.yaml`` rerun yields
+the same configs.
+"""
+
+# No `from __future__ import annotations`: distilabel finds the batch argument of
+# `process` by its runtime `StepInput` annotation.
+import re
+from functools import cache
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+
+from distilabel.steps import Step, StepInput
+from pydantic import BaseModel, Field, StringConstraints, create_model
+from synthalign.steps.base import SchemaTask, TextTask, provenance_columns
+from synthalign.steps.knowledge_tree import TASK_TYPES, normalize_tag
+from synthalign.steps.prompts import template_id
+
+if TYPE_CHECKING:
+    from distilabel.typing import StepColumns, StepOutput
+
+DIFFICULTIES: tuple[str, ...] = ("Easy", "Medium", "Hard")
+STAGES: tuple[str, ...] = ("question", "response", "critique", "refine")
+"""Column prefixes of the four LLM stages, in pipeline order."""
+
+DEFAULT_MAX_QUESTION_CHARS = 2000
+DEFAULT_MAX_CRITIQUE_CHARS = 1500
+DISTILABEL_METADATA = "distilabel_metadata"
+
+# ------------------------------------------------------------------ output models
+
+
+@cache
+def questions_model(max_chars: int = DEFAULT_MAX_QUESTION_CHARS) -> type[BaseModel]:
+    """The schema of one question call: three non-blank questions of at most ``max_chars``.
+
+    The bound is what lets a schema-forced random model terminate; the default leaves
+    room for Given Material Processing questions, which carry their material inline.
+    """
+    text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=max_chars)]
+    return create_model(
+        "GeneratedQuestions",
+        __doc__="Three questions on one tag and task type, by difficulty.",
+        easy=(text, ...),
+        medium=(text, ...),
+        hard=(text, ...),
+    )
+
+
+@cache
+def critique_model(max_chars: int = DEFAULT_MAX_CRITIQUE_CHARS) -> type[BaseModel]:
+    """The schema of one critique: strengths, weaknesses, suggestions (non-blank, bounded)."""
+    text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=max_chars)]
+    return create_model(
+        "Critique",
+        __doc__="A self-reflection critique of one answer.",
+        strengths=(text, ...),
+        weaknesses=(text, ...),
+        suggestions=(text, ...),
+    )
+
+
+# ------------------------------------------------------------------ gating
+
+
+class _GatedMixin:
+    """Runs the LLM only on rows whose ``requires`` columns are filled.
+
+    Other rows get this stage's columns empty and ``<prefix>_error`` set to a
+    ``skipped: ...`` reason (no model, no raw text), so the card can tell a stage's own
+    failures from rows an earlier stage had already lost. Text outputs that used up
+    ``max_new_tokens`` are marked truncated when ``truncated_is_error`` is set: a cut-off
+    answer is not SFT data.
+    """
+
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def _missing(self, row: dict[str, Any]) -> str | None:
+        for column in self.requires:
+            value = row.get(column)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                return column
+        return None
+
+    def _skipped(self, row: dict[str, Any], missing: str) -> dict[str, Any]:
+        p = self.column_prefix  # type: ignore[attr-defined]
+        return {
+            **row,
+            **self.empty_columns(),  # type: ignore[attr-defined]
+            f"{p}_error": f"skipped: no {missing} (an earlier stage failed)",
+            f"{p}_raw": None,
+            f"{p}_model": None,
+            f"{p}_prompt": template_id(self.template),  # type: ignore[attr-defined]
+        }
+
+    def _output_tokens(self, row: dict[str, Any]) -> int | None:
+        stats = (row.get(DISTILABEL_METADATA) or {}).get(f"statistics_{self.name}")  # type: ignore[attr-defined]
+        tokens = (stats or {}).get("output_tokens")
+        if isinstance(tokens, list):
+            tokens = tokens[0] if tokens else None
+        return tokens if isinstance(tokens, int) else None
+
+    def _gated(self, inputs: list[dict[str, Any]], run: Any) -> list[dict[str, Any]]:
+        missing = [self._missing(row) for row in inputs]
+        ready = [i for i, m in enumerate(missing) if m is None]
+        done: dict[int, dict[str, Any]] = {}
+        if ready:
+            for batch in run([inputs[i] for i in ready]):
+                if len(batch) != len(ready):
+                    raise RuntimeError(f"{type(self).__name__} must return one row per input (num_generations=1)")
+                done.update(zip(ready, batch, strict=True))
+        return [done[i] if i in done else self._skipped(row, missing[i]) for i, row in enumerate(inputs)]
+
+
+class _GatedSchemaTask(_GatedMixin, SchemaTask):
+    num_generations: Literal[1] = 1
+
+    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        yield self._gated(inputs, super().process)
+
+
+class _GatedTextTask(_GatedMixin, TextTask):
+    num_generations: Literal[1] = 1
+    truncated_is_error: bool = Field(
+        default=True, description="an output that reached max_new_tokens counts as failed (cut off)"
+    )
+
+    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        rows = self._gated(inputs, super().process)
+        limit = (self.llm.generation_kwargs or {}).get("max_new_tokens")
+        if self.truncated_is_error and limit:
+            p = self.column_prefix
+            for row in rows:
+                tokens = self._output_tokens(row)
+                if row.get(f"{p}_error") is None and tokens is not None and tokens >= limit:
+                    raw = row.get(self.output_column)
+                    row.update({self.output_column: None, f"{p}_error": f"truncated: reached max_new_tokens={limit}", f"{p}_raw": raw})
+        yield rows
+
+
+# ------------------------------------------------------------------ stage 1: questions
+
+
+class GenerateQuestions(_GatedSchemaTask):
+    """One call per (tag path, task type): an Easy, a Medium and a Hard question.
+
+    Asking for all three difficulties in one call (as Condor's public prompts do) lets
+    the model grade them against each other. The schema is a JSON object with keys
+    ``easy`` / ``medium`` / ``hard`` whose strings are capped at ``max_question_chars``.
+    """
+
+    template: ClassVar[str] = "condor_question.jinja2"
+    column_prefix: ClassVar[str] = "question"
+    requires: ClassVar[tuple[str, ...]] = ("tag_path", "task_type")
+    max_question_chars: int = Field(default=DEFAULT_MAX_QUESTION_CHARS, ge=16)
+
+    @property
+    def output_model(self) -> type[BaseModel]:  # type: ignore[override]
+        return questions_model(self.max_question_chars)
+
+    @property
+    def inputs(self) -> "StepColumns":
+        return ["tag_path", "task_type"]
+
+    @property
+    def outputs(self) -> "StepColumns":
+        return [f"question_{d.lower()}" for d in DIFFICULTIES] + provenance_columns(self.column_prefix)
+
+    def template_values(self, input: dict[str, Any]) -> dict[str, Any]:
+        task_type = input["task_type"]
+        return {
+            "tag_path": list(input["tag_path"]),
+            "task_type": task_type,
+            "task_description": TASK_TYPES.get(task_type, task_type),
+        }
+
+    def record_columns(self, record: Any, input: dict[str, Any]) -> dict[str, Any]:
+        return {f"question_{d.lower()}": getattr(record, d.lower()) for d in DIFFICULTIES}
+
+
+def split_question_row(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """Three rows (Easy, Medium, Hard) from one question-call row.
+
+    A failed call gives three rows that carry its error. A question that is blank or
+    repeats an earlier one of the same call gets its own error, so only that row drops.
+    """
+    base = {k: v for k, v in row.items() if not (k.startswith("question_") and k.removeprefix("question_").capitalize() in DIFFICULTIES)}
+    seen: set[str] = set()
+    out = []
+    for difficulty in DIFFICULTIES:
+        text = row.get(f"question_{difficulty.lower()}")
+        text = text.strip() if isinstance(text, str) else None
+        error = row.get("question_error")
+        if error is None:
+            if not text:
+                error, text = "empty question", None
+            elif normalize_tag(text) in seen:
+                error, text = "duplicate question (same as an easier one of the call)", None
+            else:
+                seen.add(normalize_tag(text))
+        out.append({**base, "difficulty": difficulty, "question": text if error is None else None, "question_error": error})
+    return out
+
+
+class SplitQuestionsByDifficulty(Step):
+    """Turns each question call into three rows with ``difficulty`` and ``question``."""
+
+    @property
+    def inputs(self) -> "StepColumns":
+        return [f"question_{d.lower()}" for d in DIFFICULTIES] + ["question_error"]
+
+    @property
+    def outputs(self) -> "StepColumns":
+        return ["difficulty", "question", "question_error"]
+
+    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        yield [out for row in inputs for out in split_question_row(row)]
+
+
+# ------------------------------------------------------------------ stage 2: answer
+
+
+class AnswerQuestion(_GatedTextTask):
+    """The model's own answer to the question, sent as the only user message.
+
+    No system prompt or extra instruction: D_V is meant to be what the model says
+    unprompted, the baseline that refinement improves on.
+    """
+
+    template: ClassVar[str] = "condor_answer.jinja2"
+    column_prefix: ClassVar[str] = "response"
+    output_column: ClassVar[str] = "response"
+    requires: ClassVar[tuple[str, ...]] = ("question",)
+
+    @property
+    def inputs(self) -> "StepColumns":
+        return ["question"]
+
+
+# ------------------------------------------------------------------ stage 3: critique
+
+
+class CritiqueResponse(_GatedSchemaTask):
+    """Self-reflection: strengths, weaknesses and suggestions for one answer, as columns."""
+
+    template: ClassVar[str] = "condor_critique.jinja2"
+    column_prefix: ClassVar[str] = "critique"
+    requires: ClassVar[tuple[str, ...]] = ("question", "response")
+    max_field_chars: int = Field(default=DEFAULT_MAX_CRITIQUE_CHARS, ge=16)
+
+    @property
+    def output_model(self) -> type[BaseModel]:  # type: ignore[override]
+        return critique_model(self.max_field_chars)
+
+    @property
+    def inputs(self) -> "StepColumns":
+        return ["question", "response"]
+
+    @property
+    def outputs(self) -> "StepColumns":
+        return ["critique_strengths", "critique_weaknesses", "critique_suggestions", *provenance_columns(self.column_prefix)]
+
+    def record_columns(self, record: Any, input: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "critique_strengths": record.strengths,
+            "critique_weaknesses": record.weaknesses,
+            "critique_suggestions": record.suggestions,
+        }
+
+
+# ------------------------------------------------------------------ stage 4: refine
+
+_PREAMBLE = re.compile(
+    r"""^\s*(?:
+        (?:\#+\s*|\*\*\s*|\[\s*)?
+        (?:improved|refined|revised|rewritten|better|updated|final|new)\s+
+        (?:answer|response|version)(?:\s+start)?
+        \s*(?:\*\*|\])?\s*:?\s*(?:\*\*)?\s*(?:\n|$)
+      | here\s+is\s+(?:the|an|my|a)\s+(?:improved|refined|revised|rewritten|better|updated)\s+
+        (?:answer|response|version)[^\n:]{0,80}:\s*
+    )""",
+    re.IGNORECASE | re.VERBOSE,
+)
+_BLOCK = re.compile(
+    r"\[\s*improved\s+answer\s+start\s*\](.*?)(?:\[\s*improved\s+answer\s+end\s*\]|$)",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def clean_refined_text(text: str | None) -> tuple[str | None, str | None]:
+    """The refined answer without the wrapping small models add; ``(text, error)``.
+
+    Strips a leading label ("Improved answer:", "Here is the refined response:") and,
+    if the model copied a ``[Improved Answer Start] ... [End]`` block, keeps its inside.
+    Anything else is left as written. Never raises.
+    """
+    if text is None:
+        return None, "no output (generation failed)"
+    stripped = text.strip()
+    block = _BLOCK.search(stripped)
+    if block:
+        stripped = block.group(1).strip()
+    for _ in range(2):  # a label can follow a heading line
+        new = _PREAMBLE.sub("", stripped, count=1).strip()
+        if new == stripped:
+            break
+        stripped = new
+    if not stripped:
+        return None, "empty output" if not text.strip() else "empty output after removing the label"
+    return stripped, None
+
+
+class RefineResponse(_GatedTextTask):
+    """An improved answer written from the question, the original answer and the critique.
+
+    The original answer stays in ``response``; the improvement goes to
+    ``refined_response`` (labels such as "Improved answer:" removed).
+    """
+
+    template: ClassVar[str] = "condor_refine.jinja2"
+    column_prefix: ClassVar[str] = "refine"
+    output_column: ClassVar[str] = "refined_response"
+    requires: ClassVar[tuple[str, ...]] = (
+        "question",
+        "response",
+        "critique_strengths",
+        "critique_weaknesses",
+        "critique_suggestions",
+    )
+
+    @property
+    def inputs(self) -> "StepColumns":
+        return list(self.requires)
+
+    def format_output(self, output: str | None, input: dict[str, Any] | None = None) -> dict[str, Any]:
+        text, error = clean_refined_text(output)
+        return {self.output_column: text, **self._provenance(output, error)}
+
+
+# ------------------------------------------------------------------ published configs
+
+ROW_COLUMNS = [
+    "question",
+    "response",
+    "refined_response",
+    "difficulty",
+    "task_type",
+    "root_domain",
+    "sub_domain",
+    "tag",
+    "tag_path",
+    "sample_index",
+    "critique_strengths",
+    "critique_weaknesses",
+    "critique_suggestions",
+]
+MODEL_COLUMNS = [f"{stage}_{kind}" for stage in STAGES for kind in ("model", "prompt")]
+ERROR_COLUMNS = [f"{stage}_{kind}" for stage in STAGES for kind in ("error", "raw")]
+TRAIN_COLUMNS = ["messages", *ROW_COLUMNS, *MODEL_COLUMNS, "knowledge_tree", "generation_settings"]
+GENERATIONS_COLUMNS = [*ROW_COLUMNS, *MODEL_COLUMNS, "knowledge_tree", "generation_settings", *ERROR_COLUMNS, "kept", "drop_stage", "drop_reason"]
+
+
+def drop_reason(row: dict[str, Any]) -> tuple[str | None, str | None]:
+    """``(stage, reason)`` of the first stage that failed this row, or ``(None, None)``."""
+    for stage in STAGES:
+        error = row.get(f"{stage}_error")
+        if error:
+            return stage, error
+    for stage, column in zip(STAGES, ("question", "response", "critique_strengths", "refined_response"), strict=True):
+        value = row.get(column)
+        if not isinstance(value, str) or not value.strip():
+            return stage, f"empty {column}"
+    return None, None
+
+
+def format_row(row: dict[str, Any], config: str, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """One published row of ``config``, or None when the row is dropped from it.
+
+    ``generations`` keeps every row with its errors and why it was dropped; ``void``
+    and ``refined`` keep the same rows (those that passed every stage), with TRL's
+    ``messages`` built from the original or the refined answer.
+    """
+    stage, reason = drop_reason(row)
+    values = {c: row.get(c) for c in [*ROW_COLUMNS, *MODEL_COLUMNS, "knowledge_tree"]}
+    values["generation_settings"] = settings
+    if config == "generations":
+        errors = {c: row.get(c) for c in ERROR_COLUMNS}
+        return {**values, **errors, "kept": reason is None, "drop_stage": stage, "drop_reason": reason}
+    if reason is not None:
+        return None
+    answer = row["response"] if config == "void" else row["refined_response"]
+    messages = [{"role": "user", "content": row["question"]}, {"role": "assistant", "content": answer}]
+    return {"messages": messages, **values}
+
+
+class FormatCondorRows(Step):
+    """Leaf step that publishes one config: ``generations``, ``void`` or ``refined``.
+
+    ``generation_settings`` (decoding settings per role) is written into every row so a
+    row alone says how it was made.
+    """
+
+    config: Literal["generations", "void", "refined"] = "refined"
+    generation_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @property
+    def inputs(self) -> "StepColumns":
+        return ["question", "response", "refined_response", *[f"{s}_error" for s in STAGES]]
+
+    @property
+    def outputs(self) -> "StepColumns":
+        return GENERATIONS_COLUMNS if self.config == "generations" else TRAIN_COLUMNS
+
+    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        rows = [format_row(row, self.config, self.generation_settings) for row in inputs]
+        yield [row for row in rows if row is not None]
+

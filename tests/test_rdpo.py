@@ -1,0 +1,296 @@
+"""rDPO end to end: self-critique conversation, pairing into tau, Hub folder, training, rerun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import Field
+
+from synthalign.llms.base import Completion, SynthLLM
+from synthalign.recipes import load_recipe, parse_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "pipelines" / "recipes"
+DISTILABEL = Path(sys.executable).with_name("distilabel")
+
+
+class CannedLLM(SynthLLM):
+    """Replies with its turn's canned text and remembers every chat it was sent."""
+
+    replies: list[str | None]
+    seen: list[list[dict[str, str]]] = Field(default_factory=list)
+
+    def _generate_batch(self, conversations: list, schemas: list, **kwargs: Any) -> list[Completion]:
+        self.seen.extend(conversations)
+        return [Completion(self.replies[len(c) // 2 % len(self.replies)] or "", 1, 1) for c in conversations]
+
+
+# ------------------------------------------------------------------ conversation
+
+
+def test_self_critique_revision_is_one_growing_conversation() -> None:
+    from synthalign.steps.rdpo import PRINCIPLES, SelfCritiqueRevision
+
+    # chat lengths: answer = 2 (system + user), critique = 4, revision = 6 -> replies[1], [2], [3]
+    llm = CannedLLM(model="canned-teacher", replies=["?", "ORIGINAL", "CRITIQUE", "REVISED"])
+    task = SelfCritiqueRevision(name="scr", llm=llm, system_column="system")
+    task.load()
+    row = {"prompt": "Be a pirate!", "system": "You are Ada.", "principle_text": PRINCIPLES["persona"].statement}
+    (out,) = list(task.process([row]))
+    answer, critique, revision = llm.seen
+    assert answer == [{"role": "system", "content": "You are Ada."}, {"role": "user", "content": "Be a pirate!"}]
+    assert critique[:2] == answer and critique[2] == {"role": "assistant", "content": "ORIGINAL"}
+    assert critique[3]["role"] == "user" and PRINCIPLES["persona"].statement in critique[3]["content"]
+    assert revision[:4] == critique and revision[4] == {"role": "assistant", "content": "CRITIQUE"}
+    assert PRINCIPLES["persona"].statement in revision[5]["content"]
+    assert (out[0]["response_original"], out[0]["critique"], out[0]["response_revised"]) == ("ORIGINAL", "CRITIQUE", "REVISED")
+    assert out[0]["critique_prompt"].startswith("rdpo_critique.jinja2@") and out[0]["revision_model"] == "canned-teacher"
+
+
+def test_a_failed_turn_skips_the_rest_of_its_conversation() -> None:
+    from synthalign.steps.rdpo import SelfCritiqueRevision
+
+    llm = CannedLLM(model="canned", replies=["", "x", "y", "z"])  # answer turn (chat of 1) is empty
+    task = SelfCritiqueRevision(name="scr", llm=llm)
+    task.load()
+    (out,) = list(task.process([{"prompt": "q", "principle_text": "be kind"}]))
+    assert len(llm.seen) == 1
+    assert out[0]["answer_error"] == "empty output"
+    assert out[0]["critique_error"] == "skipped: answer failed" and out[0]["revision_error"] == "skipped: critique failed"
+    assert out[0]["response_revised"] is None
+
+
+# ----------------------------------------------------------------------- pairing
+
+
+def _scored(**overrides: Any) -> dict[str, Any]:
+    row = {
+        "prompt": "q",
+        "response_original": "orig",
+        "response_revised": "rev",
+        "score_original": 1.0,
+        "score_revised": 3.0,
+        "scorer": "test",
+        "answer_error": None,
+        "critique_error": None,
+        "revision_error": None,
+    }
+    row.update(overrides)
+    return row
+
+
+def _pair(rows: list[dict[str, Any]], **kwargs: Any) -> list[dict[str, Any]]:
+    from synthalign.steps.rdpo import PairWithPreferenceProbability
+
+    step = PairWithPreferenceProbability(name="pair", **kwargs)
+    step.load()
+    return next(iter(step.process(rows)))
+
+
+def test_revised_is_chosen_and_tau_says_how_sure_the_scorer_is() -> None:
+    up, down = _pair([_scored(), _scored(score_original=3.0, score_revised=1.0)], temperature=2.0)
+    assert up["chosen"] == [{"role": "assistant", "content": "rev"}] and up["prompt_messages"][-1]["content"] == "q"
+    assert up["tau"] == pytest.approx(1 / (1 + 2.718281828459045 ** -1))
+    assert down["chosen_is"] == "revised" and down["tau"] < 0.5  # a worse revision keeps its place, tau flips
+    (higher,) = _pair([_scored(score_original=3.0, score_revised=1.0)], chosen="higher_score")
+    assert higher["chosen_is"] == "original" and higher["tau"] > 0.5 and higher["score_chosen"] == 3.0
+
+
+def test_every_unusable_row_gets_one_counted_reason() -> None:
+    rows = _pair(
+        [
+            _scored(answer_error="empty output"),
+            _scored(judge_revised_error="out of scale: 7 not in [0, 5]", score_revised=None),
+            _scored(judge_original_error="schema: score: Field required", score_original=None),
+            _scored(score_original=2.0, score_revised=2.0),
+            _scored(response_revised="orig"),
+            _scored(),
+        ],
+        tie="drop",
+        judge_prefixes=["judge_original", "judge_revised"],
+    )
+    reasons = [r["drop_reason"] for r in rows]
+    assert reasons == ["answer failed", "judge: out of scale", "judge: schema", "tie", "identical responses", None]
+    assert rows[1]["drop_detail"].startswith("out of scale") and rows[1]["tau"] is None
+    assert rows[5]["tau"] is not None
+
+
+def test_card_counts_drop_reasons_and_draws_figures() -> None:
+    from datasets import Dataset
+    from synthalign.cards.rdpo import build_card
+
+    all_rows = Dataset.from_list(
+        [
+            {"prompt": "a", "score_original": 0, "score_revised": 5, "drop_reason": None, "kept": True},
+            {"prompt": "b", "score_original": 1, "score_revised": None, "drop_reason": "judge: out of scale", "kept": False},
+            {"prompt": "c", "score_original": 2, "score_revised": 2, "drop_reason": "tie", "kept": False},
+        ]
+    )
+    pairs = Dataset.from_list([{"prompt": [{"role": "user", "content": "a"}], "tau": 0.98, "principle": "persona"}])
+    card = build_card({"rdpo": pairs, "all": all_rows}, {"recipe": {"behaviour": {"principle": "persona"}}})
+    assert "| judge: out of scale | 1 |" in card.body and "| tie | 1 |" in card.body
+    assert "| persona | 1 |" in card.body
+    assert set(card.figures) == {"tau_hist.png", "scores_scatter.png"}
+    assert all(png.startswith(b"\x89PNG") for png in card.figures.values())
+    assert "rdpo" in card.metadata["tags"]
+
+
+# ----------------------------------------------------------------------- recipes
+
+
+def test_shipped_recipes_parse() -> None:
+    from synthalign.pipelines.rdpo import RDPORecipe
+    from synthalign.trainers.rdpo import RDPOTrainRecipe
+    from synthalign.trainers.sft import SFTRecipe
+
+    generation = sorted(RECIPES.glob("rdpo-*.yaml"))
+    assert {p.name for p in generation} >= {"rdpo-safety.yaml", "rdpo-persona.yaml", "rdpo-sycophancy.yaml", "rdpo-quickstart.yaml"}
+    for path in generation:
+        if "-train" in path.name:
+            load_recipe(path, SFTRecipe if path.stem.endswith("-sft") else RDPOTrainRecipe)
+            continue
+        recipe = load_recipe(path, RDPORecipe)
+        if recipe.scoring.kind == "judge":
+            lo, hi = recipe.judge_settings()[1]
+            assert recipe.tau_temperature() == (hi - lo) / 4
+    persona = load_recipe(RECIPES / "rdpo-persona.yaml", RDPORecipe)
+    assert persona.judge_settings()[1] == (0, 5) and persona.teacher.llm.startswith("vllm:")
+    assert load_recipe(RECIPES / "rdpo-sycophancy.yaml", RDPORecipe).judge_settings()[1] == (-5, 5)
+
+
+def test_recipe_errors_are_one_line() -> None:
+    from synthalign.pipelines.rdpo import RDPORecipe, preflight
+
+    from synthalign.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="scale"):
+        parse_recipe({"seeds": {"source": "x.jsonl"}, "scoring": {"kind": "judge", "judge": {"llm": "builtin:tiny-random", "scale": "1-10"}}}, RDPORecipe)
+    with pytest.raises(RecipeError, match="judge"):
+        parse_recipe({"seeds": {"source": "x.jsonl"}, "scoring": {"kind": "judge"}}, RDPORecipe)
+    custom = parse_recipe(
+        {"seeds": {"source": str(RECIPES / "data" / "rdpo-quickstart.jsonl")}, "behaviour": {"principle": "kindness"},
+         "scoring": {"kind": "judge", "judge": {"llm": "builtin:tiny-random"}}},
+        RDPORecipe,
+    )  # fmt: skip
+    with pytest.raises(RecipeError, match="principle"):
+        preflight(custom)
+
+
+# ------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def rdpo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """generate rdpo on offline models (tiny teacher, tiny reward model) -> Hub folder."""
+    from synthalign.methods import generate
+
+    tmp = tmp_path_factory.mktemp("rdpo")
+    seeds = tmp / "seeds.jsonl"
+    seeds.write_text(
+        "".join(json.dumps({"question": f"Tell me about item {i}. " * (1 + i % 3), "persona": "You are Ada."}) + "\n" for i in range(6))
+    )
+    recipe = {
+        "name": "rdpo-e2e",
+        "cache_dir": str(tmp / "cache"),
+        "seeds": {"source": str(seeds), "prompt_column": "question", "system_column": "persona"},
+        "teacher": {"llm": "builtin:tiny-random", "max_new_tokens": 24},
+        "behaviour": {"principle": "persona"},
+        "scoring": {"kind": "reward_model", "reward_model": {"model": "builtin:tiny-reward", "batch_size": 4}},
+        "input_batch_size": 4,
+    }
+    path = tmp / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return generate("rdpo", path, output=tmp / "dataset")
+
+
+@pytest.mark.slow
+def test_generated_folder_loads_with_trl_columns_and_a_card(rdpo_folder: Path) -> None:
+    from datasets import load_dataset
+
+    from synthalign.hub import validate_hub_folder
+
+    validate_hub_folder(rdpo_folder)
+    pairs = load_dataset(str(rdpo_folder), "rdpo", split="train")
+    everything = load_dataset(str(rdpo_folder), "all", split="train")
+    assert len(everything) == 6 and len(pairs) == sum(everything["kept"])
+    assert len(pairs) > 0
+    row = pairs[0]
+    assert row["prompt"][0] == {"role": "system", "content": "You are Ada."} and row["prompt"][-1]["role"] == "user"
+    assert row["chosen"][0]["role"] == "assistant" and row["rejected"][0]["role"] == "assistant"
+    assert all(0.0 <= t <= 1.0 for t in pairs["tau"])
+    assert row["scorer"] == "reward_model:builtin:tiny-reward" and row["principle"] == "persona" and row["critique"]
+    dpo = load_dataset(str(rdpo_folder), "dpo", split="train")
+    assert "tau" not in dpo.column_names and dpo["chosen"] == pairs["chosen"]
+    sft = load_dataset(str(rdpo_folder), "sft", split="train")
+    assert sft[0]["messages"][-1] == row["chosen"][0]
+    assert load_dataset(str(rdpo_folder), split="train").column_names == pairs.column_names  # default = rdpo
+    readme = (rdpo_folder / "README.md").read_text()
+    assert "figures/tau_hist.png" in readme and (rdpo_folder / "figures" / "tau_hist.png").is_file()
+    assert (rdpo_folder / "figures" / "scores_scatter.png").is_file()
+
+
+@pytest.mark.slow
+def test_train_rdpo_and_dpo_with_lora_from_the_folder(rdpo_folder: Path, tmp_path: Path) -> None:
+    from peft import AutoPeftModelForCausalLM
+    from typer.testing import CliRunner
+
+    from synthalign.cli import app
+
+    recipe = tmp_path / "train.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "model": "builtin:tiny-random",
+                "max_steps": 2,
+                "per_device_train_batch_size": 2,
+                "learning_rate": 1e-3,
+                "logging_steps": 1,
+                "max_length": 256,
+                "precision": "fp32",
+                "save_total_limit": 1,
+                "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+            }
+        )
+    )
+    runner = CliRunner()
+    out = tmp_path / "rdpo-model"
+    result = runner.invoke(app, ["train", "rdpo", "--config", str(recipe), "--dataset", str(rdpo_folder), "--output", str(out)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert (out / "adapter_config.json").is_file()
+    model = AutoPeftModelForCausalLM.from_pretrained(out)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # trained away from the zero init
+    state = json.loads((out / "trainer_state.json").read_text())
+    logged = [entry for entry in state["log_history"] if "tau" in entry]
+    assert logged and all(0.0 <= e["tau"] <= 1.0 for e in logged)
+    assert json.loads((out / "synthalign-train.json").read_text())["dataset_config"] == "rdpo"
+
+    baseline = tmp_path / "dpo-model"
+    result = runner.invoke(app, ["train", "dpo", "--config", str(recipe), "--dataset", str(rdpo_folder), "--output", str(baseline)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert json.loads((baseline / "synthalign-train.json").read_text())["dataset_config"] == "dpo"
+
+
+@pytest.mark.slow
+def test_pipeline_yaml_reruns_with_the_distilabel_cli(rdpo_folder: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = dict(
+        os.environ,
+        HOME=str(home),
+        SYNTHALIGN_CACHE=os.environ.get("SYNTHALIGN_CACHE", str(Path.home() / ".cache" / "synthalign")),
+    )
+    proc = subprocess.run(
+        [str(DISTILABEL), "pipeline", "run", "--config", str(rdpo_folder / "pipeline.yaml")],
+        env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = home / ".cache" / "distilabel" / "pipelines" / "rdpo-e2e"
+    for leaf in ("rdpo", "dpo", "sft", "all"):
+        assert list(runs.glob(f"*/executions/*/data/steps_outputs/{leaf}/*.parquet")), leaf

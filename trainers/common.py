@@ -1,0 +1,336 @@
+"""What every synthalign trainer shares: the recipe, data and model loading, saving.
+
+The trainers are thin layers over TRL. A recipe (YAML, like the alignment-handbook's)
+names a model, a dataset folder or Hub id, and the usual knobs; this module turns it
+into TRL's own config object, loads the model (``builtin:tiny-random``, a path or a Hub
+id, via :func:`synthalign.models.resolve_model`) and the data (``load_dataset`` on a
+Hub-layout folder, with no column mapping: synthalign's datasets already carry TRL's
+columns), and saves a folder that ``from_pretrained`` loads back: the full model, or
+the LoRA adapter, plus the tokenizer, ``train_results.json`` and the recipe used.
+
+Each method-specific trainer (``sft.py``, ``simpo.py``, ``rdpo.py``) supplies its
+recipe subclass, the columns it needs, and the TRL config/trainer classes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from pydantic import Field, model_validator
+
+from synthalign.errors import RecipeError, SeedDataError
+from synthalign.recipes import StrictModel, load_recipe, parse_recipe
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T", bound="TrainRecipe")
+
+RECIPE_FILENAME = "synthalign-train.json"
+"""Written into every saved model folder: the recipe, dataset and metrics that made it."""
+
+
+class LoraOptions(StrictModel):
+    """LoRA through peft. Absent (or ``enabled: false``) means full fine-tuning."""
+
+    enabled: bool = True
+    r: int = Field(default=16, ge=1, description="adapter rank")
+    alpha: int = Field(default=32, ge=1, description="scaling numerator (lora_alpha)")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | str = Field(
+        default="all-linear", description="module names, or 'all-linear' (peft's shortcut)"
+    )
+    merge: bool = Field(
+        default=False,
+        description=(
+            "save the merged full model instead of the adapter alone (the adapter then goes to "
+            "OUTPUT/adapter); every backend, vLLM included, loads a merged folder directly"
+        ),
+    )
+
+    def peft_config(self) -> Any:
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            task_type="CAUSAL_LM",
+        )
+
+
+class TrainRecipe(StrictModel):
+    """Fields every trainer recipe has (alignment-handbook style, flat).
+
+    ``trainer_args`` passes anything else straight to TRL's config class (checked
+    against its fields), so a recipe never needs a code change to reach a TRL knob.
+    """
+
+    model: str = Field(description="model to train: builtin:NAME, a local folder or a Hub id")
+    dataset: str | None = Field(default=None, description="Hub-layout folder or Hub dataset id")
+    dataset_config: str | None = Field(default=None, description="config (subset) of the dataset, e.g. 'refined'")
+    dataset_split: str = "train"
+    max_samples: int | None = Field(default=None, ge=1, description="train on the first N rows only")
+    output_dir: str = Field(default="outputs/model", description="where the model and checkpoints go")
+    seed: int = 42
+    learning_rate: float = Field(default=2e-5, gt=0)
+    num_train_epochs: float = Field(default=1.0, gt=0)
+    max_steps: int = Field(default=-1, description="stop after this many optimizer steps (-1: use epochs)")
+    per_device_train_batch_size: int = Field(default=8, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0, description="share of steps spent warming up")
+    lr_scheduler_type: str = "cosine"
+    max_length: int | None = Field(default=2048, ge=8, description="tokens per example; longer ones are truncated")
+    gradient_checkpointing: bool = False
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        default="auto", description="auto: bf16 on a GPU that supports it, else fp32 (CPU)"
+    )
+    lora: LoraOptions | None = None
+    logging_steps: int = Field(default=10, ge=1)
+    save_steps: int | None = Field(
+        default=None, ge=1, description="checkpoint every N steps (default: once per epoch)"
+    )
+    save_total_limit: int | None = Field(default=1, ge=1, description="checkpoints kept on disk")
+    resume_from_checkpoint: bool | str = Field(
+        default=True,
+        description=(
+            "true: continue from the last checkpoint in output_dir when there is one; "
+            "a path: continue from that checkpoint; false: start over"
+        ),
+    )
+    delete_checkpoints: bool = Field(
+        default=False, description="remove checkpoint-* folders once the final model is saved"
+    )
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict, description="extra keyword arguments for TRL's config class"
+    )
+
+    @model_validator(mode="after")
+    def _check_length(self) -> TrainRecipe:
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError("max_steps must be -1 (train for num_train_epochs) or a positive number")
+        return self
+
+
+def load_train_recipe(
+    config: str | Path | dict[str, Any] | TrainRecipe,
+    cls: type[T],
+    *,
+    dataset: str | None = None,
+    model: str | None = None,
+    output: str | Path | None = None,
+) -> T:
+    """Read a recipe (YAML path, dict or instance) and apply the CLI overrides."""
+    if isinstance(config, cls):
+        recipe = config
+    elif isinstance(config, dict):
+        recipe = parse_recipe(config, cls)
+    elif isinstance(config, TrainRecipe):
+        recipe = parse_recipe(config.model_dump(), cls)
+    else:
+        recipe = load_recipe(config, cls)
+    updates: dict[str, Any] = {}
+    if dataset:
+        updates["dataset"] = dataset
+    if model:
+        updates["model"] = model
+    if output:
+        updates["output_dir"] = str(output)
+    if updates:
+        recipe = parse_recipe({**recipe.model_dump(), **updates}, cls)
+    if not recipe.dataset:
+        raise RecipeError("no training dataset: set 'dataset' in the recipe or pass --dataset DIR_OR_REPO_ID")
+    return recipe
+
+
+def load_training_dataset(recipe: TrainRecipe, required: list[str]) -> Dataset:
+    """``load_dataset(DIR_OR_ID, config)`` with one-line errors and a column check."""
+    from datasets import load_dataset
+
+    source = recipe.dataset or ""
+    path = Path(source).expanduser()
+    target = str(path) if path.exists() else source
+    if source.startswith((".", "/", "~")) and not path.exists():
+        raise SeedDataError(f"training dataset {source} not found: pass a Hub-layout folder or a Hub dataset id")
+    try:
+        data = load_dataset(target, recipe.dataset_config, split=recipe.dataset_split)
+    except Exception as exc:  # datasets raises many types; the first line says what happened
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SeedDataError(f"cannot load training dataset {source!r} (config {recipe.dataset_config!r}): {message}") from None
+    missing = [c for c in required if c not in data.column_names]
+    if missing:
+        raise SeedDataError(
+            f"training dataset {source!r} lacks column(s) {missing}; it has {data.column_names}: "
+            "pick the config that holds TRL-format columns (dataset_config)"
+        )
+    if len(data) == 0:
+        raise SeedDataError(f"training dataset {source!r} (config {recipe.dataset_config!r}) has no rows to train on")
+    if recipe.max_samples is not None:
+        data = data.select(range(min(recipe.max_samples, len(data))))
+    return data.select_columns(required)
+
+
+def precision_flags(precision: str) -> dict[str, bool]:
+    """TRL defaults to bf16, which fails on a CPU; choose what the hardware can do."""
+    import torch
+
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def load_model_and_tokenizer(spec: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer; a chat template is required (the data is chats)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from synthalign.models import resolve_model
+
+    path = resolve_model(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
+    except OSError as exc:
+        raise RecipeError(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise RecipeError(
+            f"model {spec!r} has no chat template: start from an instruct/SFT model or add one to its tokenizer"
+        )
+    return model, tokenizer
+
+
+def trl_config_kwargs(recipe: TrainRecipe, config_cls: type, output_dir: Path) -> dict[str, Any]:
+    """The common TrainingArguments, plus the recipe's ``trainer_args`` checked against ``config_cls``."""
+    known = set(getattr(config_cls, "__dataclass_fields__", {}))
+    unknown = sorted(set(recipe.trainer_args) - known)
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise RecipeError(f"trainer_args: {config_cls.__name__} has no field '{unknown[0]}'{hint}")
+    kwargs: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "seed": recipe.seed,
+        "learning_rate": recipe.learning_rate,
+        "num_train_epochs": recipe.num_train_epochs,
+        "max_steps": recipe.max_steps,
+        "per_device_train_batch_size": recipe.per_device_train_batch_size,
+        "gradient_accumulation_steps": recipe.gradient_accumulation_steps,
+        # transformers 5 folds the ratio into warmup_steps: a float in [0, 1) is a ratio
+        "warmup_steps": recipe.warmup_ratio if recipe.warmup_ratio < 1 else 0,
+        "lr_scheduler_type": recipe.lr_scheduler_type,
+        "max_length": recipe.max_length,
+        "gradient_checkpointing": recipe.gradient_checkpointing,
+        "logging_steps": recipe.logging_steps,
+        "save_strategy": "steps" if recipe.save_steps else "epoch",
+        "save_total_limit": recipe.save_total_limit,
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+        **precision_flags(recipe.precision),
+    }
+    if recipe.save_steps:
+        kwargs["save_steps"] = recipe.save_steps
+    kwargs.update(recipe.trainer_args)
+    return kwargs
+
+
+def checkpoint_to_resume(recipe: TrainRecipe, output_dir: Path) -> str | None:
+    """Resolve ``resume_from_checkpoint`` to a checkpoint folder, or None to start fresh."""
+    if recipe.resume_from_checkpoint is False:
+        return None
+    if isinstance(recipe.resume_from_checkpoint, str):
+        path = Path(recipe.resume_from_checkpoint).expanduser()
+        if not path.is_dir():
+            raise RecipeError(f"resume_from_checkpoint: {path} is not a checkpoint folder")
+        return str(path)
+    if not output_dir.is_dir():
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(output_dir))
+    if last:
+        logger.info("resuming from %s", last)
+    return last
+
+
+def save_trained(trainer: Trainer, recipe: TrainRecipe, output_dir: Path, info: dict[str, Any]) -> Path:
+    """Save what ``from_pretrained`` loads back: model or adapter (or merged), tokenizer, record.
+
+    A LoRA run saves the adapter (peft's layout; ``from_pretrained`` on the folder loads
+    base + adapter); with ``lora.merge`` it saves the merged full model instead, so
+    backends without adapter support (vLLM, llama.cpp conversion) use it directly.
+    """
+    tokenizer = trainer.processing_class
+    model = trainer.model
+    is_peft = hasattr(model, "peft_config")
+    if is_peft and recipe.lora is not None and recipe.lora.merge:
+        model.save_pretrained(output_dir / "adapter")
+        merged = model.merge_and_unload()
+        merged.save_pretrained(output_dir, safe_serialization=True)
+    else:
+        trainer.save_model(str(output_dir))
+    tokenizer.save_pretrained(output_dir)
+    (output_dir / RECIPE_FILENAME).write_text(
+        json.dumps({"recipe": recipe.model_dump(mode="json"), **info}, indent=2, default=str) + "\n",
+        encoding="utf-8",
+    )
+    if recipe.delete_checkpoints:
+        for checkpoint in output_dir.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    return output_dir
+
+
+def run_training(
+    recipe: TrainRecipe,
+    *,
+    kind: str,
+    required_columns: list[str],
+    build_trainer: Callable[[Any, Any, Dataset, Path], Trainer],
+) -> Path:
+    """Shared body of every ``train_from_recipe``: data, model, train (resumable), save.
+
+    ``build_trainer(model, tokenizer, dataset, output_dir)`` returns the TRL trainer.
+    """
+    from synthalign.cards.base import versions
+    from transformers import set_seed
+
+    output_dir = Path(recipe.output_dir).expanduser()
+    dataset = load_training_dataset(recipe, required_columns)
+    set_seed(recipe.seed)
+    model, tokenizer = load_model_and_tokenizer(recipe.model)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    trainer = build_trainer(model, tokenizer, dataset, output_dir)
+    resume = checkpoint_to_resume(recipe, output_dir)
+    result = trainer.train(resume_from_checkpoint=resume)
+    metrics = dict(result.metrics)
+    metrics["train_samples"] = len(dataset)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    info = {
+        "kind": kind,
+        "base_model": recipe.model,
+        "dataset": recipe.dataset,
+        "dataset_config": recipe.dataset_config,
+        "rows": len(dataset),
+        "resumed_from": resume,
+        "metrics": metrics,
+        "versions": versions(),
+    }
+    return save_trained(trainer, recipe, output_dir, info)
+
+
+def read_training_record(folder: str | Path) -> dict[str, Any]:
+    """The record :func:`save_trained` wrote (recipe, metrics), or {} for foreign folders."""
+    path = Path(folder) / RECIPE_FILENAME
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
