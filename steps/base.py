@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from synthalign.steps.prompts import render, template_id
 
 import synthalign.offline  # noqa: F401  (no citation fetches)
-from synthalign.parsing import parse_model
+from synthalign.parsing import NO_OUTPUT, parse_model
 
 if TYPE_CHECKING:
     from distilabel.typing import FormattedInput, StepColumns
@@ -134,7 +134,7 @@ class TextTask(_PromptTask):
         text = (output or "").strip()
         error = None
         if output is None:
-            error = "no output (generation failed)"
+            error = NO_OUTPUT
         elif len(text) < self.min_chars:
             error = "empty output" if not text else f"too short ({len(text)} chars)"
         return {self.output_column: text if not error else None, **self._provenance(output, error)}

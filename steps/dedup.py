@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_THRESHOLD = 0.9
-DEFAULT_BLOCK = 512
+DEFAULT_BLOCK = 256
 DEFAULT_POOL_CHUNK = 16384
 
 
@@ -216,12 +216,15 @@ def greedy_semantic_dedup_details(
             )
             _offer(block, found.arg, found.sim, match, match_ref, similarity)
             live &= ~found.hit
-        before = live.copy()
-        conflict = _block_conflicts(cand, block, threshold, margin)
-        _resolve_block(conflict, live)
+        # only rows that survived the pool take part in the in-block greedy
+        sub = block[live]
+        sub_live = np.ones(len(sub), dtype=bool)
+        sims, conflict = _block_conflicts(cand, sub, threshold, margin)
+        _resolve_block(conflict, sub_live)
         _offer_block_partners(
-            cand, block, live, before, conflict, threshold, match, match_ref, similarity
+            cand, sub, sub_live, sims, conflict, threshold, match, match_ref, similarity
         )
+        live[live] = sub_live
         kept = block[live]
         kept_ids[n_kept : n_kept + len(kept)] = kept
         n_kept += len(kept)
@@ -245,8 +248,11 @@ def _offer(
     match_ref[rows[take]] = False
 
 
-def _block_conflicts(cand: _Unit, block: np.ndarray, threshold: float, margin: float) -> np.ndarray:
-    """Exact ``sim >= threshold`` between earlier (row) and later (column) block members."""
+def _block_conflicts(
+    cand: _Unit, block: np.ndarray, threshold: float, margin: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """float32 similarities within the block, and the exact ``sim >= threshold`` mask
+    between earlier (row) and later (column) members."""
     vectors = cand.f32[block]
     sims = vectors @ vectors.T
     upper = np.triu(np.ones(sims.shape, dtype=bool), k=1)
@@ -255,7 +261,7 @@ def _block_conflicts(cand: _Unit, block: np.ndarray, threshold: float, margin: f
     if len(r):
         exact = _exact_pairs(cand, block[r], cand, block[c])
         conflict[r, c] = exact >= threshold
-    return conflict
+    return sims, conflict
 
 
 def _resolve_block(conflict: np.ndarray, live: np.ndarray) -> None:
@@ -273,7 +279,7 @@ def _offer_block_partners(
     cand: _Unit,
     block: np.ndarray,
     live: np.ndarray,
-    before: np.ndarray,
+    sims: np.ndarray,
     conflict: np.ndarray,
     threshold: float,
     match: np.ndarray,
@@ -289,17 +295,15 @@ def _offer_block_partners(
     kept_pos = np.flatnonzero(live)
     if len(kept_pos) == 0 or len(block) < 2:
         return
-    vectors = cand.f32[block]
-    sims = vectors @ vectors[kept_pos].T  # (block rows, kept rows of the block)
     earlier = kept_pos[None, :] < np.arange(len(block))[:, None]
-    sims = np.where(earlier, sims, -np.inf)
+    sims = np.where(earlier, sims[:, kept_pos], -np.inf)  # (block rows, kept rows of the block)
     best = sims.argmax(axis=1)
     rows = np.flatnonzero(np.isfinite(sims[np.arange(len(block)), best]))
     if len(rows):
         partners = block[kept_pos[best[rows]]]
         exact = _exact_pairs(cand, block[rows], cand, partners)
         _offer(block[rows], partners, exact, match, match_ref, similarity)
-    removed = np.flatnonzero(before & ~live)
+    removed = np.flatnonzero(~live)
     unsure = removed[~(similarity[block[removed]] >= threshold)]  # nan counts as unsure
     for j in unsure:
         killer = kept_pos[conflict[kept_pos, j]][0]

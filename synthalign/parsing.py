@@ -16,6 +16,8 @@ from pydantic import BaseModel, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
 
+NO_OUTPUT = "no output (prompt longer than the model context, or the engine failed: see the log)"
+
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
 
@@ -48,7 +50,7 @@ def _first_json_object(text: str) -> str | None:
 def parse_model(text: str | None, model: type[M]) -> tuple[M | None, str | None]:
     """Parse ``text`` into ``model``; return ``(record, None)`` or ``(None, reason)``."""
     if text is None:
-        return None, "no output (generation failed)"
+        return None, NO_OUTPUT
     stripped = text.strip()
     if not stripped:
         return None, "empty output"

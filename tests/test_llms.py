@@ -179,3 +179,13 @@ def test_llm_serializes_the_spec_not_a_cache_path() -> None:
     dumped = llm.dump()
     assert dumped["model"] == "builtin:tiny-random"
     assert json.dumps(dumped).count(".cache") == 0
+
+
+def test_prompt_longer_than_context_is_a_row_without_output_not_a_crash() -> None:
+    llm = load_llm("builtin:tiny-random", structured_output=Verdict, max_new_tokens=32, temperature=0)
+    llm.load()
+    huge = [{"role": "user", "content": "word " * 5000}]
+    outputs = llm.generate_outputs([PROMPTS[0], huge, PROMPTS[1]])
+    assert outputs[1]["generations"] == [None]
+    Verdict.model_validate_json(outputs[0]["generations"][0])
+    Verdict.model_validate_json(outputs[2]["generations"][0])

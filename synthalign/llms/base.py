@@ -36,9 +36,10 @@ DEFAULT_GENERATION_KWARGS: dict[str, Any] = {
 
 @dataclass
 class Completion:
-    """One generated text with its token counts."""
+    """One generated text with its token counts; ``text`` is None when the engine could
+    not generate for this row (e.g. the prompt is longer than the model's context)."""
 
-    text: str
+    text: str | None
     input_tokens: int
     output_tokens: int
 

@@ -55,6 +55,15 @@ class TransformersLLM(SynthLLM):
     def unload(self) -> None:
         self._model = self._tokenizer = self._grammars = None
 
+    def context_length(self) -> int:
+        """Tokens the model can attend to (prompt + completion)."""
+        config = self._model.config
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return int(min(self._tokenizer.model_max_length, 1 << 20))
+
     def prompt_text(self, conversation: ChatType) -> str:
         """The exact text the model sees for a conversation (chat template applied)."""
         return self._tokenizer.apply_chat_template(
@@ -76,9 +85,14 @@ class TransformersLLM(SynthLLM):
 
         texts = [self.prompt_text(c) for c in conversations]
         encoded = [self._tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-        step = self.max_batch_size or len(order)
+        context = self.context_length()
         results: dict[int, Completion] = {}
+        for i, ids in enumerate(encoded):
+            if len(ids) >= context:  # recorded per row (no output), never a crash
+                self._logger.warning(f"prompt of {len(ids)} tokens exceeds the {context}-token context; row skipped")
+                results[i] = Completion(text=None, input_tokens=len(ids), output_tokens=0)
+        order = sorted((i for i in range(len(texts)) if i not in results), key=lambda i: len(encoded[i]))
+        step = self.max_batch_size or max(len(order), 1)
         for start in range(0, len(order), step):
             chunk = order[start : start + step]
             torch.manual_seed(seed + start)
@@ -125,10 +139,11 @@ class TransformersLLM(SynthLLM):
         sampling: dict[str, Any] = {"do_sample": False}
         if temperature > 0:
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        room = self.context_length() - batch["input_ids"].shape[1]
         with torch.inference_mode():
             out = self._model.generate(
                 **batch,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=max(1, min(max_new_tokens, room)),
                 logits_processor=processors or None,
                 pad_token_id=self._tokenizer.pad_token_id,
                 eos_token_id=self._tokenizer.eos_token_id,
