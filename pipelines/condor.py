@@ -32,11 +32,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from distilabel.pipeline import Pipeline
 from pydantic import Field, field_validator, model_validator
-
-import synthalign.offline  # noqa: F401  (no citation fetches)
-from synthalign.errors import RecipeError
-from synthalign.methods import Method
-from synthalign.recipes import Recipe, StrictModel
 from synthalign.steps.condor import (
     DEFAULT_MAX_CRITIQUE_CHARS,
     DEFAULT_MAX_QUESTION_CHARS,
@@ -46,10 +41,14 @@ from synthalign.steps.condor import (
 )
 from synthalign.steps.knowledge_tree import DEFAULT_TREE, TASK_TYPES
 
+import synthalign.offline  # noqa: F401  (no citation fetches)
+from synthalign.errors import RecipeError
+from synthalign.methods import Method
+from synthalign.recipes import Recipe, StrictModel
+
 if TYPE_CHECKING:
     from datasets import Dataset
     from distilabel.distiset import Distiset
-
     from synthalign.cards.base import CardContent
 
 CONFIGS: tuple[str, ...] = ("refined", "void", "generations")
@@ -293,6 +292,20 @@ def _empty(config: str, recipe: CondorRecipe) -> Dataset:
     return Dataset.from_list([formatted]).select([])
 
 
+def _strings_not_null(data: Dataset) -> Dataset:
+    """Error / raw / drop columns that happen to be all None are typed as strings, so every
+    run's configs share one schema (and concatenate)."""
+    from datasets import Value
+
+    features = data.features.copy()
+    changed = False
+    for name, feature in features.items():
+        if isinstance(feature, Value) and feature.dtype == "null":
+            features[name] = Value("string")
+            changed = True
+    return data.cast(features) if changed else data
+
+
 def to_datasets(distiset: Distiset, recipe: CondorRecipe) -> dict[str, Dataset]:
     """The published configs, straight from the pipeline's leaf steps (columns in order)."""
     out: dict[str, Dataset] = {}
@@ -302,6 +315,7 @@ def to_datasets(distiset: Distiset, recipe: CondorRecipe) -> dict[str, Dataset]:
             data = _empty(config, recipe)
         order = GENERATIONS_COLUMNS if config == "generations" else TRAIN_COLUMNS
         data = data.select_columns([c for c in order if c in data.column_names])
+        data = _strings_not_null(data)
         out[config] = data
     return out
 

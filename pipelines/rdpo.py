@@ -304,7 +304,7 @@ def build_pipeline(config: RDPORecipe) -> Pipeline:
             name="pair_with_preference_probability",
             chosen=config.chosen,
             temperature=config.tau_temperature(),
-            clip=config.scoring.clip,
+            clip=list(config.scoring.clip),
             tie=config.scoring.tie,
             system_column=system,
             judge_prefixes=judge_prefixes,

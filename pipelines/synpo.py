@@ -830,19 +830,35 @@ class Loop:
         )  # fmt: skip
 
     def train(self, kind: str, stage: SFTStage | SimPOStage, *, model: str, dataset: Path, config: str, output: Path) -> dict[str, Any]:
+        """Train one model with ``synthalign train KIND`` in a fresh process, unless already saved.
+
+        The recipe is written beside the model (``OUTPUT.recipe.yaml``), so the exact
+        training can be rerun by hand. A separate process is not only tidy: distilabel
+        forks its step workers from this process, and a process that has run torch
+        threads (training) hangs forked children on their first torch call.
+        """
+        import subprocess
+        import sys
+
+        import yaml
+
         from synthalign.trainers.common import read_training_record
 
-        data = stage.model_dump(exclude={"model", "dataset", "dataset_config", "output_dir"})
+        data = stage.model_dump(mode="json", exclude={"model", "dataset", "dataset_config", "output_dir"})
         if data.get("lora"):
             data["lora"]["merge"] = True  # every backend (vLLM too) must load the result directly
         data["seed"] = self.recipe.seed
         data.update(model=model, dataset=str(dataset), dataset_config=config, output_dir=str(output))
         if not _model_done(output):
-            if kind == "sft":
-                from synthalign.trainers.sft import train_from_recipe
-            else:
-                from synthalign.trainers.simpo import train_from_recipe
-            train_from_recipe(data, kind=kind)
+            recipe_file = output.with_name(f"{output.name}.recipe.yaml")
+            recipe_file.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+            code = "import sys; from synthalign.cli import app; sys.exit(app())"
+            proc = subprocess.run([sys.executable, "-c", code, "train", kind, "--config", str(recipe_file)], check=False)
+            if proc.returncode != 0 or not _model_done(output):
+                raise OutputError(
+                    f"{kind} training for {output} failed (exit {proc.returncode}; see the log above): "
+                    "fix the cause and rerun the same command to resume"
+                )
         record = read_training_record(output)
         return {"model": str(output), "base_model": model, "rows": record.get("rows"), "metrics": record.get("metrics", {})}
 

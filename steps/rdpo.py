@@ -267,7 +267,7 @@ class PairWithPreferenceProbability(Step):
 
     chosen: Literal["revised", "higher_score"] = "revised"
     temperature: float = Field(default=1.0, gt=0)
-    clip: tuple[float, float] = (0.0, 1.0)
+    clip: list[float] = Field(default_factory=lambda: [0.0, 1.0], min_length=2, max_length=2)
     tie: Literal["keep", "drop"] = "keep"
     system_column: str | None = None
     judge_prefixes: list[str] = Field(default_factory=list, description="judge column prefixes, when judged")
@@ -324,7 +324,7 @@ class PairWithPreferenceProbability(Step):
                 s_orig, s_rev = float(row["score_original"]), float(row["score_revised"])
                 revised_first = self.chosen == "revised" or s_rev >= s_orig
                 s_c, s_r = (s_rev, s_orig) if revised_first else (s_orig, s_rev)
-                tau = preference_probability(s_c, s_r, self.temperature, tuple(self.clip), self.tie)
+                tau = preference_probability(s_c, s_r, self.temperature, (self.clip[0], self.clip[1]), self.tie)
                 if tau is None:
                     dropped = ("tie", f"equal scores ({s_c:g}) and tie='drop'")
                 else:

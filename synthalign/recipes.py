@@ -8,14 +8,33 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
 
 from synthalign.errors import RecipeError
 
 R = TypeVar("R", bound="Recipe")
+
+
+def _resolve_recipe_path(value: str, info: ValidationInfo) -> str:
+    """A relative path in a recipe means relative to the recipe file, when it exists
+    there; otherwise it is left as written (a path relative to the working directory,
+    or a Hub id)."""
+    recipe_dir = (info.context or {}).get("recipe_dir")
+    if recipe_dir is None or not value or Path(value).is_absolute() or value.startswith("builtin:"):
+        return value
+    candidate = Path(recipe_dir) / value
+    if candidate.exists() and not Path(value).exists():
+        return str(candidate.resolve())
+    if Path(value).exists():
+        return str(Path(value).resolve())
+    return value
+
+
+RecipePath = Annotated[str, AfterValidator(_resolve_recipe_path)]
+"""A file path (or Hub id) in a recipe, resolved against the recipe's folder."""
 
 
 class StrictModel(BaseModel):
@@ -71,9 +90,9 @@ def describe_validation_error(exc: ValidationError, cls: type[BaseModel], source
     return f"{source}: '{where}' {err['msg'].lower()}{shown}"
 
 
-def parse_recipe(data: dict[str, Any], cls: type[R], source: str = "recipe") -> R:
+def parse_recipe(data: dict[str, Any], cls: type[R], source: str = "recipe", recipe_dir: Path | None = None) -> R:
     try:
-        return cls.model_validate(data)
+        return cls.model_validate(data, context={"recipe_dir": recipe_dir})
     except ValidationError as exc:
         raise RecipeError(describe_validation_error(exc, cls, source)) from None
 
@@ -95,4 +114,4 @@ def load_recipe(path: str | Path, cls: type[R]) -> R:
         data = {}
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a YAML mapping of keys to values, got {type(data).__name__}")
-    return parse_recipe(data, cls, str(path))
+    return parse_recipe(data, cls, str(path), recipe_dir=path.parent)
