@@ -108,6 +108,17 @@ def _computed_funnel(datasets: Mapping[str, Dataset], threshold: float | None) -
     return funnel
 
 
+def _reasons(dataset: Dataset | None, column: str, skip: tuple[str, ...] = ()) -> dict[str, int]:
+    """How many rows each non-null reason in ``column`` has (an empty dict without data)."""
+    if dataset is None or column not in dataset.column_names:
+        return {}
+    counts: dict[str, int] = {}
+    for reason in dataset[column]:
+        if reason is not None and reason not in skip:
+            counts[reason] = counts.get(reason, 0) + 1
+    return counts
+
+
 def build_card(datasets: Mapping[str, Dataset], info: Mapping[str, Any]) -> CardContent:
     """The card of any SynPO folder, chosen by ``info["stage"]`` (default: pairs)."""
     stage = info.get("stage", "pairs")
@@ -185,7 +196,9 @@ prompt and the policy's answer in the improvement template; the target is the go
 
 def _pairs_card(datasets: Mapping[str, Dataset], info: Mapping[str, Any]) -> CardContent:
     stats = info.get("stats", {})
-    threshold = stats.get("pair_threshold", info.get("pair_threshold"))
+    recipe = info.get("recipe") or {}
+    threshold = stats.get("pair_threshold", (recipe.get("scorer") or {}).get("pair_threshold"))
+    max_repetition = stats.get("max_repetition", (recipe.get("filters") or {}).get("max_repetition", 0.5))
     funnel = dict(info.get("funnel") or _computed_funnel(datasets, threshold))
     iteration = str(info.get("iteration", 1))
     figures = {"funnel.png": funnel_figure({iteration: funnel})}
@@ -193,8 +206,8 @@ def _pairs_card(datasets: Mapping[str, Dataset], info: Mapping[str, Any]) -> Car
         figures["score_gap_histogram.png"] = gap_histogram(
             {"chosen - rejected": datasets["candidates"]["score_gap"]}, threshold, "Candidate pairs: reward gap"
         )
-    dropped = stats.get("dropped", {})
-    invalid = stats.get("invalid_prompts", {})
+    dropped = stats.get("dropped") or _reasons(datasets.get("candidates"), "filter_reason", skip=("not sampled",))
+    invalid = stats.get("invalid_prompts") or _reasons(datasets.get("prompts"), "prompt_invalid")
     models = info.get("models", {})
     body = f"""# SynPO synthetic preference pairs (iteration {iteration})
 
@@ -204,7 +217,7 @@ generator; the policy answers; the response improver rewrites that answer into t
 **chosen** response; the **rejected** response is the initial model's answer (or the
 policy's own, per `rejected_from`). A pair is kept when the reward gap
 chosen - rejected exceeds **{threshold}** and neither response has more than
-{stats.get("max_repetition", 0.5):.0%} repeated n-grams; then a fixed number is sampled.
+{max_repetition:.0%} repeated n-grams; then a fixed number is sampled.
 
 ## Funnel
 

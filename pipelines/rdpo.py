@@ -65,6 +65,10 @@ class TeacherOptions(StrictModel):
     temperature: float = Field(default=0.7, ge=0)
     top_p: float = Field(default=0.95, gt=0, le=1)
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="backend options (vLLM: tensor_parallel_size...)")
+    fold_system: bool = Field(
+        default=False,
+        description="send the persona system message as the top of the first user turn (teachers whose chat template has no system role)",
+    )
 
 
 class BehaviourOptions(StrictModel):
@@ -261,6 +265,7 @@ def build_pipeline(config: RDPORecipe) -> Pipeline:
                 engine_kwargs=teacher.engine_kwargs,
             ),
             system_column=system,
+            fold_system=teacher.fold_system,
             input_batch_size=config.input_batch_size,
         )
         judge_prefixes: list[str] = []

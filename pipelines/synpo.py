@@ -615,13 +615,14 @@ def pair_sets(
         prompts.append({**{k: row.get(k) for k in features("prompts")}, "iteration": iteration})
         invalid[row.get("prompt_invalid") or "valid"] += 1
     rejected_col = rejected_column
+    error_col = f"{rejected_col.removeprefix('response_')}_error"
     candidates, passing = [], []
     lost: Counter[str] = Counter()
     for row in _leaf_rows(distiset, "score_pairs"):
         chosen, rejected = row.get("response_improved"), row.get(rejected_col)
         gap = score_gap(row.get("score_chosen"), row.get("score_rejected"))
         rep_c, rep_r = repeated_ngram_fraction(chosen, f.repetition_ngram), repeated_ngram_fraction(rejected, f.repetition_ngram)
-        if row.get("policy_error") or row.get(f"{rejected_col.removeprefix('response_')}_error") or not rejected:
+        if row.get("policy_error") or row.get(error_col) or not rejected:
             reason = "answer failed"
         elif row.get("improver_error") or not chosen:
             reason = "improvement failed"
@@ -699,7 +700,10 @@ def to_datasets(distiset: Distiset, recipe: SynPORecipe) -> dict[str, Dataset]:
         "initial": policy,
         "improver": llm_spec(recipe, recipe.improver or recipe.policy),
     }
-    sets, _ = pair_sets(distiset, recipe, iteration=1, rejected_from="policy", rejected_column="response_policy", models=models)
+    # one round: the policy is the initial model, so its answer is y0 under either setting
+    sets, _ = pair_sets(
+        distiset, recipe, iteration=1, rejected_from=recipe.rejected_from, rejected_column="response_policy", models=models
+    )
     return {name: make_dataset(rows, name) for name, rows in sets.items() if rows}
 
 
@@ -740,6 +744,39 @@ def _run_info(path: Path) -> dict[str, Any]:
     from synthalign.hub import RUN_INFO_FILENAME
 
     return json.loads((path / RUN_INFO_FILENAME).read_text(encoding="utf-8"))
+
+
+def _run(pipeline: Pipeline) -> Distiset:
+    """Run a pipeline, then drop the log handler distilabel leaves on the root logger.
+
+    distilabel routes logging through a queue that it closes when the run ends, but its
+    handler stays; every later log line of this process would print a "Logging error".
+    """
+    from logging.handlers import QueueHandler
+
+    from synthalign.methods import run_pipeline
+
+    distiset = run_pipeline(pipeline)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, QueueHandler):
+            root.removeHandler(handler)
+    return distiset
+
+
+def _preload_engines() -> None:
+    """Import torch and transformers once here, before distilabel forks its step workers.
+
+    Forked workers then share the imported modules instead of each importing them again
+    (seconds of CPU per LLM step). Importing is fork-safe; running torch ops here is not,
+    which is why training happens in a separate process.
+    """
+    import synthalign.steps.scoring
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401
+
+    import synthalign.llms.transformers  # noqa: F401
 
 
 class Loop:
@@ -841,7 +878,6 @@ class Loop:
         import sys
 
         import yaml
-
         from synthalign.trainers.common import read_training_record
 
         data = stage.model_dump(mode="json", exclude={"model", "dataset", "dataset_config", "output_dir"})
@@ -881,15 +917,13 @@ class Loop:
 
     def improver(self, k: int, policy: str, seed_file: Path) -> tuple[str, dict[str, Any]]:
         """I_k: M0 fine-tuned on (prompt, P_k answer) -> gold where gold wins by the threshold."""
-        from synthalign.methods import run_pipeline
-
         folder = self.iter_dir(k) / "improver-set"
         if not _folder_done(folder):
             pipeline = build_improver_set_pipeline(
                 self.recipe, seed_file=seed_file, policy=policy, name=f"synpo-{self.tag}-iter{k}-improver-set",
                 cache_dir=self.cache_dir, seed=self.recipe.seed + k,
             )  # fmt: skip
-            distiset = run_pipeline(pipeline)
+            distiset = _run(pipeline)
             kept, candidates, funnel = improver_sets(distiset, self.recipe, iteration=k)
             info = {"stage": "improver-set", "iteration": k, "funnel": funnel, "threshold": self.recipe.scorer.improver_threshold, "policy_model": policy}
             rows = {"improver": (kept, "improver"), "candidates": (candidates, "improver_candidates")}
@@ -904,8 +938,6 @@ class Loop:
 
     def pairs(self, k: int, *, generator: str, policy: str, improver: str) -> dict[str, Any]:
         """Keyword lists -> prompts -> pairs; this iteration's sample is written to ``pairs/``."""
-        from synthalign.methods import run_pipeline
-
         folder = self.iter_dir(k) / "pairs"
         if _folder_done(folder):
             info = _run_info(folder)
@@ -934,7 +966,7 @@ class Loop:
             self.recipe, keywords_file=keywords_file, generator=generator, policy=policy, initial=initial,
             improver=improver, name=f"synpo-{self.tag}-iter{k}-pairs", cache_dir=self.cache_dir, seed=self.recipe.seed + k,
         )  # fmt: skip
-        distiset = run_pipeline(pipeline)
+        distiset = _run(pipeline)
         models = {
             "generator": llm_spec(self.recipe, generator), "policy": llm_spec(self.recipe, policy),
             "initial": llm_spec(self.recipe, self.recipe.policy), "improver": llm_spec(self.recipe, improver),
@@ -988,6 +1020,7 @@ class Loop:
         self.out.mkdir(parents=True, exist_ok=True)
         self.save()
         seed_file, seeds = self.seed_file()
+        _preload_engines()
         for k in range(1, iterations + 1):
             if self.done(k):
                 logger.info("iteration %d already finished; skipping", k)

@@ -486,7 +486,7 @@ class LoadPool(GeneratorStep):
                         "summary": seed.get("summary") if isinstance(seed.get("summary"), str) else None,
                         "metadata_models": None,
                         "metadata_error": None,
-                        "prompt_templates": {},
+                        "prompt_templates": None,  # never {}: parquet cannot store an empty struct
                         "describe_with": members[i],
                     }
                 )
@@ -505,7 +505,7 @@ class LoadPool(GeneratorStep):
                         "summary": row.get("summary"),
                         "metadata_models": row.get("metadata_models"),
                         "metadata_error": row.get("metadata_error"),
-                        "prompt_templates": {},
+                        "prompt_templates": None,  # never {}: parquet cannot store an empty struct
                         "describe_with": None,  # labelled when it was made; not again
                     }
                 )
@@ -551,7 +551,7 @@ class DescribeExamples(PoolTask):
         for i, row in enumerate(rows):
             for field in ("domain", "keywords", "summary", "metadata_models", "metadata_error"):
                 row.setdefault(field, None)
-            row.setdefault("prompt_templates", {})
+            row.setdefault("prompt_templates", None)
             if not self._selected(row):
                 continue
             for j, field in enumerate(METADATA_FIELDS):
@@ -695,7 +695,7 @@ class DrawCandidates(GlobalStep):
                     "adjudicator_model": names[role["adjudicator"]],
                     "enricher_model": names[role["enricher"]],
                     "describe_with": [role["enricher"]] * len(METADATA_FIELDS),
-                    "prompt_templates": {},
+                    "prompt_templates": None,  # never {}: parquet cannot store an empty struct
                 }
             )
         yield out

@@ -156,6 +156,10 @@ class SelfCritiqueRevision(TextTask):
     output_column: ClassVar[str] = "response_original"
 
     system_column: str | None = Field(default=None, description="column with a system message (persona)")
+    fold_system: bool = Field(
+        default=False,
+        description="put the system message at the top of the first user turn (for chat templates without a system role)",
+    )
 
     @property
     def inputs(self) -> "StepColumns":
@@ -173,9 +177,12 @@ class SelfCritiqueRevision(TextTask):
         """The chat the teacher sees at turn ``upto`` (0: answer, 1: critique, 2: revision)."""
         chat: Chat = []
         system = input.get(self.system_column) if self.system_column else None
-        if system:
+        prompt = render(TURNS[0][2], prompt=input.get("prompt") or "")
+        if system and self.fold_system:
+            prompt = f"{system}\n\n{prompt}"
+        elif system:
             chat.append({"role": "system", "content": system})
-        chat.append({"role": "user", "content": render(TURNS[0][2], prompt=input.get("prompt") or "")})
+        chat.append({"role": "user", "content": prompt})
         principle = input.get("principle_text") or ""
         for turn in range(1, upto + 1):
             chat.append({"role": "assistant", "content": input.get(TURNS[turn - 1][1]) or ""})

@@ -54,6 +54,15 @@ def test_self_critique_revision_is_one_growing_conversation() -> None:
     assert out[0]["critique_prompt"].startswith("rdpo_critique.jinja2@") and out[0]["revision_model"] == "canned-teacher"
 
 
+def test_fold_system_moves_the_persona_into_the_first_user_turn() -> None:
+    from synthalign.steps.rdpo import SelfCritiqueRevision
+
+    task = SelfCritiqueRevision(name="scr", llm=CannedLLM(model="c", replies=["x"]), system_column="system", fold_system=True)
+    chat = task.conversation({"prompt": "Be a pirate!", "system": "You are Ada.", "principle_text": "p"}, 2)
+    assert [m["role"] for m in chat] == ["user", "assistant", "user", "assistant", "user"]
+    assert chat[0]["content"] == "You are Ada.\n\nBe a pirate!"
+
+
 def test_a_failed_turn_skips_the_rest_of_its_conversation() -> None:
     from synthalign.steps.rdpo import SelfCritiqueRevision
 

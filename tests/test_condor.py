@@ -1,0 +1,428 @@
+"""Condor: parsers, gating, the tiny-random pipeline end to end, rerun, training, quickstart."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+import yaml
+from synthalign.steps.condor import (
+    DIFFICULTIES,
+    AnswerQuestion,
+    CritiqueResponse,
+    GenerateQuestions,
+    RefineResponse,
+    clean_refined_text,
+    drop_reason,
+    format_row,
+    split_question_row,
+)
+from synthalign.steps.knowledge_tree import TASK_TYPES
+
+from synthalign.llms import load_llm
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "pipelines" / "recipes"
+DISTILABEL = Path(sys.executable).with_name("distilabel")
+
+# Small enough that tiny-random finishes every step fast; the question budget is tight on
+# purpose, so some question calls run out of tokens mid-JSON and must be recorded.
+TINY_RECIPE = {
+    "name": "condor-tiny-test",
+    "llm": "builtin:tiny-random",
+    "num_samples": 21,
+    "question": {"max_new_tokens": 80, "max_question_chars": 60, "batch_size": 8},
+    "answer": {"max_new_tokens": 24, "batch_size": 8},
+    "critique": {"max_new_tokens": 96, "max_field_chars": 40, "batch_size": 8},
+    "refine": {"max_new_tokens": 24, "batch_size": 8},
+    "drop_truncated": False,
+    "load_stages": "sequential",  # one step loaded at a time (the vLLM path); the rerun test covers concurrent
+}
+
+
+def _env(home: Path) -> dict[str, str]:
+    """A fresh HOME (distilabel's cache starts empty), the real built-in model cache."""
+    env = dict(os.environ)
+    env.update(
+        HOME=str(home),
+        SYNTHALIGN_CACHE=os.environ.get("SYNTHALIGN_CACHE", str(Path.home() / ".cache" / "synthalign")),
+    )
+    return env
+
+
+def _cli(args: list[str], home: Path, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "synthalign.cli", *args],
+        env=_env(home), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def _task(cls, **kwargs):
+    return cls(name=cls.__name__.lower(), llm=load_llm("builtin:tiny-random"), **kwargs)
+
+
+# ------------------------------------------------------------------ question parser
+
+ROW = {"tag_path": ["Physics", "Waves and optics", "Lasers"], "task_type": "Domain QA"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        ('{"easy": "What is a laser?", "medium": "How does a laser pump work?", "hard": "Derive the threshold gain."}', None),
+        ('{"easy": "What is a laser?", "medium": "How does a la', "truncated JSON"),
+        ("1. What is a laser?\n2. How does it work?", "not JSON"),
+        ('{"easy": "What is a laser?", "medium": "How?"}', "schema: hard"),
+        ('{"easy": "   ", "medium": "How?", "hard": "Why?"}', "schema: easy"),
+        ('{"easy": "' + "a" * 61 + '", "medium": "How?", "hard": "Why?"}', "schema: easy"),
+        ("", "empty output"),
+        (None, "no output"),
+    ],
+)
+def test_question_parser(raw: str | None, error: str | None) -> None:
+    out = _task(GenerateQuestions, max_question_chars=60).format_output(raw, ROW)
+    if error is None:
+        assert out["question_error"] is None and out["question_raw"] is None
+        assert out["question_easy"] == "What is a laser?"
+        assert out["question_hard"] == "Derive the threshold gain."
+    else:
+        assert out["question_error"].startswith(error), out["question_error"]
+        assert out["question_easy"] is None and out["question_hard"] is None
+        assert out["question_raw"] == raw
+    assert out["question_model"] == "builtin:tiny-random"
+    assert out["question_prompt"].startswith("condor_question.jinja2@")
+
+
+def test_question_prompt_puts_variable_parts_last_and_enforces_schema() -> None:
+    task = _task(GenerateQuestions, max_question_chars=300)
+    chat, structured = task.format_input(ROW)
+    other, _ = task.format_input({"tag_path": ["Music", "Genres", "Jazz"], "task_type": "Creation"})
+    text, text2 = chat[-1]["content"], other[-1]["content"]
+    static, variable = text.split("\nTopic: ")
+    assert text2.startswith(static + "\nTopic: ")  # one shared prefix for the engine's prefix cache
+    assert variable.startswith("Physics > Waves and optics > Lasers\nTask type: Domain QA")
+    assert TASK_TYPES["Domain QA"] in text
+    schema = structured["schema"]
+    assert schema["required"] == ["easy", "medium", "hard"]
+    assert schema["properties"]["easy"]["maxLength"] == 300
+
+
+def test_split_makes_one_row_per_difficulty() -> None:
+    row = {**ROW, "sample_index": 4, "question_easy": "A?", "question_medium": " B? ", "question_hard": "C?", "question_error": None, "question_raw": None, "question_model": "m", "question_prompt": "p"}
+    rows = split_question_row(row)
+    assert [r["difficulty"] for r in rows] == list(DIFFICULTIES)
+    assert [r["question"] for r in rows] == ["A?", "B?", "C?"]
+    assert all(r["question_error"] is None and r["sample_index"] == 4 and r["question_model"] == "m" for r in rows)
+    assert not any(k in r for r in rows for k in ("question_easy", "question_medium", "question_hard"))
+
+
+def test_split_keeps_failures_and_flags_blank_or_repeated_questions() -> None:
+    failed = split_question_row({**ROW, "question_easy": None, "question_medium": None, "question_hard": None, "question_error": "truncated JSON: x", "question_raw": "{"})
+    assert [r["question_error"] for r in failed] == ["truncated JSON: x"] * 3
+    assert all(r["question"] is None and r["question_raw"] == "{" for r in failed)
+    mixed = split_question_row({**ROW, "question_easy": "Same?", "question_medium": "same ?", "question_hard": "", "question_error": None})
+    assert mixed[0]["question_error"] is None
+    assert mixed[1]["question_error"].startswith("duplicate question")
+    assert mixed[2]["question_error"] == "empty question"
+
+
+# ------------------------------------------------------------------ critique parser
+
+QA = {"question": "What is a laser?", "response": "Light amplification."}
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        ('{"strengths": "Short.", "weaknesses": "No mechanism.", "suggestions": "Explain stimulated emission."}', None),
+        ('{"strengths": "Short.", "weaknesses": "No mech', "truncated JSON"),
+        ("Strengths: short. Weaknesses: vague.", "not JSON"),
+        ('{"strengths": "Short.", "weaknesses": "", "suggestions": "More."}', "schema: weaknesses"),
+        ('{"strengths": "Short.", "weaknesses": "Vague.", "suggestions": 3}', "schema: suggestions"),
+    ],
+)
+def test_critique_parser(raw: str, error: str | None) -> None:
+    out = _task(CritiqueResponse).format_output(raw, QA)
+    if error is None:
+        assert (out["critique_strengths"], out["critique_weaknesses"], out["critique_suggestions"]) == (
+            "Short.", "No mechanism.", "Explain stimulated emission.",
+        )  # fmt: skip
+        assert out["critique_error"] is None
+    else:
+        assert out["critique_error"].startswith(error), out["critique_error"]
+        assert out["critique_strengths"] is None and out["critique_raw"] == raw
+
+
+# ------------------------------------------------------------------ refinement parser
+
+
+@pytest.mark.parametrize(
+    ("raw", "text", "error"),
+    [
+        ("A laser amplifies light by stimulated emission.", "A laser amplifies light by stimulated emission.", None),
+        ("Improved answer:\nA laser amplifies light.", "A laser amplifies light.", None),
+        ("**Refined Response:**\n\nA laser amplifies light.", "A laser amplifies light.", None),
+        ("Here is the improved answer that fixes the gaps:\nA laser amplifies light.", "A laser amplifies light.", None),
+        ("[Improved Answer Start]\nA laser amplifies light.\n[Improved Answer End]", "A laser amplifies light.", None),
+        ("[Improved Answer Start]\nA laser amplifies li", "A laser amplifies li", None),  # truncated block
+        ("Improved answers differ: lasers amplify light.", "Improved answers differ: lasers amplify light.", None),
+        ("Improved answer:", None, "empty output after removing the label"),
+        ("   ", None, "empty output"),
+        (None, None, "no output"),
+    ],
+)
+def test_refined_text_parser(raw: str | None, text: str | None, error: str | None) -> None:
+    got_text, got_error = clean_refined_text(raw)
+    assert got_text == text
+    assert got_error is None if error is None else got_error.startswith(error)
+    out = _task(RefineResponse).format_output(raw, {})
+    assert out["refined_response"] == text
+    assert (out["refine_error"] or "").startswith(error or "")
+    assert out["refine_raw"] == (raw if error else None)
+
+
+# ------------------------------------------------------------------ gating and truncation (real tiny model)
+
+
+def test_answer_skips_rows_without_question_and_marks_cut_off_answers() -> None:
+    task = AnswerQuestion(
+        name="answer_question", llm=load_llm("builtin:tiny-random", max_new_tokens=6, temperature=0), truncated_is_error=True
+    )
+    task.load()
+    rows = next(task.process([{"question": "What is a laser?"}, {"question": None}, {"question": "  "}]))
+    assert len(rows) == 3
+    assert rows[0]["response"] is None and rows[0]["response_error"] == "truncated: reached max_new_tokens=6"
+    assert rows[0]["response_raw"] and rows[0]["response_model"] == "builtin:tiny-random"
+    for row in rows[1:]:
+        assert row["response"] is None and row["response_model"] is None
+        assert row["response_error"] == "skipped: no question (an earlier stage failed)"
+        assert row["response_prompt"].startswith("condor_answer.jinja2@")
+
+    task.truncated_is_error = False
+    kept = next(task.process([{"question": "What is a laser?"}]))[0]
+    assert kept["response"] and kept["response_error"] is None
+
+
+def test_format_row_publishes_messages_only_for_rows_that_passed_every_stage() -> None:
+    good = {
+        **ROW, "question": "Q?", "response": "A.", "refined_response": "Better A.", "difficulty": "Easy",
+        "critique_strengths": "s", "critique_weaknesses": "w", "critique_suggestions": "g",
+        **{f"{s}_error": None for s in ("question", "response", "critique", "refine")},
+    }  # fmt: skip
+    settings = {"answer": {"max_new_tokens": 8, "temperature": 0.7, "top_p": 0.95, "seed": 0}}
+    assert format_row(good, "refined", settings)["messages"] == [
+        {"role": "user", "content": "Q?"}, {"role": "assistant", "content": "Better A."},
+    ]  # fmt: skip
+    assert format_row(good, "void", settings)["messages"][1]["content"] == "A."
+    assert format_row(good, "generations", settings)["kept"] is True
+    bad = {**good, "critique_error": "truncated JSON: x", "refine_error": "skipped: no critique_strengths"}
+    assert drop_reason(bad) == ("critique", "truncated JSON: x")
+    assert format_row(bad, "refined", settings) is None and format_row(bad, "void", settings) is None
+    record = format_row(bad, "generations", settings)
+    assert (record["kept"], record["drop_stage"], record["drop_reason"]) == (False, "critique", "truncated JSON: x")
+    assert drop_reason({**good, "refined_response": " "}) == ("refine", "empty refined_response")
+
+
+# ------------------------------------------------------------------ recipes
+
+
+def test_recipes_load_and_describe_the_paper_setup() -> None:
+    from synthalign.pipelines.condor import CondorRecipe, override_llms
+
+    from synthalign.recipes import load_recipe
+
+    paper = load_recipe(RECIPES / "condor.yaml", CondorRecipe)
+    assert paper.num_samples == 20_000 and paper.num_calls == 6667
+    assert paper.llm_specs() == [paper.llm] and paper.llm.startswith("vllm:")
+    assert paper.sequential() and paper.task_types == list(TASK_TYPES)
+    quick = load_recipe(RECIPES / "condor-quickstart.yaml", CondorRecipe)
+    assert quick.llm == "builtin:smollm2-135m" and 9 <= quick.num_samples <= 15 and not quick.sequential()
+    four = override_llms(quick, ["builtin:tiny-random", "a:b", "builtin:smollm2-135m", "builtin:tiny-random"])
+    assert four.role_spec("answer") == "a:b" and four.llm_specs()[0] == "builtin:tiny-random"
+    one = override_llms(four, ["builtin:tiny-random"])
+    assert one.llm_specs() == ["builtin:tiny-random"]
+
+
+def test_pipeline_shape_and_load_stages() -> None:
+    from synthalign.pipelines.condor import CONFIGS, CondorRecipe, build_pipeline
+
+    recipe = CondorRecipe.model_validate({**TINY_RECIPE, "load_stages": "auto"})
+    pipeline = build_pipeline(recipe)
+    assert not pipeline.sequential_stages
+    order = ["sample_tags", "generate_questions", "split_by_difficulty", "answer_question", "critique_response", "refine_response"]
+    for a, b in pairwise(order):
+        assert list(pipeline.dag.get_step_successors(a)) == [b]
+    assert sorted(pipeline.dag.get_step_successors("refine_response")) == sorted(CONFIGS)
+    sample = pipeline.dag.get_step("sample_tags")["step"]
+    assert sample.num_items == 7 and sample.tree == "default"
+    assert build_pipeline(CondorRecipe.model_validate({**TINY_RECIPE, "load_stages": "sequential"})).sequential_stages
+
+
+def test_bad_recipe_values_fail_before_any_model_loads(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY_RECIPE, "task_types": ["Domain QA", "Haiku"]}))
+    proc = _cli(["generate", "condor", "--config", str(recipe), "--output", str(tmp_path / "o")], tmp_path / "home", timeout=300)
+    assert proc.returncode == 2 and "unknown task type" in proc.stderr and "Traceback" not in proc.stderr
+    recipe.write_text(yaml.safe_dump({**TINY_RECIPE, "root_domains": ["Alchemy"]}))
+    proc = _cli(["generate", "condor", "--config", str(recipe), "--output", str(tmp_path / "o")], tmp_path / "home", timeout=300)
+    assert proc.returncode == 2 and "Alchemy" in proc.stderr
+
+
+# ------------------------------------------------------------------ end to end on tiny-random
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("condor-tiny")
+    recipe = work / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY_RECIPE, "cache_dir": str(work / "cache")}))
+    proc = _cli(["generate", "condor", "--config", str(recipe), "--output", str(work / "out")], work / "home")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return work / "out"
+
+
+def test_tiny_random_run_exercises_every_step_and_records_failures(tiny_run: Path) -> None:
+    from datasets import load_dataset
+
+    from synthalign.hub import validate_hub_folder
+
+    validate_hub_folder(tiny_run)
+    generations = load_dataset(str(tiny_run), "generations", split="train")
+    refined = load_dataset(str(tiny_run), "refined", split="train")
+    void = load_dataset(str(tiny_run), "void", split="train")
+    default = load_dataset(str(tiny_run), split="train")
+
+    assert len(generations) == 21  # 7 calls x 3 difficulties, failures included
+    assert sorted(set(generations["task_type"])) == sorted(TASK_TYPES)  # 7 calls cover all 7 task types
+    assert sorted(generations["difficulty"]) == sorted(list(DIFFICULTIES) * 7)
+    # parse failures are recorded (raw text kept), not raised; their rows skip later stages
+    failed = [r for r in generations if r["question_error"]]
+    assert failed, "the tight question budget should cut some JSON off"
+    assert all(r["question_raw"] and r["question"] is None for r in failed)
+    assert all(r["response_error"].startswith("skipped") and r["response_model"] is None for r in failed)
+    assert all(not r["kept"] and r["drop_stage"] == "question" for r in failed)
+    # every step ran on the rows that survived
+    kept = [r for r in generations if r["kept"]]
+    assert kept and len(kept) == len(refined) == len(void) == len(default)
+    for r in kept:
+        for stage in ("question", "response", "critique", "refine"):
+            assert r[f"{stage}_model"] == "builtin:tiny-random" and r[f"{stage}_error"] is None
+            assert "@" in r[f"{stage}_prompt"]
+        assert r["critique_strengths"] and r["critique_weaknesses"] and r["critique_suggestions"]
+    # void and refined: same rows, TRL messages from the original vs refined answer
+    assert refined["question"] == void["question"] == default["question"]
+    for rr, vr in zip(refined, void, strict=True):
+        assert rr["messages"] == [{"role": "user", "content": rr["question"]}, {"role": "assistant", "content": rr["refined_response"]}]
+        assert vr["messages"][1]["content"] == vr["response"] and vr["messages"][0]["content"] == vr["question"]
+        assert rr["tag_path"] == [rr["root_domain"], rr["sub_domain"], rr["tag"]]
+        assert rr["generation_settings"]["question"]["max_new_tokens"] == 80
+        assert rr["knowledge_tree"].startswith("synthalign-default-en@")
+        assert not any(c.endswith(("_error", "_raw")) for c in rr)
+
+
+def test_tiny_random_card_reports_counts_failures_and_figures(tiny_run: Path) -> None:
+    from synthalign.hub import read_hub_folder
+
+    readme = (tiny_run / "README.md").read_text()
+    front = yaml.safe_load(readme.split("---")[1])
+    assert {"synthetic", "distilabel", "condor"} <= set(front["tags"])
+    assert front["license"] and front["task_categories"] == ["text-generation"] and front["size_categories"] == ["n<1K"]
+    assert {c["config_name"] for c in front["configs"]} == {"refined", "void", "generations"}
+    assert next(c for c in front["configs"] if c.get("default"))["config_name"] == "refined"
+    figures = sorted(p.name for p in (tiny_run / "figures").glob("*.png"))
+    assert {"task_difficulty_heatmap.png", "length_shift.png"} <= set(figures)
+    for name in figures:
+        assert f"figures/{name}" in readme
+    assert "condor_question.jinja2@" in readme and "builtin:tiny-random" in readme
+    datasets, info = read_hub_folder(tiny_run)
+    failed = sum(1 for e in datasets["generations"]["question_error"] if e)
+    assert f"| question generation | generate_questions (3 per call) | 21 | {failed} |" in readme
+    assert "root_domain | task_type | difficulty" in readme
+    assert "original answer (chars)" in readme and "refined answer (chars)" in readme
+    assert info["method"] == "condor"
+
+
+def test_card_rebuilds_from_the_folder_alone(tiny_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    before = (copy / "README.md").read_text()
+    (copy / "README.md").write_text("---\nlicense: x\n---\n")
+    proc = _cli(["card", str(copy)], tmp_path / "home", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = (copy / "README.md").read_text()
+    assert after.split("\n---\n", 1)[1] == before.split("\n---\n", 1)[1]  # the same body, figures included
+
+    def front(text: str) -> dict:
+        meta = yaml.safe_load(text.split("---")[1])
+        meta["configs"] = sorted(meta["configs"], key=lambda c: c["config_name"])
+        meta.pop("dataset_info", None)
+        return meta
+
+    assert front(after) == front(before)
+    assert sorted(p.name for p in (copy / "figures").iterdir()) == sorted(p.name for p in (tiny_run / "figures").iterdir())
+
+
+def test_pipeline_yaml_reruns_from_a_clean_directory(tiny_run: Path, tmp_path: Path) -> None:
+    from datasets import Dataset, load_dataset
+
+    home, cwd = tmp_path / "home", tmp_path / "rerun"
+    cwd.mkdir()
+    proc = subprocess.run(
+        [str(DISTILABEL), "pipeline", "run", "--config", str(tiny_run / "pipeline.yaml")],
+        env=_env(home), cwd=cwd, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    runs = home / ".cache" / "distilabel" / "pipelines" / "condor-tiny-test"
+    outputs = {}
+    for config in ("refined", "void", "generations"):
+        files = sorted(runs.glob(f"*/executions/*/data/steps_outputs/{config}/*.parquet"))
+        assert files, f"the rerun produced no {config} config"
+        outputs[config] = Dataset.from_parquet([str(f) for f in files])
+    original = load_dataset(str(tiny_run), "generations", split="train")
+    assert len(outputs["generations"]) == len(original)
+    assert sorted(outputs["generations"]["sample_index"]) == sorted(original["sample_index"])
+    assert len(outputs["refined"]) == len(outputs["void"]) == sum(outputs["generations"]["kept"])
+
+
+def test_sft_trains_on_the_refined_config_and_the_model_loads(tiny_run: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    recipe = tmp_path / "sft.yaml"
+    base = yaml.safe_load((RECIPES / "condor-sft.yaml").read_text())
+    assert base["learning_rate"] == 2e-5 and base["num_train_epochs"] == 3 and base["dataset_config"] == "refined"
+    base.update(model="builtin:tiny-random", max_steps=2, per_device_train_batch_size=2, max_length=256,
+                gradient_checkpointing=False, gradient_accumulation_steps=1, logging_steps=1)  # fmt: skip
+    recipe.write_text(yaml.safe_dump(base))
+    out = tmp_path / "model"
+    proc = _cli(["train", "sft", "--config", str(recipe), "--dataset", str(tiny_run), "--output", str(out)], tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.num_parameters() > 0
+
+
+# ------------------------------------------------------------------ quickstart on SmolLM2
+
+
+@pytest.mark.slow
+def test_quickstart_recipe_end_to_end_on_smollm2(tmp_path: Path) -> None:
+    from datasets import load_dataset
+
+    out = tmp_path / "condor"
+    proc = _cli(["generate", "condor", "--config", str(RECIPES / "condor-quickstart.yaml"), "--output", str(out)], tmp_path / "home", timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    refined = load_dataset(str(out), "refined", split="train")
+    void = load_dataset(str(out), "void", split="train")
+    assert len(refined) > 0 and refined["question"] == void["question"]
+    for rr, vr in zip(refined, void, strict=True):
+        assert rr["question"].strip() and rr["response"].strip() and rr["refined_response"].strip()
+        assert rr["messages"][1]["content"] == rr["refined_response"] and vr["messages"][1]["content"] == vr["response"]
+        assert rr["response_model"] == "builtin:smollm2-135m"
+    info = json.loads((out / "synthalign.json").read_text())
+    assert info["recipe"]["llm"] == "builtin:smollm2-135m"
