@@ -223,14 +223,43 @@ def override_llms(recipe: GRARecipe, llms: list[str]) -> GRARecipe:
 # ------------------------------------------------------------------ pipeline
 
 
+def warm_imports(specs: list[str]) -> None:
+    """Import the engines' Python modules once, before distilabel forks its workers.
+
+    A round has a dozen step processes and every LLM step may load every local pool
+    model; forked from a parent that already imported torch, transformers, xgrammar and
+    sentence-transformers, each worker skips several seconds of imports. Importing
+    initializes no thread pool and no GPU, so forking afterwards is safe.
+    """
+    import importlib
+
+    modules = ["sentence_transformers"]
+    if any(spec.split(":", 1)[0] in ("builtin", "transformers") for spec in specs):
+        modules += [
+            "torch",
+            "transformers",
+            "xgrammar",
+            "synthalign.llms.transformers",
+            "synthalign.llms.grammar",
+            "transformers.models.llama.modeling_llama",
+        ]
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # an optional engine missing here fails later, in its step, with its own message
+            logger.debug("could not pre-import %s", name, exc_info=True)
+
+
 class GRAPipeline(Pipeline):
     """distilabel's Pipeline, run one step at a time when the recipe asks for it."""
 
     sequential_stages: bool = False
+    preload_specs: list[str] = []
 
     def run(self, *args: Any, **kwargs: Any) -> Distiset:  # type: ignore[override]
         if self.sequential_stages and kwargs.get("load_groups") is None:
             kwargs["load_groups"] = "sequential_step_execution"
+        warm_imports(self.preload_specs)
         return super().run(*args, **kwargs)
 
 
@@ -329,6 +358,7 @@ def build_round_pipeline(recipe: GRARecipe, round_index: int, prepared_sources: 
         draw >> instructions >> review_instructions >> responses >> review_responses >> adjudicate >> embed_samples
         [embed_samples, embed_pool] >> dedup >> enrich >> samples
     pipeline.sequential_stages = recipe.sequential()
+    pipeline.preload_specs = recipe.llm_specs()
     return pipeline
 
 
@@ -343,7 +373,6 @@ def build_pipeline(recipe: GRARecipe) -> GRAPipeline:
 def _features(kind: str) -> Features:
     """Explicit schemas, so all-None columns stay typed and rounds concatenate."""
     from datasets import Features, List, Value
-
     from synthalign.steps.committee import INSTRUCTION_CRITERIA, RESPONSE_DIMENSIONS
     from synthalign.steps.gra import METADATA_FIELDS, TEMPLATES
 
@@ -415,13 +444,21 @@ def round_rows(distiset: Distiset) -> tuple[list[dict[str, Any]], list[dict[str,
 def assemble(
     seeds: list[dict[str, Any]], rounds: dict[int, list[dict[str, Any]]]
 ) -> dict[str, Dataset]:
-    """The published configs from the seed pool and every round's candidates."""
+    """The published configs from the seed pool and every round's candidates.
+
+    ``datasets.load_dataset`` cannot load a config with zero rows, so a round that kept
+    nothing gets no ``round-k`` config (and ``rejected`` only exists when something was
+    rejected). ``all`` is always written, as the default config, even when it is empty:
+    a run that kept nothing still publishes its funnel and rejected candidates.
+    """
     kept = {r: [row for row in rows if row.get("status") == "kept"] for r, rows in sorted(rounds.items())}
     rejected = [row for _, rows in sorted(rounds.items()) for row in rows if row.get("status") != "kept"]
     out = {DEFAULT_CONFIG: make_dataset([row for rows in kept.values() for row in rows], "samples")}
     for r, rows in kept.items():
-        out[f"round-{r}"] = make_dataset(rows, "samples")
-    out[REJECTED_CONFIG] = make_dataset(rejected, "samples")
+        if rows:
+            out[f"round-{r}"] = make_dataset(rows, "samples")
+    if rejected:
+        out[REJECTED_CONFIG] = make_dataset(rejected, "samples")
     out[SEEDS_CONFIG] = make_dataset(seeds, "pool")
     return out
 
@@ -522,12 +559,12 @@ def run_loop(
     if done:
         loaded, _ = read_hub_folder(output)
         seeds = loaded[SEEDS_CONFIG].to_list()
-        everything = loaded[DEFAULT_CONFIG].to_list() + loaded[REJECTED_CONFIG].to_list()
+        everything = [row for c in (DEFAULT_CONFIG, REJECTED_CONFIG) if c in loaded for row in loaded[c].to_list()]
         for entry in done:
             rounds[entry["round"]] = [r for r in everything if r["round"] == entry["round"]]
     for r in range(len(done) + 1, total + 1):
         prepared = [] if r == 1 else [str(output / "data" / SEEDS_CONFIG)] + [
-            str(output / "data" / f"round-{k}") for k in range(1, r)
+            str(output / "data" / f"round-{k}") for k in range(1, r) if (output / "data" / f"round-{k}").is_dir()
         ]
         distiset = run_pipeline(build_round_pipeline(recipe, r, prepared))
         round_seeds, candidates = round_rows(distiset)

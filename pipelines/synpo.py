@@ -46,7 +46,7 @@ from synthalign.trainers.simpo import SimPORecipe
 import synthalign.offline  # noqa: F401  (no citation fetches)
 from synthalign.errors import OutputError, RecipeError, SeedDataError
 from synthalign.methods import Method
-from synthalign.recipes import Recipe, StrictModel, load_recipe
+from synthalign.recipes import Recipe, RecipePath, StrictModel, load_recipe
 
 if TYPE_CHECKING:
     from datasets import Dataset, Features
@@ -66,7 +66,7 @@ class SeedSection(StrictModel):
     Only the first user turn and the assistant turn after it are used.
     """
 
-    source: str = Field(description="local JSONL/JSON/CSV/Parquet file or Hub dataset id")
+    source: RecipePath = Field(description="local JSONL/JSON/CSV/Parquet file (relative to the recipe) or Hub dataset id")
     messages_column: str | None = "messages"
     prompt_column: str | None = Field(default=None, description="instead of messages_column")
     response_column: str | None = Field(default=None, description="instead of messages_column")
@@ -86,7 +86,9 @@ class SeedSection(StrictModel):
 class CorpusSection(StrictModel):
     """Paragraphs to sample keyword lists from (the paper: RefinedWeb)."""
 
-    source: str = Field(description="local .txt (a paragraph per line) / JSONL, or a Hub dataset id (streamed)")
+    source: RecipePath = Field(
+        description="local .txt (a paragraph per line) / JSONL (relative to the recipe), or a Hub dataset id (streamed)"
+    )
     text_column: str = "text"
     split: str = "train"
     hub_config: str | None = None
@@ -747,21 +749,10 @@ def _run_info(path: Path) -> dict[str, Any]:
 
 
 def _run(pipeline: Pipeline) -> Distiset:
-    """Run a pipeline, then drop the log handler distilabel leaves on the root logger.
-
-    distilabel routes logging through a queue that it closes when the run ends, but its
-    handler stays; every later log line of this process would print a "Logging error".
-    """
-    from logging.handlers import QueueHandler
-
+    """Run a pipeline through the shared path (cache on, distilabel's stale log handler removed)."""
     from synthalign.methods import run_pipeline
 
-    distiset = run_pipeline(pipeline)
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if isinstance(handler, QueueHandler):
-            root.removeHandler(handler)
-    return distiset
+    return run_pipeline(pipeline)
 
 
 def _preload_engines() -> None:
@@ -1049,30 +1040,11 @@ class Loop:
         return self.out
 
 
-def resolve_data_paths(recipe: SynPORecipe, recipe_dir: Path) -> SynPORecipe:
-    """Local seed/corpus paths: from the working folder, else from the recipe's folder or a parent.
-
-    Recipes shipped in ``pipelines/recipes/`` name their data from the repository root
-    (``pipelines/recipes/data/...``), which then resolves from any working folder. Paths
-    are made absolute, so the pipeline.yaml files name the same files wherever rerun.
-    """
-    updates: dict[str, Any] = {}
-    bases = [Path.cwd(), *[recipe_dir.absolute(), *recipe_dir.absolute().parents]]
-    for section in ("seed_data", "corpus"):
-        source = getattr(recipe, section).source
-        path = Path(source).expanduser()
-        for candidate in (base / path for base in bases):
-            if not path.is_absolute() and candidate.is_file():
-                updates[section] = getattr(recipe, section).model_copy(update={"source": str(candidate.absolute())})
-                break
-    return recipe.model_copy(update=updates) if updates else recipe
-
-
 def run_loop(config_path: str | Path, *, iterations: int, output: str | Path, overwrite: bool = False) -> Path:
     """``synthalign loop synpo``: run (or resume) ``iterations`` SynPO iterations into ``output``."""
     from synthalign.llms import check_spec
 
-    recipe = resolve_data_paths(load_recipe(config_path, SynPORecipe), Path(config_path).parent)
+    recipe = load_recipe(config_path, SynPORecipe)  # local data paths resolve against the recipe's folder
     if iterations < 1:
         raise RecipeError("--iterations must be at least 1")
     out = Path(output).expanduser().absolute()

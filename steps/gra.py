@@ -105,7 +105,7 @@ METADATA_FIELDS: tuple[str, ...] = ("domain", "keywords", "summary")
 
 MAX_KEYWORD_CHARS = 40
 MAX_SUMMARY_CHARS = 240
-MAX_FEEDBACK_CHARS = 300
+MAX_FEEDBACK_CHARS = 240  # the paper asks for reviews under 30 words
 
 # ---------------------------------------------------------------- output records
 # Every free-text field has max_length: a weak or random model must still end its JSON.
@@ -429,6 +429,8 @@ def _read_parquet_rows(folder: str) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     path = Path(folder).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"prepared pool source {path} does not exist")
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     rows: list[dict[str, Any]] = []
     for f in files:

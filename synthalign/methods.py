@@ -96,9 +96,24 @@ def run_info(method: Method, recipe: Recipe, **extra: Any) -> dict[str, Any]:
 
 
 def run_pipeline(pipeline: Pipeline, *, use_ray: bool = False, use_cache: bool = True) -> Distiset:
+    """Run with distilabel's cache (a rerun after a crash resumes from it).
+
+    distilabel routes logging through a queue it closes when the run ends but leaves
+    its handler on the root logger; every later log line of the process would print
+    "--- Logging error ---". The handler is removed here, once, for every method.
+    """
+    import logging
+    from logging.handlers import QueueHandler
+
     if use_ray:
         pipeline = pipeline.ray()
-    return pipeline.run(use_cache=use_cache)
+    try:
+        return pipeline.run(use_cache=use_cache)
+    finally:
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            if isinstance(handler, QueueHandler):
+                root.removeHandler(handler)
 
 
 def generate(
@@ -139,7 +154,7 @@ def generate(
         card,
         pipeline_yaml=distiset.pipeline_path,
         run_info=info,
-        default_config=method.default_config,
+        default_config=method.default_config if len(datasets.get(method.default_config, ())) else None,
         overwrite=overwrite,
     )
     if push_to_hub:

@@ -106,6 +106,8 @@ def test_quickstart_loop_runs_two_iterations_and_resumes(tmp_path: Path) -> None
     changed = tmp_path / "changed.yaml"
     data = yaml.safe_load(RECIPE.read_text())
     data["pairs_per_iteration"] = 5
+    for section in ("seed_data", "corpus"):
+        data[section]["source"] = str(RECIPE.parent / data[section]["source"])
     changed.write_text(yaml.safe_dump(data))
     proc = _loop(changed, out, 3)
     assert proc.returncode == 2 and "different recipe" in proc.stderr

@@ -122,12 +122,19 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "1024",
         "--enforce-eager",
         "--disable-uvicorn-access-log",
+        # One process instead of three (API server, engine core, worker): each child
+        # re-imports vLLM and torch, most of a start on a 2-core machine.
+        "--distributed-executor-backend",
+        "uni",
     ]
+    env = _vllm_env()
+    env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    env.setdefault("OMP_NUM_THREADS", "1")  # leave the other core to the server's event loop
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             command,
             cwd=ROOT,
-            env=_vllm_env(),
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its engine core is a child: stop the whole group

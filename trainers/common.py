@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from pydantic import Field, model_validator
 
 from synthalign.errors import RecipeError, SeedDataError
-from synthalign.recipes import StrictModel, load_recipe, parse_recipe
+from synthalign.recipes import RecipePath, StrictModel, load_recipe, parse_recipe
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -76,7 +76,7 @@ class TrainRecipe(StrictModel):
     """
 
     model: str = Field(description="model to train: builtin:NAME, a local folder or a Hub id")
-    dataset: str | None = Field(default=None, description="Hub-layout folder or Hub dataset id")
+    dataset: RecipePath | None = Field(default=None, description="Hub-layout folder (relative to the recipe) or Hub dataset id")
     dataset_config: str | None = Field(default=None, description="config (subset) of the dataset, e.g. 'refined'")
     dataset_split: str = "train"
     max_samples: int | None = Field(default=None, ge=1, description="train on the first N rows only")

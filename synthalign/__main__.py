@@ -1,0 +1,5 @@
+"""``python -m synthalign``: the same CLI as the ``synthalign`` command."""
+
+from synthalign.cli import main
+
+main()
