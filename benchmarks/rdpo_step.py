@@ -79,9 +79,10 @@ def _data(n: int, length: int) -> Any:
 def worker(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     import datasets
     import torch
-    from synthalign.trainers.rdpo import RDPOConfig, RDPOTrainer
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
+
+    from synthalign.trainers.rdpo import RDPOConfig, RDPOTrainer
 
     datasets.disable_progress_bars()
     cuda = torch.cuda.is_available()

@@ -145,6 +145,17 @@ def score_histogram(rows: list[dict[str, Any]], tau: float | None) -> bytes:
     return figure_png(fig)
 
 
+ROLE_COLUMNS: tuple[str, ...] = (
+    "generator",
+    "reviewer",
+    "adjudicator (drawn)",
+    "instruction reviews made",
+    "response reviews made",
+    "adjudications made",
+    "unusable reviews",
+)
+
+
 def role_figure(counts: Mapping[str, Mapping[str, int]]) -> bytes:
     """Grouped horizontal bars: roles drawn per pool model."""
     roles = ["generator", "reviewer", "adjudicator (drawn)", "unusable reviews"]
@@ -162,8 +173,23 @@ def role_figure(counts: Mapping[str, Mapping[str, int]]) -> bytes:
     ax.invert_yaxis()
     ax.set_xlabel("candidates")
     ax.set_title("Roles per pool model")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return figure_png(fig)
+
+
+def _pool_lines(recipe: Mapping[str, Any]) -> str:
+    """One line per pool member: its recorded name, spec and decoding."""
+    try:
+        from synthalign.pipelines.gra import GRARecipe, pool_members
+
+        members = pool_members(GRARecipe.model_validate(recipe))
+    except Exception:  # a record from another version: list what it says
+        return "\n".join(f"- `{p if isinstance(p, str) else p.get('spec')}`" for p in recipe.get("pool") or [])
+    lines = []
+    for m in members:
+        decoding = ", ".join(f"{k} {v}" for k, v in m.generation_kwargs.items())
+        lines.append(f"- `{m.name}`: `{m.spec}` ({decoding})")
+    return "\n".join(lines)
 
 
 def _example(data: Dataset | None) -> str:
@@ -196,9 +222,8 @@ def build_card(datasets: Mapping[str, Dataset], info: Mapping[str, Any]) -> Card
     kept = len(datasets["all"]) if "all" in datasets else 0
     round_configs = sorted((c for c in datasets if c.startswith("round-")), key=lambda c: int(c.split("-")[1]))
     funnel_rows = [[stage, *(per_round[r].get(stage, 0) for r in per_round)] for stage in FUNNEL_STAGES]
-    role_columns = sorted({k for c in roles.values() for k in c})
-    pool = recipe.get("pool") or []
-    pool_lines = "\n".join(f"- `{p if isinstance(p, str) else p.get('spec')}`" for p in pool)
+    role_columns = [c for c in ROLE_COLUMNS if any(c in r for r in roles.values())]
+    pool_lines = _pool_lines(recipe)
     configs_table = markdown_table(
         [
             ["all", kept, "every kept sample of every round (default; train on this)"],
@@ -212,8 +237,8 @@ def build_card(datasets: Mapping[str, Dataset], info: Mapping[str, Any]) -> Card
 
 Instruction-response pairs synthesized by a pool of small LLMs playing three roles
 ({PAPER}): for every sample a **Generator** (drawn from the pool) invents keywords from
-few-shot examples of one domain, writes an instruction and answers it; **{recipe.get("n_reviewers", "N")}
-Reviewers** (drawn from the rest of the pool) first accept or reject the instruction
+few-shot examples of one domain, writes an instruction and answers it; **Reviewers**
+({recipe.get("n_reviewers", "N")} per sample, drawn from the rest of the pool) first accept or reject the instruction
 (reasonableness, completeness, clarity: one "no" rejects), then score the response on
 six dimensions (correctness, clarity, completeness, relevance, coherence, ethicality,
 0-10); the committee accepts when its mean score is at least tau = **{tau}** and the

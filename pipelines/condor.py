@@ -32,6 +32,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from distilabel.pipeline import Pipeline
 from pydantic import Field, field_validator, model_validator
+
+import synthalign.offline  # noqa: F401  (no citation fetches)
+from synthalign.errors import RecipeError
+from synthalign.methods import Method
+from synthalign.recipes import Recipe, StrictModel
 from synthalign.steps.condor import (
     DEFAULT_MAX_CRITIQUE_CHARS,
     DEFAULT_MAX_QUESTION_CHARS,
@@ -41,14 +46,10 @@ from synthalign.steps.condor import (
 )
 from synthalign.steps.knowledge_tree import DEFAULT_TREE, TASK_TYPES
 
-import synthalign.offline  # noqa: F401  (no citation fetches)
-from synthalign.errors import RecipeError
-from synthalign.methods import Method
-from synthalign.recipes import Recipe, StrictModel
-
 if TYPE_CHECKING:
     from datasets import Dataset
     from distilabel.distiset import Distiset
+
     from synthalign.cards.base import CardContent
 
 CONFIGS: tuple[str, ...] = ("refined", "void", "generations")

@@ -58,6 +58,7 @@ from synthalign.recipes import Recipe, StrictModel, load_recipe
 if TYPE_CHECKING:
     from datasets import Dataset, Features
     from distilabel.distiset import Distiset
+
     from synthalign.cards.base import CardContent
     from synthalign.steps.gra import PoolMember
 
@@ -88,6 +89,7 @@ class SeedSection(StrictModel):
     source: str = Field(description="local JSONL/JSON/CSV/Parquet file or Hub dataset id")
     instruction_column: str = "instruction"
     response_column: str = "response"
+    input_column: str | None = Field(default=None, description="extra context appended to the instruction (Alpaca: input)")
     split: str = "train"
     hub_config: str | None = None
     limit: int | None = Field(default=None, ge=1, description="use the first N rows")
@@ -306,6 +308,7 @@ def build_round_pipeline(recipe: GRARecipe, round_index: int, prepared_sources: 
             seed_source=s.source if first else None,
             instruction_column=s.instruction_column,
             response_column=s.response_column,
+            input_column=s.input_column,
             seed_limit=s.limit,
             seed_split=s.split,
             seed_hub_config=s.hub_config,
@@ -373,6 +376,7 @@ def build_pipeline(recipe: GRARecipe) -> GRAPipeline:
 def _features(kind: str) -> Features:
     """Explicit schemas, so all-None columns stay typed and rounds concatenate."""
     from datasets import Features, List, Value
+
     from synthalign.steps.committee import INSTRUCTION_CRITERIA, RESPONSE_DIMENSIONS
     from synthalign.steps.gra import METADATA_FIELDS, TEMPLATES
 

@@ -35,7 +35,7 @@ from pydantic import Field, field_validator, model_validator
 import synthalign.offline  # noqa: F401  (no citation fetches)
 from synthalign.errors import RecipeError
 from synthalign.methods import Method
-from synthalign.recipes import Recipe, StrictModel
+from synthalign.recipes import Recipe, RecipePath, StrictModel
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -48,7 +48,7 @@ CONFIGS = ("rdpo", "dpo", "sft", "all")
 class SeedOptions(StrictModel):
     """Where the prompts come from. Persona seeds also carry the assigned persona."""
 
-    source: str = Field(description="JSONL/JSON/CSV/Parquet/TXT file or Hub dataset id")
+    source: RecipePath = Field(description="JSONL/JSON/CSV/Parquet/TXT file (relative to the recipe) or Hub dataset id")
     prompt_column: str = "prompt"
     system_column: str | None = Field(
         default=None, description="column with a system message (the assigned persona for 'persona')"
@@ -209,6 +209,8 @@ def preflight(recipe: RDPORecipe) -> None:
 def build_pipeline(config: RDPORecipe) -> Pipeline:
     """The distilabel pipeline for a recipe (see the module docstring for its shape)."""
     from distilabel.pipeline import Pipeline
+
+    from synthalign.llms import load_llm
     from synthalign.steps.rdpo import (
         AttachPrinciple,
         PairWithPreferenceProbability,
@@ -219,8 +221,6 @@ def build_pipeline(config: RDPORecipe) -> Pipeline:
     )
     from synthalign.steps.scoring import ScoreWithJudge, ScoreWithRewardModel
     from synthalign.steps.seeds import LoadSeeds
-
-    from synthalign.llms import load_llm
 
     seeds = config.seeds
     system = "system" if seeds.system_column else None
@@ -328,6 +328,7 @@ def build_pipeline(config: RDPORecipe) -> Pipeline:
 def to_datasets(distiset: Distiset, config: RDPORecipe) -> dict[str, Dataset]:
     """The three published configs from the pipeline's leaf steps (empty when nothing survived)."""
     from datasets import Dataset
+
     from synthalign.steps.rdpo import RDPO_COLUMNS
 
     out: dict[str, Dataset] = {}

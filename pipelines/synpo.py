@@ -40,13 +40,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
-from synthalign.trainers.sft import SFTRecipe
-from synthalign.trainers.simpo import SimPORecipe
 
 import synthalign.offline  # noqa: F401  (no citation fetches)
 from synthalign.errors import OutputError, RecipeError, SeedDataError
 from synthalign.methods import Method
 from synthalign.recipes import Recipe, RecipePath, StrictModel, load_recipe
+from synthalign.trainers.sft import SFTRecipe
+from synthalign.trainers.simpo import SimPORecipe
 
 if TYPE_CHECKING:
     from datasets import Dataset, Features
@@ -349,6 +349,7 @@ def build_improver_set_pipeline(
 ) -> Pipeline:
     """The current policy answers the seed prompts; gold and policy answers are scored."""
     from distilabel.pipeline import Pipeline
+
     from synthalign.steps.seeds import LoadSeeds
     from synthalign.steps.synpo import AnswerPrompt
 
@@ -381,6 +382,7 @@ def build_pairs_pipeline(
     """
     from distilabel.pipeline import Pipeline
     from distilabel.steps import KeepColumns
+
     from synthalign.steps.seeds import LoadSeeds
     from synthalign.steps.synpo import (
         AnswerPrompt,
@@ -762,12 +764,10 @@ def _preload_engines() -> None:
     (seconds of CPU per LLM step). Importing is fork-safe; running torch ops here is not,
     which is why training happens in a separate process.
     """
-    import synthalign.steps.scoring
     import torch  # noqa: F401
     import transformers  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401
 
-    import synthalign.llms.transformers  # noqa: F401
 
 
 class Loop:
@@ -869,6 +869,7 @@ class Loop:
         import sys
 
         import yaml
+
         from synthalign.trainers.common import read_training_record
 
         data = stage.model_dump(mode="json", exclude={"model", "dataset", "dataset_config", "output_dir"})

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from distilabel.steps.tasks import Task
 from pydantic import BaseModel
-from synthalign.steps.prompts import render, template_id
 
 import synthalign.offline  # noqa: F401  (no citation fetches)
 from synthalign.parsing import NO_OUTPUT, parse_model
+from synthalign.steps.prompts import render, template_id
 
 if TYPE_CHECKING:
     from distilabel.typing import FormattedInput, StepColumns

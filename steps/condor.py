@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from distilabel.steps import Step, StepInput
 from pydantic import BaseModel, Field, StringConstraints, create_model
+
 from synthalign.steps.base import SchemaTask, TextTask, provenance_columns
 from synthalign.steps.knowledge_tree import TASK_TYPES, normalize_tag
 from synthalign.steps.prompts import template_id

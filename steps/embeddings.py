@@ -38,7 +38,8 @@ def embed_texts(encoder: Any, texts: list[str], batch_size: int = 64) -> np.ndar
     encoder's internal order, and the rows come back in the caller's order.
     """
     if not texts:
-        dim = encoder.get_sentence_embedding_dimension() or 0
+        size = getattr(encoder, "get_embedding_dimension", None) or encoder.get_sentence_embedding_dimension
+        dim = size() or 0
         return np.zeros((0, dim), dtype=np.float32)
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     out: np.ndarray | None = None

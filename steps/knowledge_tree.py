@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 import yaml
 from distilabel.steps import GeneratorStep
 from pydantic import BaseModel, Field, StringConstraints
-from synthalign.steps.base import SchemaTask, provenance_columns
 
 from synthalign.errors import SeedDataError
+from synthalign.steps.base import SchemaTask, provenance_columns
 
 if TYPE_CHECKING:
     from distilabel.typing import GeneratorStepOutput, StepColumns

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from distilabel.steps import Step, StepInput
 from pydantic import Field
+
 from synthalign.steps.base import TextTask, provenance_columns
 from synthalign.steps.prompts import render, template_id
 from synthalign.steps.scoring import preference_probability

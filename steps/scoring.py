@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from distilabel.steps import Step, StepInput
 from pydantic import BaseModel, Field, PrivateAttr
-from synthalign.steps.base import SchemaTask, provenance_columns
-from synthalign.steps.prompts import template_id
 
 from synthalign.errors import BackendError
 from synthalign.parsing import parse_model
+from synthalign.steps.base import SchemaTask, provenance_columns
+from synthalign.steps.prompts import template_id
 
 if TYPE_CHECKING:
     from distilabel.typing import FormattedInput, StepColumns, StepOutput

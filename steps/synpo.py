@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from distilabel.steps import GlobalStep, Step, StepInput
 from pydantic import Field
+
 from synthalign.steps.base import TextTask
 from synthalign.steps.keywords import stopwords
 

@@ -13,12 +13,12 @@ from typing import Any, ClassVar, Literal
 
 from distilabel.pipeline import Pipeline
 from pydantic import BaseModel, Field
-from synthalign.cards.base import CardContent
-from synthalign.steps.base import SchemaTask, provenance_columns
-from synthalign.steps.seeds import LoadSeeds
 
+from synthalign.cards.base import CardContent
 from synthalign.hub import write_hub_folder
 from synthalign.llms import load_llm
+from synthalign.steps.base import SchemaTask, provenance_columns
+from synthalign.steps.seeds import LoadSeeds
 
 
 class Rating(BaseModel):

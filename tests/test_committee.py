@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from synthalign.steps.committee import (
     adjudication_passes,
     committee_decision,

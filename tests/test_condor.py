@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from synthalign.llms import load_llm
 from synthalign.steps.condor import (
     DIFFICULTIES,
     AnswerQuestion,
@@ -23,8 +25,6 @@ from synthalign.steps.condor import (
     split_question_row,
 )
 from synthalign.steps.knowledge_tree import TASK_TYPES
-
-from synthalign.llms import load_llm
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "pipelines" / "recipes"
@@ -233,7 +233,6 @@ def test_format_row_publishes_messages_only_for_rows_that_passed_every_stage() -
 
 def test_recipes_load_and_describe_the_paper_setup() -> None:
     from synthalign.pipelines.condor import CondorRecipe, override_llms
-
     from synthalign.recipes import load_recipe
 
     paper = load_recipe(RECIPES / "condor.yaml", CondorRecipe)

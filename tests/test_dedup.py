@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from synthalign.steps.dedup import (
     float32_margin,
     greedy_semantic_dedup,

@@ -16,6 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+
+from synthalign.errors import RecipeError
+from synthalign.llms.base import Completion, SynthLLM
 from synthalign.pipelines.gra import (
     GRARecipe,
     assemble,
@@ -24,6 +27,7 @@ from synthalign.pipelines.gra import (
     funnel,
     pool_members,
 )
+from synthalign.recipes import load_recipe, parse_recipe
 from synthalign.steps.gra import (
     Adjudicate,
     DeduplicateSamples,
@@ -36,10 +40,6 @@ from synthalign.steps.gra import (
     draw_roles,
     rotation,
 )
-
-from synthalign.errors import RecipeError
-from synthalign.llms.base import Completion, SynthLLM
-from synthalign.recipes import load_recipe, parse_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "pipelines" / "recipes" / "gra-quickstart.yaml"
@@ -74,6 +74,16 @@ def test_recipes_load_and_follow_the_paper() -> None:
     quick = load_recipe(QUICKSTART, GRARecipe)
     check_pool(quick)
     assert all(spec.startswith("builtin:") for spec in quick.llm_specs())
+
+
+def test_gra_is_a_registered_method_with_a_loop() -> None:
+    from synthalign.methods import get_method
+    from synthalign.pipelines.gra import run_loop
+
+    method = get_method("gra")
+    assert method.loop is run_loop and method.default_config == "all"
+    with pytest.raises(RecipeError, match="at least n_reviewers"):
+        method.override_llms(_recipe(), [TINY, TINY])
 
 
 def test_a_pool_too_small_for_the_roles_is_a_one_line_error() -> None:
@@ -225,7 +235,7 @@ def test_rejected_rows_cost_no_calls(tiny_pool: PoolLLM) -> None:
     assert [r["response"] is not None for r in out] == [False, False, True]
     assert out[0]["prompt_templates"] is None and out[1]["prompt_templates"] is None
     assert out[2]["prompt_templates"]["response"].startswith("gra_response.jinja2@")
-    reviews = ReviewResponses(name="rr", llm=tiny_pool, structured_max_new_tokens=160)
+    reviews = ReviewResponses(name="rr", llm=tiny_pool, structured_max_new_tokens=128)
     reviews.load()
     out = next(reviews.process(out))
     assert out[0]["response_reviews"] is None and out[1]["response_reviews"] is None
@@ -240,7 +250,7 @@ def test_only_disputed_rows_reach_the_adjudicator(tiny_pool: PoolLLM) -> None:
         _review_row(candidate_id="a", status="disputed", response_reviews=[review, bad, review]),
         _review_row(candidate_id="b", status="pending", response_reviews=[review, review, review]),
     ]
-    step = Adjudicate(name="adj", llm=tiny_pool, min_mean=0.0, structured_max_new_tokens=160)
+    step = Adjudicate(name="adj", llm=tiny_pool, min_mean=0.0, structured_max_new_tokens=128)
     step.load()
     out = next(step.process(rows))
     judged, untouched = out
@@ -340,7 +350,7 @@ def test_quickstart_loop_two_rounds_resume_load_and_rerun(tmp_path: Path) -> Non
         tau=0.0,
         cache_dir=str(tmp_path / "cache"),
     )
-    data["generation"].update(max_new_tokens=24, structured_max_new_tokens=200)
+    data["generation"].update(max_new_tokens=24, structured_max_new_tokens=128)
     recipe_path = tmp_path / "gra.yaml"
     recipe_path.write_text(yaml.safe_dump(data))
     out = tmp_path / "out"

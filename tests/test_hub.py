@@ -25,6 +25,7 @@ import requests
 import yaml
 from datasets import Dataset, Features, List, Value, load_dataset
 from pydantic import SecretStr
+
 from synthalign.cards.base import (
     CardContent,
     base_metadata,
@@ -36,7 +37,6 @@ from synthalign.cards.base import (
     size_category,
     versions,
 )
-
 from synthalign.errors import OutputError
 from synthalign.hub import (
     push_hub_folder,

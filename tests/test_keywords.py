@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
+
+from synthalign.errors import SeedDataError
 from synthalign.steps.keywords import (
     KeywordExtractor,
     build_generator_examples,
@@ -18,8 +20,6 @@ from synthalign.steps.keywords import (
     split_paragraphs,
     stopwords,
 )
-
-from synthalign.errors import SeedDataError
 
 PROMPTS = [
     "Write a short poem about the ocean at night, mentioning lighthouses and sailors.",

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from synthalign.errors import SeedDataError
+from synthalign.llms import load_llm
 from synthalign.steps.knowledge_tree import (
     TASK_TYPES,
     ExpandKnowledgeTree,
@@ -17,9 +20,6 @@ from synthalign.steps.knowledge_tree import (
     normalize_tag,
     stratified_items,
 )
-
-from synthalign.errors import SeedDataError
-from synthalign.llms import load_llm
 
 
 def small_tree() -> KnowledgeTree:

@@ -19,6 +19,7 @@ from synthalign.recipes import load_recipe, parse_recipe
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "pipelines" / "recipes"
 DISTILABEL = Path(sys.executable).with_name("distilabel")
+SYNTHALIGN = Path(sys.executable).with_name("synthalign")
 
 
 class CannedLLM(SynthLLM):
@@ -133,6 +134,7 @@ def test_every_unusable_row_gets_one_counted_reason() -> None:
 
 def test_card_counts_drop_reasons_and_draws_figures() -> None:
     from datasets import Dataset
+
     from synthalign.cards.rdpo import build_card
 
     all_rows = Dataset.from_list(
@@ -175,9 +177,8 @@ def test_shipped_recipes_parse() -> None:
 
 
 def test_recipe_errors_are_one_line() -> None:
-    from synthalign.pipelines.rdpo import RDPORecipe, preflight
-
     from synthalign.errors import RecipeError
+    from synthalign.pipelines.rdpo import RDPORecipe, preflight
 
     with pytest.raises(RecipeError, match="scale"):
         parse_recipe({"seeds": {"source": "x.jsonl"}, "scoring": {"kind": "judge", "judge": {"llm": "builtin:tiny-random", "scale": "1-10"}}}, RDPORecipe)
@@ -197,9 +198,12 @@ def test_recipe_errors_are_one_line() -> None:
 
 @pytest.fixture(scope="module")
 def rdpo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """generate rdpo on offline models (tiny teacher, tiny reward model) -> Hub folder."""
-    from synthalign.methods import generate
+    """`synthalign generate rdpo` on offline models (tiny teacher, tiny reward model) -> Hub folder.
 
+    Run as a subprocess, like a user would: distilabel forks its step processes, and
+    forking a test process whose torch thread pools are already running (the trainer
+    tests) can deadlock the children.
+    """
     tmp = tmp_path_factory.mktemp("rdpo")
     seeds = tmp / "seeds.jsonl"
     seeds.write_text(
@@ -216,7 +220,14 @@ def rdpo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    return generate("rdpo", path, output=tmp / "dataset")
+    out = tmp / "dataset"
+    proc = subprocess.run(
+        [str(SYNTHALIGN), "generate", "rdpo", "--config", str(path), "--output", str(out)],
+        capture_output=True, text=True, timeout=1200, cwd=tmp,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"dataset written to {out}" in proc.stdout
+    return out
 
 
 @pytest.mark.slow

@@ -14,11 +14,11 @@ import torch
 
 datasets = pytest.importorskip("datasets")
 from datasets import Dataset  # noqa: E402
-from synthalign.trainers.rdpo import RDPOConfig, RDPOTrainer  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
 from synthalign.models import tiny_random_path  # noqa: E402
+from synthalign.trainers.rdpo import RDPOConfig, RDPOTrainer  # noqa: E402
 
 datasets.disable_progress_bars()
 

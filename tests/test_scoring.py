@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 from pydantic import Field
+
+from synthalign.llms.base import Completion, SynthLLM
 from synthalign.steps.scoring import (
     JUDGE_SCALES,
     RewardModelScorer,
@@ -14,8 +16,6 @@ from synthalign.steps.scoring import (
     as_conversation,
     preference_probability,
 )
-
-from synthalign.llms.base import Completion, SynthLLM
 
 # ----------------------------------------------------------------------------- tau
 

@@ -6,6 +6,9 @@ import math
 from typing import Any
 
 import pytest
+
+from synthalign.errors import RecipeError
+from synthalign.recipes import parse_recipe
 from synthalign.steps.synpo import (
     flag_prompts,
     normalize_prompt,
@@ -15,9 +18,6 @@ from synthalign.steps.synpo import (
     score_gap_passes,
     too_repetitive,
 )
-
-from synthalign.errors import RecipeError
-from synthalign.recipes import parse_recipe
 
 # ----------------------------------------------------------------- score gap
 
@@ -231,7 +231,6 @@ def test_shipped_recipes_load() -> None:
     from pathlib import Path
 
     from synthalign.pipelines.synpo import SynPORecipe
-
     from synthalign.recipes import load_recipe
 
     recipes = Path(__file__).resolve().parents[1] / "pipelines" / "recipes"

@@ -24,8 +24,8 @@ CLI = "import sys; from synthalign.cli import app; sys.exit(app())"
 def _hub_folder(path: Path, rows: list[dict[str, Any]], config: str) -> Path:
     """A Hub-layout folder, as every synthalign run writes it."""
     from datasets import Dataset
-    from synthalign.cards.base import CardContent
 
+    from synthalign.cards.base import CardContent
     from synthalign.hub import write_hub_folder
 
     card = CardContent(metadata={"license": "apache-2.0"}, body="# test data\n")

@@ -302,8 +302,9 @@ def run_training(
 
     ``build_trainer(model, tokenizer, dataset, output_dir)`` returns the TRL trainer.
     """
-    from synthalign.cards.base import versions
     from transformers import set_seed
+
+    from synthalign.cards.base import versions
 
     output_dir = Path(recipe.output_dir).expanduser()
     dataset = load_training_dataset(recipe, required_columns)

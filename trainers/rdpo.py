@@ -33,15 +33,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
+from trl import DPOConfig, DPOTrainer
+
+from synthalign.errors import RecipeError
 from synthalign.trainers.common import (
     TrainRecipe,
     load_train_recipe,
     run_training,
     trl_config_kwargs,
 )
-from trl import DPOConfig, DPOTrainer
-
-from synthalign.errors import RecipeError
 
 if TYPE_CHECKING:
     import torch

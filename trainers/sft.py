@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field
+
 from synthalign.trainers.common import (
     TrainRecipe,
     load_train_recipe,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field, model_validator
+
 from synthalign.trainers.common import (
     TrainRecipe,
     load_train_recipe,

@@ -21,7 +21,11 @@ import xgrammar as xgr
 # be invalid JSON. We compile the schema to EBNF and replace that class with the one
 # the unbounded JSON string uses (no control characters, escapes allowed).
 _BOUNDED_STRING_CHARS = '(([^\\"\\\\\\r\\n]))'
-_JSON_STRING_CHARS = '(([^\\0-\\x1f\\"\\\\]) | ("\\\\" basic_escape))'
+_JSON_STRING_CHARS = '(([^\\0-\\x1f\\"\\\\\\uD800-\\uDFFF]) | ("\\\\" basic_escape))'
+# xgrammar's unbounded JSON string also admits UTF-16 surrogates (U+D800-U+DFFF), whose
+# 3-byte encodings are not valid UTF-8: they decode to three U+FFFD and break maxLength.
+_UNBOUNDED_STRING_CHARS = '[^\\0-\\x1f\\"\\\\\\r\\n]'
+_UNBOUNDED_STRING_CHARS_FIXED = '[^\\0-\\x1f\\"\\\\\\uD800-\\uDFFF]'
 _BASIC_ESCAPE = (
     'basic_escape ::= (([\\"\\\\/bfnrt]) | ("u" [A-Fa-f0-9] [A-Fa-f0-9] [A-Fa-f0-9] [A-Fa-f0-9]))'
 )
@@ -38,7 +42,7 @@ def json_schema_ebnf(schema: dict[str, Any]) -> str:
         ebnf = ebnf.replace(_BOUNDED_STRING_CHARS, _JSON_STRING_CHARS)
         if "basic_escape ::=" not in ebnf:
             ebnf += "\n" + _BASIC_ESCAPE + "\n"
-    return ebnf
+    return ebnf.replace(_UNBOUNDED_STRING_CHARS, _UNBOUNDED_STRING_CHARS_FIXED)
 
 
 class GrammarCache:
