@@ -225,43 +225,14 @@ def override_llms(recipe: GRARecipe, llms: list[str]) -> GRARecipe:
 # ------------------------------------------------------------------ pipeline
 
 
-def warm_imports(specs: list[str]) -> None:
-    """Import the engines' Python modules once, before distilabel forks its workers.
-
-    A round has a dozen step processes and every LLM step may load every local pool
-    model; forked from a parent that already imported torch, transformers, xgrammar and
-    sentence-transformers, each worker skips several seconds of imports. Importing
-    initializes no thread pool and no GPU, so forking afterwards is safe.
-    """
-    import importlib
-
-    modules = ["sentence_transformers"]
-    if any(spec.split(":", 1)[0] in ("builtin", "transformers") for spec in specs):
-        modules += [
-            "torch",
-            "transformers",
-            "xgrammar",
-            "synthalign.llms.transformers",
-            "synthalign.llms.grammar",
-            "transformers.models.llama.modeling_llama",
-        ]
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception:  # an optional engine missing here fails later, in its step, with its own message
-            logger.debug("could not pre-import %s", name, exc_info=True)
-
-
 class GRAPipeline(Pipeline):
     """distilabel's Pipeline, run one step at a time when the recipe asks for it."""
 
     sequential_stages: bool = False
-    preload_specs: list[str] = []
 
     def run(self, *args: Any, **kwargs: Any) -> Distiset:  # type: ignore[override]
         if self.sequential_stages and kwargs.get("load_groups") is None:
             kwargs["load_groups"] = "sequential_step_execution"
-        warm_imports(self.preload_specs)
         return super().run(*args, **kwargs)
 
 
@@ -361,7 +332,6 @@ def build_round_pipeline(recipe: GRARecipe, round_index: int, prepared_sources: 
         draw >> instructions >> review_instructions >> responses >> review_responses >> adjudicate >> embed_samples
         [embed_samples, embed_pool] >> dedup >> enrich >> samples
     pipeline.sequential_stages = recipe.sequential()
-    pipeline.preload_specs = recipe.llm_specs()
     return pipeline
 
 

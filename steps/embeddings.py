@@ -76,6 +76,11 @@ class EmbedTexts(Step):
 
     _encoder: Any = PrivateAttr(default=None)
 
+    def model_post_init(self, __context: Any) -> None:
+        super().model_post_init(__context)
+        # imported once in the parent process, so the forked step worker need not
+        import sentence_transformers  # noqa: F401
+
     @property
     def inputs(self) -> "StepColumns":
         return list(self.text_columns)

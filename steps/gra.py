@@ -188,6 +188,33 @@ class PoolMember(BaseModel):
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
+def warm_engine_imports(specs: Sequence[str]) -> None:
+    """Import the local engines' Python modules in this (parent) process.
+
+    distilabel forks one worker per step, and every LLM step may load every local pool
+    model. Workers forked from a parent that already imported torch, transformers and
+    xgrammar skip seconds of imports each. Importing starts no thread pool and touches
+    no GPU, so forking afterwards is safe. Remote (``openai:``) and vLLM members need
+    nothing here.
+    """
+    import importlib
+
+    if not any(spec.split(":", 1)[0] in ("builtin", "transformers") for spec in specs):
+        return
+    for name in (
+        "torch",
+        "transformers",
+        "xgrammar",
+        "synthalign.llms.transformers",
+        "synthalign.llms.grammar",
+        "transformers.models.llama.modeling_llama",
+    ):
+        try:
+            importlib.import_module(name)
+        except Exception:  # a missing engine fails later, in its step, with its own message
+            logger.debug("could not pre-import %s", name, exc_info=True)
+
+
 @dataclass
 class Generation:
     """One routed generation: the text (None if the call failed) and why it failed."""
@@ -209,6 +236,11 @@ class PoolLLM(LLM):
     members: list[PoolMember] = Field(min_length=1)
 
     _llms: dict[int, Any] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, __context: Any) -> None:
+        super().model_post_init(__context)
+        # built in the parent, both by build_pipeline and when pipeline.yaml is loaded
+        warm_engine_imports([m.spec for m in self.members])
 
     @property
     def model_name(self) -> str:
