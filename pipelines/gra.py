@@ -253,6 +253,7 @@ def build_round_pipeline(recipe: GRARecipe, round_index: int, prepared_sources: 
         PoolLLM,
         ReviewInstructions,
         ReviewResponses,
+        sources_digest,
     )
 
     check_pool(recipe)
@@ -284,6 +285,7 @@ def build_round_pipeline(recipe: GRARecipe, round_index: int, prepared_sources: 
             seed_split=s.split,
             seed_hub_config=s.hub_config,
             prepared_sources=list(prepared_sources),
+            prepared_digest=sources_digest(prepared_sources) if prepared_sources else None,
             n_members=len(members),
             seed=recipe.seed,
             batch_size=g.batch_size,

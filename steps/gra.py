@@ -461,15 +461,30 @@ def rotation(n_rows: int, n_members: int, seed: int, offset: int = 0) -> list[li
     ]
 
 
-def _read_parquet_rows(folder: str) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
+def _parquet_files(folder: str) -> list[Path]:
     path = Path(folder).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"prepared pool source {path} does not exist")
-    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    return sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+
+
+def sources_digest(folders: Sequence[str]) -> str:
+    """A hash of the bytes of the prepared sources: part of the round's pipeline
+    signature, so distilabel's cache never serves a round computed from another pool."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for folder in folders:
+        for f in _parquet_files(folder):
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _read_parquet_rows(folder: str) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
     rows: list[dict[str, Any]] = []
-    for f in files:
+    for f in _parquet_files(folder):
         rows.extend(pq.read_table(f).to_pylist())
     return rows
 
@@ -494,6 +509,7 @@ class LoadPool(GeneratorStep):
     seed_split: str = "train"
     seed_hub_config: str | None = None
     prepared_sources: list[str] = Field(default_factory=list, description="parquet folders (later rounds)")
+    prepared_digest: str | None = Field(default=None, description="sources_digest() of prepared_sources when built")
     n_members: int = Field(ge=1, description="pool size, for the labelling rotation")
     seed: int = 0
 
@@ -534,6 +550,15 @@ class LoadPool(GeneratorStep):
                         "prompt_templates": None,  # never {}: parquet cannot store an empty struct
                         "describe_with": members[i],
                     }
+                )
+        if self.prepared_sources and self.prepared_digest:
+            found = sources_digest(self.prepared_sources)
+            if found != self.prepared_digest:
+                logger.warning(
+                    "the prepared pool files changed since this pipeline was built (%s != %s); "
+                    "this run uses the files as they are now",
+                    found,
+                    self.prepared_digest,
                 )
         for source in self.prepared_sources:
             for row in _read_parquet_rows(source):

@@ -235,7 +235,7 @@ def test_rejected_rows_cost_no_calls(tiny_pool: PoolLLM) -> None:
     assert [r["response"] is not None for r in out] == [False, False, True]
     assert out[0]["prompt_templates"] is None and out[1]["prompt_templates"] is None
     assert out[2]["prompt_templates"]["response"].startswith("gra_response.jinja2@")
-    reviews = ReviewResponses(name="rr", llm=tiny_pool, structured_max_new_tokens=128)
+    reviews = ReviewResponses(name="rr", llm=tiny_pool, structured_max_new_tokens=200)
     reviews.load()
     out = next(reviews.process(out))
     assert out[0]["response_reviews"] is None and out[1]["response_reviews"] is None
@@ -250,7 +250,7 @@ def test_only_disputed_rows_reach_the_adjudicator(tiny_pool: PoolLLM) -> None:
         _review_row(candidate_id="a", status="disputed", response_reviews=[review, bad, review]),
         _review_row(candidate_id="b", status="pending", response_reviews=[review, review, review]),
     ]
-    step = Adjudicate(name="adj", llm=tiny_pool, min_mean=0.0, structured_max_new_tokens=128)
+    step = Adjudicate(name="adj", llm=tiny_pool, min_mean=0.0, structured_max_new_tokens=200)
     step.load()
     out = next(step.process(rows))
     judged, untouched = out
@@ -266,7 +266,7 @@ def test_only_disputed_rows_reach_the_adjudicator(tiny_pool: PoolLLM) -> None:
 def test_enrichment_writes_a_summary_for_kept_rows_only(tiny_pool: PoolLLM) -> None:
     base = {"instruction": "Name a prime.", "domain": "Math", "keywords": ["prime"], "summary": None, "describe_with": [2, 2, 2]}
     rows = [{**base, "candidate_id": "k", "status": "kept"}, {**base, "candidate_id": "d", "status": "duplicate"}]
-    step = DescribeExamples(name="enrich", llm=tiny_pool, where={"status": "kept"}, structured_max_new_tokens=128)
+    step = DescribeExamples(name="enrich", llm=tiny_pool, where={"status": "kept"}, structured_max_new_tokens=200)
     step.load()
     kept, dup = next(step.process(rows))
     assert kept["metadata_models"] == {"domain": None, "keywords": None, "summary": "tiny#2"}
@@ -350,7 +350,7 @@ def test_quickstart_loop_two_rounds_resume_load_and_rerun(tmp_path: Path) -> Non
         tau=0.0,
         cache_dir=str(tmp_path / "cache"),
     )
-    data["generation"].update(max_new_tokens=24, structured_max_new_tokens=128)
+    data["generation"].update(max_new_tokens=24, structured_max_new_tokens=200)
     recipe_path = tmp_path / "gra.yaml"
     recipe_path.write_text(yaml.safe_dump(data))
     out = tmp_path / "out"
