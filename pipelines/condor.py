@@ -38,8 +38,6 @@ from synthalign.errors import RecipeError
 from synthalign.methods import Method
 from synthalign.recipes import Recipe, StrictModel
 from synthalign.steps.condor import (
-    DEFAULT_MAX_CRITIQUE_CHARS,
-    DEFAULT_MAX_QUESTION_CHARS,
     GENERATIONS_COLUMNS,
     TRAIN_COLUMNS,
     format_row,
@@ -72,15 +70,15 @@ class RoleSection(StrictModel):
 
 class QuestionSection(RoleSection):
     max_new_tokens: int = 1024
-    max_question_chars: int = Field(
-        default=DEFAULT_MAX_QUESTION_CHARS, ge=16, description="schema cap on each question's length"
+    max_question_chars: int | None = Field(
+        default=None, ge=16, description="schema maxLength of each question; set it only for random test models"
     )
 
 
 class CritiqueSection(RoleSection):
     max_new_tokens: int = 1024
-    max_field_chars: int = Field(
-        default=DEFAULT_MAX_CRITIQUE_CHARS, ge=16, description="schema cap on strengths / weaknesses / suggestions"
+    max_field_chars: int | None = Field(
+        default=None, ge=16, description="schema maxLength of strengths / weaknesses / suggestions; for random test models"
     )
 
 

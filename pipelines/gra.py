@@ -168,7 +168,7 @@ def check_pool(recipe: GRARecipe) -> None:
     if len(recipe.pool) < need:
         raise RecipeError(
             f"GRA needs a pool of at least n_reviewers + 2 = {need} models (1 generator, "
-            f"{recipe.n_reviewers} reviewers, 1 adjudicator); the recipe lists {len(recipe.pool)}: "
+            f"{recipe.n_reviewers} reviewer{'s' if recipe.n_reviewers != 1 else ''}, 1 adjudicator); the recipe lists {len(recipe.pool)}: "
             "add models to `pool` or lower `n_reviewers`"
         )
     names = [m.name for m in pool_members(recipe)]

@@ -24,6 +24,7 @@ if [ -z "${SKIP_VLLM:-}" ]; then
 fi
 
 if [ -z "${SKIP_QUICKSTART:-}" ]; then
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
   .venv/bin/synthalign generate condor \
     --config pipelines/recipes/condor-quickstart.yaml \
     --output quickstart-output --overwrite

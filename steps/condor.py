@@ -22,6 +22,7 @@ the same configs.
 # `process` by its runtime `StepInput` annotation.
 import re
 from functools import cache
+from itertools import pairwise
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from distilabel.steps import Step, StepInput
@@ -38,21 +39,27 @@ DIFFICULTIES: tuple[str, ...] = ("Easy", "Medium", "Hard")
 STAGES: tuple[str, ...] = ("question", "response", "critique", "refine")
 """Column prefixes of the four LLM stages, in pipeline order."""
 
-DEFAULT_MAX_QUESTION_CHARS = 2000
-DEFAULT_MAX_CRITIQUE_CHARS = 1500
 DISTILABEL_METADATA = "distilabel_metadata"
 
 # ------------------------------------------------------------------ output models
 
 
-@cache
-def questions_model(max_chars: int = DEFAULT_MAX_QUESTION_CHARS) -> type[BaseModel]:
-    """The schema of one question call: three non-blank questions of at most ``max_chars``.
+def _text(max_chars: int | None) -> Any:
+    """A non-blank string, capped at ``max_chars`` when given.
 
-    The bound is what lets a schema-forced random model terminate; the default leaves
-    room for Given Material Processing questions, which carry their material inline.
+    A cap (JSON schema ``maxLength``) is what lets a schema-forced *random* model close
+    its strings, so tests set one. Real models end their strings on their own, and with
+    xgrammar 0.2.x a bounded string that admits JSON escapes costs ~0.3 s of CPU per
+    token per row at 150 chars (vs ~0.02 ms unbounded), so the default is no cap:
+    ``max_new_tokens`` bounds the output and a cut-off JSON is a recorded parse failure.
     """
-    text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=max_chars)]
+    return Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=max_chars)]
+
+
+@cache
+def questions_model(max_chars: int | None = None) -> type[BaseModel]:
+    """The schema of one question call: three non-blank questions (see :func:`_text`)."""
+    text = _text(max_chars)
     return create_model(
         "GeneratedQuestions",
         __doc__="Three questions on one tag and task type, by difficulty.",
@@ -63,9 +70,9 @@ def questions_model(max_chars: int = DEFAULT_MAX_QUESTION_CHARS) -> type[BaseMod
 
 
 @cache
-def critique_model(max_chars: int = DEFAULT_MAX_CRITIQUE_CHARS) -> type[BaseModel]:
-    """The schema of one critique: strengths, weaknesses, suggestions (non-blank, bounded)."""
-    text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=max_chars)]
+def critique_model(max_chars: int | None = None) -> type[BaseModel]:
+    """The schema of one critique: strengths, weaknesses, suggestions (non-blank)."""
+    text = _text(max_chars)
     return create_model(
         "Critique",
         __doc__="A self-reflection critique of one answer.",
@@ -161,13 +168,13 @@ class GenerateQuestions(_GatedSchemaTask):
 
     Asking for all three difficulties in one call (as Condor's public prompts do) lets
     the model grade them against each other. The schema is a JSON object with keys
-    ``easy`` / ``medium`` / ``hard`` whose strings are capped at ``max_question_chars``.
+    ``easy`` / ``medium`` / ``hard`` (strings capped at ``max_question_chars`` when set).
     """
 
     template: ClassVar[str] = "condor_question.jinja2"
     column_prefix: ClassVar[str] = "question"
     requires: ClassVar[tuple[str, ...]] = ("tag_path", "task_type")
-    max_question_chars: int = Field(default=DEFAULT_MAX_QUESTION_CHARS, ge=16)
+    max_question_chars: int | None = Field(default=None, ge=16, description="maxLength of each question (None: no cap)")
 
     @property
     def output_model(self) -> type[BaseModel]:  # type: ignore[override]
@@ -193,11 +200,30 @@ class GenerateQuestions(_GatedSchemaTask):
         return {f"question_{d.lower()}": getattr(record, d.lower()) for d in DIFFICULTIES}
 
 
-def split_question_row(row: dict[str, Any]) -> list[dict[str, Any]]:
+def question_problem(text: str | None, tag_path: list[str] | None, seen: set[str], min_words: int = 3) -> str | None:
+    """Why a generated question is unusable, or None.
+
+    Cheap checks that catch what weak models do with this prompt: an empty string, a
+    label instead of a question ("Hard"), the topic path copied back, or the same
+    question twice in one call.
+    """
+    if not text:
+        return "empty question"
+    if len(text.split()) < min_words:
+        return f"too short ({len(text.split())} words)"
+    path = [p for p in (tag_path or []) if p]
+    if any(f"{a} > {b}".casefold() in text.casefold() for a, b in pairwise(path)):
+        return "echoes the topic path"
+    if normalize_tag(text) in seen:
+        return "duplicate question (same as an easier one of the call)"
+    return None
+
+
+def split_question_row(row: dict[str, Any], min_words: int = 3) -> list[dict[str, Any]]:
     """Three rows (Easy, Medium, Hard) from one question-call row.
 
-    A failed call gives three rows that carry its error. A question that is blank or
-    repeats an earlier one of the same call gets its own error, so only that row drops.
+    A failed call gives three rows that carry its error. A question that fails
+    :func:`question_problem` gets its own error, so only that row drops.
     """
     base = {k: v for k, v in row.items() if not (k.startswith("question_") and k.removeprefix("question_").capitalize() in DIFFICULTIES)}
     seen: set[str] = set()
@@ -207,11 +233,8 @@ def split_question_row(row: dict[str, Any]) -> list[dict[str, Any]]:
         text = text.strip() if isinstance(text, str) else None
         error = row.get("question_error")
         if error is None:
-            if not text:
-                error, text = "empty question", None
-            elif normalize_tag(text) in seen:
-                error, text = "duplicate question (same as an easier one of the call)", None
-            else:
+            error = question_problem(text, row.get("tag_path"), seen, min_words)
+            if error is None:
                 seen.add(normalize_tag(text))
         out.append({**base, "difficulty": difficulty, "question": text if error is None else None, "question_error": error})
     return out
@@ -219,6 +242,8 @@ def split_question_row(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 class SplitQuestionsByDifficulty(Step):
     """Turns each question call into three rows with ``difficulty`` and ``question``."""
+
+    min_words: int = Field(default=3, ge=1, description="shorter questions are rejected (labels, fragments)")
 
     @property
     def inputs(self) -> "StepColumns":
@@ -229,7 +254,7 @@ class SplitQuestionsByDifficulty(Step):
         return ["difficulty", "question", "question_error"]
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
-        yield [out for row in inputs for out in split_question_row(row)]
+        yield [out for row in inputs for out in split_question_row(row, self.min_words)]
 
 
 # ------------------------------------------------------------------ stage 2: answer
@@ -261,7 +286,7 @@ class CritiqueResponse(_GatedSchemaTask):
     template: ClassVar[str] = "condor_critique.jinja2"
     column_prefix: ClassVar[str] = "critique"
     requires: ClassVar[tuple[str, ...]] = ("question", "response")
-    max_field_chars: int = Field(default=DEFAULT_MAX_CRITIQUE_CHARS, ge=16)
+    max_field_chars: int | None = Field(default=None, ge=16, description="maxLength of each critique field (None: no cap)")
 
     @property
     def output_model(self) -> type[BaseModel]:  # type: ignore[override]

@@ -114,13 +114,19 @@ def _best_partners(
     threshold: float,
     margin: float,
     chunk: int,
+    row_block: int = DEFAULT_BLOCK,
+    pool_vectors: np.ndarray | None = None,
 ) -> _Best:
     """For each ``a`` row in ``rows``: its most similar ``b`` row in ``pool``, exactly decided.
 
-    ``pool`` holds row indices into ``b``. Float32 products find the maximum; entries
-    within ``margin`` of the threshold are recomputed in float64 so that ``hit`` is
-    exact. The reported partner is the float32 argmax unless that pair is below the
-    threshold while another pair is not (then the best float64 pair in the band).
+    ``pool`` holds row indices into ``b``; ``pool_vectors``, when given, are their float32
+    unit vectors stored contiguously (the kept pool grows in place, so no gather per
+    block). Rows and pool are taken in blocks, so memory
+    stays at ``row_block x chunk`` similarities. Float32 products find the maximum; only
+    rows whose maximum falls within ``margin`` of the threshold have their near-threshold
+    entries recomputed in float64, so that ``hit`` is exact. The reported partner is the
+    float32 argmax unless that pair is below the threshold while another pair is not
+    (then the best float64 pair found near the threshold).
     """
     n = len(rows)
     best32 = np.full(n, -np.inf, dtype=np.float32)
@@ -130,30 +136,35 @@ def _best_partners(
     band_arg = np.full(n, -1, dtype=np.int64)
     if n == 0 or len(pool) == 0:
         return _Best(np.full(n, np.nan), arg, hit)
-    block = a.f32[rows]
     lo, hi = threshold - margin, threshold + margin
-    for start in range(0, len(pool), chunk):
-        cols = pool[start : start + chunk]
-        sims = block @ b.f32[cols].T
-        local = sims.argmax(axis=1)
-        local_max = sims[np.arange(n), local]
-        better = local_max > best32
-        best32[better] = local_max[better]
-        arg[better] = cols[local[better]]
-        hit |= local_max >= hi
-        r, c = np.nonzero((sims >= lo) & (sims < hi))
-        if len(r):
-            exact = _exact_pairs(a, rows[r], b, cols[c])
-            hit[r[exact >= threshold]] = True
-            # keep the best float64 value seen in the band, per row
-            for k in np.argsort(exact, kind="stable"):
-                if exact[k] > band_best[r[k]]:
-                    band_best[r[k]] = exact[k]
-                    band_arg[r[k]] = cols[c[k]]
+    vectors = b.f32[pool] if pool_vectors is None else pool_vectors
+    for r0 in range(0, n, row_block):
+        block = a.f32[rows[r0 : r0 + row_block]]
+        m = len(block)
+        for start in range(0, len(pool), chunk):
+            cols = pool[start : start + chunk]
+            sims = block @ vectors[start : start + chunk].T
+            local = sims.argmax(axis=1)
+            local_max = sims[np.arange(m), local]
+            better = np.flatnonzero(local_max > best32[r0 : r0 + m])
+            best32[r0 + better] = local_max[better]
+            arg[r0 + better] = cols[local[better]]
+            hit[r0 : r0 + m] |= local_max >= hi
+            unsure = np.flatnonzero((local_max >= lo) & (local_max < hi))
+            if len(unsure) == 0:
+                continue
+            rr, cc = np.nonzero(sims[unsure] >= lo)  # all below hi, since these maxima are
+            rr = r0 + unsure[rr]
+            exact = _exact_pairs(a, rows[rr], b, cols[cc])
+            hit[rr[exact >= threshold]] = True
+            for k in np.argsort(exact, kind="stable"):  # best float64 value per row
+                if exact[k] > band_best[rr[k]]:
+                    band_best[rr[k]] = exact[k]
+                    band_arg[rr[k]] = cols[cc[k]]
     has = arg >= 0
     sim = np.full(n, np.nan)
     sim[has] = _exact_pairs(a, rows[has], b, arg[has])
-    # an exact hit found only in the band: report the band pair, which is >= threshold
+    # an exact hit found only near the threshold: report that pair, which is >= threshold
     fix = hit & (sim < threshold) & (band_arg >= 0)
     sim[fix] = band_best[fix]
     arg[fix] = band_arg[fix]
@@ -201,18 +212,22 @@ def greedy_semantic_dedup_details(
         if ref.raw.shape[1] != dim:
             raise ValueError(f"reference has {ref.raw.shape[1]} dims, embeddings have {dim}")
         every = np.arange(n)
-        found = _best_partners(cand, every, ref, np.arange(len(ref)), threshold, margin, pool_chunk)
+        found = _best_partners(
+            cand, every, ref, np.arange(len(ref)), threshold, margin, pool_chunk, block_size, ref.f32
+        )
         has = found.arg >= 0
         match[has], similarity[has], match_ref[has] = found.arg[has], found.sim[has], True
         alive &= ~found.hit
 
     kept_ids = np.empty(n, dtype=np.int64)
+    kept_vectors = np.empty((int(alive.sum()), dim), dtype=np.float32)
     n_kept = 0
     for block in _blocks(order[alive[order]], block_size):
         live = np.ones(len(block), dtype=bool)
         if n_kept:
             found = _best_partners(
-                cand, block, cand, kept_ids[:n_kept], threshold, margin, pool_chunk
+                cand, block, cand, kept_ids[:n_kept], threshold, margin, pool_chunk, block_size,
+                kept_vectors[:n_kept],
             )
             _offer(block, found.arg, found.sim, match, match_ref, similarity)
             live &= ~found.hit
@@ -227,6 +242,7 @@ def greedy_semantic_dedup_details(
         live[live] = sub_live
         kept = block[live]
         kept_ids[n_kept : n_kept + len(kept)] = kept
+        kept_vectors[n_kept : n_kept + len(kept)] = cand.f32[kept]
         n_kept += len(kept)
         keep[kept] = True
     return DedupResult(keep, match, match_ref, similarity, order)

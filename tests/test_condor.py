@@ -113,22 +113,24 @@ def test_question_prompt_puts_variable_parts_last_and_enforces_schema() -> None:
 
 
 def test_split_makes_one_row_per_difficulty() -> None:
-    row = {**ROW, "sample_index": 4, "question_easy": "A?", "question_medium": " B? ", "question_hard": "C?", "question_error": None, "question_raw": None, "question_model": "m", "question_prompt": "p"}
+    row = {**ROW, "sample_index": 4, "question_easy": "What is a laser?", "question_medium": " How is a laser pumped? ", "question_hard": "Why are lasers coherent?", "question_error": None, "question_raw": None, "question_model": "m", "question_prompt": "p"}
     rows = split_question_row(row)
     assert [r["difficulty"] for r in rows] == list(DIFFICULTIES)
-    assert [r["question"] for r in rows] == ["A?", "B?", "C?"]
+    assert [r["question"] for r in rows] == ["What is a laser?", "How is a laser pumped?", "Why are lasers coherent?"]
     assert all(r["question_error"] is None and r["sample_index"] == 4 and r["question_model"] == "m" for r in rows)
     assert not any(k in r for r in rows for k in ("question_easy", "question_medium", "question_hard"))
 
 
-def test_split_keeps_failures_and_flags_blank_or_repeated_questions() -> None:
+def test_split_keeps_failures_and_flags_unusable_questions() -> None:
     failed = split_question_row({**ROW, "question_easy": None, "question_medium": None, "question_hard": None, "question_error": "truncated JSON: x", "question_raw": "{"})
     assert [r["question_error"] for r in failed] == ["truncated JSON: x"] * 3
     assert all(r["question"] is None and r["question_raw"] == "{" for r in failed)
-    mixed = split_question_row({**ROW, "question_easy": "Same?", "question_medium": "same ?", "question_hard": "", "question_error": None})
+    mixed = split_question_row({**ROW, "question_easy": "What is a laser?", "question_medium": "what is a laser ?", "question_hard": "", "question_error": None})
     assert mixed[0]["question_error"] is None
     assert mixed[1]["question_error"].startswith("duplicate question")
     assert mixed[2]["question_error"] == "empty question"
+    weak = split_question_row({**ROW, "question_easy": "Hard", "question_medium": "Waves and optics > Lasers, explained simply", "question_hard": "Is x > 3 when x is 4?", "question_error": None})
+    assert [r["question_error"] for r in weak] == ["too short (1 words)", "echoes the topic path", None]
 
 
 # ------------------------------------------------------------------ critique parser
