@@ -68,8 +68,9 @@ def stage_counts(generations: Dataset) -> list[dict[str, Any]]:
 
 
 def _reason_kind(error: str) -> str:
-    """Group error messages by kind ("truncated JSON: ... at char 812" -> "truncated JSON")."""
-    head = str(error).split(":")[0].strip()
+    """Group error messages by kind ("truncated JSON: ... at char 812" -> "truncated JSON",
+    "too short (2 words)" -> "too short")."""
+    head = re.sub(r"\s*\(.*?\)", "", str(error).split(":")[0]).strip()
     return head or str(error)[:40]
 
 

@@ -34,6 +34,7 @@ from distilabel.pipeline import Pipeline
 from pydantic import Field, field_validator, model_validator
 
 import synthalign.offline  # noqa: F401  (no citation fetches)
+from synthalign.distributed import StageResources
 from synthalign.errors import RecipeError
 from synthalign.methods import Method
 from synthalign.recipes import Recipe, StrictModel
@@ -65,7 +66,12 @@ class RoleSection(StrictModel):
     temperature: float = Field(default=0.7, ge=0, description="0 = greedy")
     top_p: float = Field(default=0.95, gt=0, le=1)
     max_new_tokens: int = Field(default=2048, ge=1)
-    batch_size: int = Field(default=64, ge=1, description="rows per engine call (distilabel input_batch_size)")
+    batch_size: int = Field(
+        default=256, ge=1, description="rows per engine call (distilabel input_batch_size); large keeps the engine busy"
+    )
+    resources: StageResources = Field(
+        default_factory=StageResources, description="replicas / GPUs of this role's step (see docs/perf-ray.md)"
+    )
 
 
 class QuestionSection(RoleSection):
@@ -156,11 +162,9 @@ class CondorRecipe(Recipe):
 
 def preflight(recipe: CondorRecipe) -> None:
     """Load the tree and check the domain filter before any model loads."""
-    from synthalign.steps.knowledge_tree import SampleKnowledgeTasks
+    from synthalign.steps.knowledge_tree import sampling_tree
 
-    SampleKnowledgeTasks(
-        tree=recipe.knowledge_tree, task_types=recipe.task_types, root_domains=recipe.root_domains
-    ).load_tree()
+    sampling_tree(recipe.knowledge_tree, recipe.root_domains, recipe.task_types)
 
 
 def override_llms(recipe: CondorRecipe, llms: list[str]) -> CondorRecipe:
@@ -238,6 +242,7 @@ def build_pipeline(recipe: CondorRecipe) -> Pipeline:
             llm=_llm(recipe, "question"),
             max_question_chars=recipe.question.max_question_chars,
             input_batch_size=recipe.question.batch_size,
+            resources=recipe.question.resources.step_resources(),
             **lean,
         )
         split = SplitQuestionsByDifficulty(name="split_by_difficulty", input_batch_size=recipe.question.batch_size)
@@ -246,6 +251,7 @@ def build_pipeline(recipe: CondorRecipe) -> Pipeline:
             llm=_llm(recipe, "answer"),
             truncated_is_error=recipe.drop_truncated,
             input_batch_size=recipe.answer.batch_size,
+            resources=recipe.answer.resources.step_resources(),
             **lean,
         )
         critique = CritiqueResponse(
@@ -253,6 +259,7 @@ def build_pipeline(recipe: CondorRecipe) -> Pipeline:
             llm=_llm(recipe, "critique"),
             max_field_chars=recipe.critique.max_field_chars,
             input_batch_size=recipe.critique.batch_size,
+            resources=recipe.critique.resources.step_resources(),
             **lean,
         )
         refine = RefineResponse(
@@ -260,6 +267,7 @@ def build_pipeline(recipe: CondorRecipe) -> Pipeline:
             llm=_llm(recipe, "refine"),
             truncated_is_error=recipe.drop_truncated,
             input_batch_size=recipe.refine.batch_size,
+            resources=recipe.refine.resources.step_resources(),
             **lean,
         )
         settings = recipe.generation_settings()

@@ -22,7 +22,6 @@ the same configs.
 # `process` by its runtime `StepInput` annotation.
 import re
 from functools import cache
-from itertools import pairwise
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from distilabel.steps import Step, StepInput
@@ -211,8 +210,8 @@ def question_problem(text: str | None, tag_path: list[str] | None, seen: set[str
         return "empty question"
     if len(text.split()) < min_words:
         return f"too short ({len(text.split())} words)"
-    path = [p for p in (tag_path or []) if p]
-    if any(f"{a} > {b}".casefold() in text.casefold() for a, b in pairwise(path)):
+    lowered = text.casefold()
+    if any(f"{p} >".casefold() in lowered or f"> {p}".casefold() in lowered for p in tag_path or [] if p):
         return "echoes the topic path"
     if normalize_tag(text) in seen:
         return "duplicate question (same as an easier one of the call)"

@@ -324,6 +324,26 @@ def _leaf_stream(tree: KnowledgeTree, root: str, rng: random.Random) -> Iterator
                     yield root, sub, shuffled[sub][i]
 
 
+def sampling_tree(
+    source: str, root_domains: list[str] | None = None, task_types: Iterable[str] = tuple(TASK_TYPES)
+) -> tuple[KnowledgeTree, str]:
+    """The tree to sample from (restricted to ``root_domains``) and the full tree's id.
+
+    Also checks the task types, so a recipe typo fails before any model loads.
+    """
+    tree = load_tree(source)
+    fingerprint = tree.fingerprint()
+    if root_domains:
+        missing = [r for r in root_domains if r not in tree.domains]
+        if missing:
+            raise SeedDataError(f"root domain(s) {missing} are not in knowledge tree {source}")
+        tree = KnowledgeTree({r: tree.domains[r] for r in root_domains}, tree.name, tree.description, tree.source)
+    unknown = [t for t in task_types if t not in TASK_TYPES]
+    if unknown:
+        raise SeedDataError(f"unknown task type(s) {unknown}: choose from {list(TASK_TYPES)}")
+    return tree, fingerprint
+
+
 class SampleKnowledgeTasks(GeneratorStep):
     """Yields ``num_items`` (tag path, task type) rows from a knowledge tree, stratified.
 
@@ -343,18 +363,7 @@ class SampleKnowledgeTasks(GeneratorStep):
         return ["sample_index", "tag_path", "root_domain", "sub_domain", "tag", "task_type", "knowledge_tree"]
 
     def load_tree(self) -> tuple[KnowledgeTree, str]:
-        """The tree to sample from (restricted to ``root_domains``) and the full tree's id."""
-        tree = load_tree(self.tree)
-        fingerprint = tree.fingerprint()
-        if self.root_domains:
-            missing = [r for r in self.root_domains if r not in tree.domains]
-            if missing:
-                raise SeedDataError(f"root domain(s) {missing} are not in knowledge tree {self.tree}")
-            tree = KnowledgeTree({r: tree.domains[r] for r in self.root_domains}, tree.name, tree.description, tree.source)
-        unknown = [t for t in self.task_types if t not in TASK_TYPES]
-        if unknown:
-            raise SeedDataError(f"unknown task type(s) {unknown}: choose from {list(TASK_TYPES)}")
-        return tree, fingerprint
+        return sampling_tree(self.tree, self.root_domains, self.task_types)
 
     def process(self, offset: int = 0) -> GeneratorStepOutput:
         tree, fingerprint = self.load_tree()

@@ -74,7 +74,7 @@ def test_all_prompts_reach_the_engine_in_one_generate_call() -> None:
 
 
 def test_per_input_schema_overrides_and_free_text_rows_mix() -> None:
-    llm = load_llm("builtin:tiny-random", max_new_tokens=48, temperature=0)
+    llm = load_llm("builtin:tiny-random", max_new_tokens=96, temperature=0)
     llm.load()
     inputs = [(PROMPTS[0], {"format": "json", "schema": Verdict.model_json_schema()}), PROMPTS[1]]
     outputs = llm.generate_outputs(inputs)
@@ -98,7 +98,7 @@ def test_batched_greedy_equals_one_at_a_time() -> None:
 
 @pytest.mark.slow
 def test_smollm2_schema_forced_outputs_all_parse() -> None:
-    llm = load_llm("builtin:smollm2-135m", structured_output=Verdict, max_new_tokens=64, temperature=0)
+    llm = load_llm("builtin:smollm2-135m", structured_output=Verdict, max_new_tokens=96, temperature=0)
     llm.load()
     _assert_all_parse(llm.generate_outputs(PROMPTS))
 
@@ -182,7 +182,7 @@ def test_llm_serializes_the_spec_not_a_cache_path() -> None:
 
 
 def test_prompt_longer_than_context_is_a_row_without_output_not_a_crash() -> None:
-    llm = load_llm("builtin:tiny-random", structured_output=Verdict, max_new_tokens=32, temperature=0)
+    llm = load_llm("builtin:tiny-random", structured_output=Verdict, max_new_tokens=96, temperature=0)
     llm.load()
     huge = [{"role": "user", "content": "word " * 5000}]
     outputs = llm.generate_outputs([PROMPTS[0], huge, PROMPTS[1]])

@@ -143,10 +143,9 @@ def test_per_row_tau_weights_each_pair_separately(pair: tuple[str, DPOTrainer, D
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("pair", ["lora"], indirect=True)  # one setup is enough for gradients
 def test_gradient_is_the_weighted_mix_of_dpo_gradients(pair: tuple[str, DPOTrainer, DPOTrainer]) -> None:
-    setup, rdpo, dpo = pair
-    if setup != "lora":
-        pytest.skip("one setup is enough for the gradient check")
+    _, rdpo, dpo = pair
 
     def grads(trainer: DPOTrainer, batch: dict) -> dict[str, torch.Tensor]:
         trainer.model.zero_grad()
@@ -161,12 +160,11 @@ def test_gradient_is_the_weighted_mix_of_dpo_gradients(pair: tuple[str, DPOTrain
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("pair", ["full"], indirect=True)
 def test_tau_zero_matches_dpo_on_pairs_swapped_before_tokenization(tmp_path: Path, pair: tuple[str, DPOTrainer, DPOTrainer]) -> None:
     """Swapping in the dataset changes which half of the batch each text lands in and how
     the batch is padded, so agreement is to float noise (about 1e-4), not 1e-6."""
-    setup, rdpo, _ = pair
-    if setup != "full":
-        pytest.skip("one setup is enough")
+    _, rdpo, _ = pair
     swapped_trainer = _build("dpo", _swapped(_rows()), "full", tmp_path / "swapped")
     with torch.no_grad():
         ours = _loss(rdpo, _batch(rdpo, tau=0.0)).item()

@@ -85,6 +85,18 @@ class SynthLLM(LLM):
     def model_name(self) -> str:
         return self.model
 
+    def generate_outputs(
+        self, inputs: list[FormattedInput], num_generations: int = 1, **kwargs: Any
+    ) -> list[GenerateOutput]:
+        """Like distilabel's, but the LLM's own ``generation_kwargs`` are the defaults.
+
+        distilabel's tasks pass ``generation_kwargs`` in; a user calling the LLM directly
+        (``load_llm(spec, temperature=0).generate_outputs(...)``) would otherwise get the
+        method defaults and sample where they asked for greedy decoding.
+        """
+        settings = {**(self.generation_kwargs or {}), **kwargs}
+        return super().generate_outputs(inputs, num_generations, **settings)
+
     def generate(
         self,
         inputs: list[FormattedInput],
