@@ -32,6 +32,7 @@ __all__ = [
     "markdown_table",
     "new_figure",
     "render_readme",
+    "reproducibility_metadata",
     "size_category",
     "versions",
 ]
@@ -103,6 +104,28 @@ def versions() -> dict[str, str]:
         except importlib_metadata.PackageNotFoundError:
             continue
     return found
+
+
+REPRODUCIBILITY_KEY = "reproducibility"
+
+
+def reproducibility_metadata(info: Mapping[str, Any]) -> dict[str, Any]:
+    """What every synthalign card records in its front matter: seed, method, versions.
+
+    ``info`` is the run record (``synthalign.json``); ``versions`` are those recorded
+    when the data was generated (:func:`versions` then), not the ones installed when the
+    card is rewritten. Rerunning ``pipeline.yaml`` or the recorded recipe with the same
+    seed and these versions gives the same rows.
+    """
+    recipe = info.get("recipe") if isinstance(info.get("recipe"), Mapping) else {}
+    recorded = info.get("versions") if isinstance(info.get("versions"), Mapping) else None
+    meta: dict[str, Any] = {"seed": info.get("seed", recipe.get("seed"))}
+    if info.get("method"):
+        meta["method"] = str(info["method"])
+    if recipe.get("name"):
+        meta["recipe"] = str(recipe["name"])
+    meta["versions"] = {str(k): str(v) for k, v in (recorded or versions()).items()}
+    return meta
 
 
 def _format_cell(value: Any) -> str:

@@ -316,8 +316,12 @@ def _strings_not_null(data: Dataset) -> Dataset:
 def to_datasets(distiset: Distiset, recipe: CondorRecipe) -> dict[str, Dataset]:
     """The published configs, straight from the pipeline's leaf steps (columns in order)."""
     out: dict[str, Dataset] = {}
+    found = {name: distiset[name]["train"] for name in distiset}
+    if set(found) == {"default"}:  # distilabel names a lone non-empty leaf "default"
+        lone = found.pop("default")
+        found["generations" if "drop_stage" in lone.column_names else "refined"] = lone
     for config in CONFIGS:
-        data = distiset[config]["train"] if config in distiset else None
+        data = found.get(config)
         if data is None or len(data) == 0:
             data = _empty(config, recipe)
         order = GENERATIONS_COLUMNS if config == "generations" else TRAIN_COLUMNS

@@ -51,6 +51,7 @@ from distilabel.pipeline import Pipeline
 from pydantic import Field, model_validator
 
 import synthalign.offline  # noqa: F401  (no citation fetches)
+from synthalign.distributed import StageResources
 from synthalign.errors import OutputError, RecipeError
 from synthalign.methods import Method, check_push_token, run_info, run_pipeline
 from synthalign.recipes import Recipe, StrictModel, load_recipe
@@ -104,6 +105,9 @@ class GenerationSection(StrictModel):
     structured_max_new_tokens: int = Field(default=512, ge=16, description="labels, keywords and reviews (JSON)")
     truncated_is_error: bool = Field(default=True, description="text that used up max_new_tokens counts as failed")
     batch_size: int = Field(default=256, ge=1, description="rows per step batch (each member gets its share)")
+    resources: StageResources = Field(
+        default_factory=StageResources, description="replicas / GPUs of every LLM step (see docs/perf-ray.md)"
+    )
 
 
 class DedupSection(StrictModel):
@@ -114,6 +118,9 @@ class DedupSection(StrictModel):
     text_columns: list[str] = Field(default_factory=lambda: ["instruction", "response"])
     batch_size: int = Field(default=64, ge=1)
     device: str | None = None
+    backend: Literal["torch", "onnx", "openvino"] = Field(
+        default="torch", description="sentence-transformers backend; onnx/openvino need their pip extra"
+    )
 
 
 class GRARecipe(Recipe):
@@ -264,6 +271,7 @@ def build_round_pipeline(recipe: GRARecipe, round_index: int, prepared_sources: 
         "max_new_tokens": g.max_new_tokens,
         "structured_max_new_tokens": g.structured_max_new_tokens,
         "truncated_is_error": g.truncated_is_error,
+        "resources": g.resources.step_resources(),
     }
 
     def pool() -> PoolLLM:
@@ -322,6 +330,7 @@ def build_round_pipeline(recipe: GRARecipe, round_index: int, prepared_sources: 
             "text_columns": list(d.text_columns),
             "encode_batch_size": d.batch_size,
             "device": d.device,
+            "backend": d.backend,
             "input_batch_size": max(g.batch_size, d.batch_size),
         }
         embed_samples = EmbedTexts(name="embed_samples", where={"status": "pending"}, **embedder)
@@ -473,9 +482,10 @@ def build_card(datasets: dict[str, Dataset], info: dict[str, Any]) -> CardConten
 
 
 def recipe_fingerprint(recipe: GRARecipe) -> str:
-    """What must not change between the rounds of one loop folder (not `rounds` nor
-    the cache folder, which only say how far and where to run)."""
-    data = recipe.model_dump(mode="json", exclude={"rounds", "cache_dir"})
+    """What must not change between the rounds of one loop folder (not `rounds`, the
+    cache folder nor `generation.resources`, which only say how far, where and on
+    how many GPUs to run)."""
+    data = recipe.model_dump(mode="json", exclude={"rounds": True, "cache_dir": True, "generation": {"resources"}})
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 import synthalign.offline  # noqa: F401  (no citation fetches)
+from synthalign.distributed import StageResources
 from synthalign.errors import RecipeError
 from synthalign.methods import Method
 from synthalign.recipes import Recipe, RecipePath, StrictModel
@@ -65,6 +66,9 @@ class TeacherOptions(StrictModel):
     temperature: float = Field(default=0.7, ge=0)
     top_p: float = Field(default=0.95, gt=0, le=1)
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="backend options (vLLM: tensor_parallel_size...)")
+    resources: StageResources = Field(
+        default_factory=StageResources, description="replicas / GPUs of this LLM's step (see docs/perf-ray.md)"
+    )
     fold_system: bool = Field(
         default=False,
         description="send the persona system message as the top of the first user turn (teachers whose chat template has no system role)",
@@ -88,6 +92,9 @@ class JudgeOptions(StrictModel):
     max_new_tokens: int = Field(default=256, ge=16)
     temperature: float = Field(default=0.0, ge=0)
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    resources: StageResources = Field(
+        default_factory=StageResources, description="replicas / GPUs of this LLM's step (see docs/perf-ray.md)"
+    )
 
     @field_validator("scale", mode="before")
     @classmethod
@@ -155,7 +162,7 @@ class RDPORecipe(Recipe):
     behaviour: BehaviourOptions = Field(default_factory=BehaviourOptions)
     scoring: ScoringOptions = Field(default_factory=lambda: ScoringOptions(kind="reward_model"))
     chosen: Literal["revised", "higher_score"] = "revised"
-    input_batch_size: int = Field(default=50, ge=1, description="rows per engine call")
+    input_batch_size: int = Field(default=512, ge=1, description="rows per engine call; large keeps the engine busy")
 
     def llm_specs(self) -> list[str]:
         specs = [self.teacher.llm]
@@ -267,6 +274,7 @@ def build_pipeline(config: RDPORecipe) -> Pipeline:
             system_column=system,
             fold_system=teacher.fold_system,
             input_batch_size=config.input_batch_size,
+            resources=teacher.resources.step_resources(),
         )
         judge_prefixes: list[str] = []
         if config.scoring.kind == "reward_model":
@@ -302,6 +310,7 @@ def build_pipeline(config: RDPORecipe) -> Pipeline:
                 scale_labels=labels,
                 system_column=system,
                 input_batch_size=config.input_batch_size,
+                resources=judge.resources.step_resources(),
             )
             judge_prefixes = [score.prefix_for(c) for c in score.resolved_score_columns]
             generation["scorer"] = {"kind": "judge", "llm": judge.llm, "scale": [lo, hi], "max_new_tokens": judge.max_new_tokens, "temperature": judge.temperature}

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, model_validator
 
 import synthalign.offline  # noqa: F401  (no citation fetches)
+from synthalign.distributed import StageResources
 from synthalign.errors import OutputError, RecipeError, SeedDataError
 from synthalign.methods import Method
 from synthalign.recipes import Recipe, RecipePath, StrictModel, load_recipe
@@ -113,7 +114,12 @@ class DecodingSection(StrictModel):
     temperature: float = Field(default=0.7, ge=0)
     top_p: float = Field(default=0.95, gt=0, le=1)
     max_new_tokens: int = Field(default=1024, ge=1)
-    batch_size: int = Field(default=50, ge=1, description="rows per LLM call (distilabel input_batch_size)")
+    batch_size: int = Field(
+        default=512, ge=1, description="rows per LLM call (distilabel input_batch_size); large keeps the engine busy"
+    )
+    resources: StageResources = Field(
+        default_factory=StageResources, description="replicas / GPUs of this role's step (see docs/perf-ray.md)"
+    )
 
 
 class ScorerSection(StrictModel):
@@ -356,7 +362,7 @@ def build_improver_set_pipeline(
     d = recipe.response_decoding
     with Pipeline(name=name, cache_dir=cache_dir) as pipeline:
         load = LoadSeeds(name="load_seed_prompts", source=str(seed_file), columns=["prompt", "response"], batch_size=d.batch_size)
-        answer = AnswerPrompt(name="answer_seed_prompts", llm=_llm(recipe, policy, d, seed), input_batch_size=d.batch_size)
+        answer = AnswerPrompt(name="answer_seed_prompts", llm=_llm(recipe, policy, d, seed), input_batch_size=d.batch_size, resources=d.resources.step_resources())
         score = _scorer_step(recipe, "score_gold_and_policy", ["response", "response_policy"], ["score_gold", "score_policy"])
         load >> answer >> score
     return pipeline
@@ -398,7 +404,7 @@ def build_pairs_pipeline(
     rejected = "response_initial" if initial else "response_policy"
     with Pipeline(name=name, cache_dir=cache_dir) as pipeline:
         load = LoadSeeds(name="load_keyword_lists", source=str(keywords_file), columns=["keywords", "paragraph_index"], batch_size=pd.batch_size)
-        write = GeneratePromptFromKeywords(name="generate_prompts", llm=_llm(recipe, generator, pd, seed), input_batch_size=pd.batch_size)
+        write = GeneratePromptFromKeywords(name="generate_prompts", llm=_llm(recipe, generator, pd, seed), input_batch_size=pd.batch_size, resources=pd.resources.step_resources())
         flag = FlagInvalidPrompts(
             name="flag_invalid_prompts", min_words=f.prompt_min_words, min_chars=f.prompt_min_chars, language=recipe.keywords.language
         )
@@ -406,13 +412,13 @@ def build_pairs_pipeline(
             name="all_prompts",
             columns=["keywords", "paragraph_index", "prompt", "prompt_invalid", "prompt_gen_error", "prompt_gen_model", "prompt_gen_prompt"],
         )
-        keep = KeepValidPrompts(name="keep_valid_prompts")
-        answer = AnswerPrompt(name="answer_prompts", llm=_llm(recipe, policy, rd, seed), input_batch_size=rd.batch_size)
-        improve = ImproveResponse(name="improve_responses", llm=_llm(recipe, improver, idec, seed), input_batch_size=idec.batch_size)
+        keep = KeepValidPrompts(name="keep_valid_prompts", input_batch_size=rd.batch_size)
+        answer = AnswerPrompt(name="answer_prompts", llm=_llm(recipe, policy, rd, seed), input_batch_size=rd.batch_size, resources=rd.resources.step_resources())
+        improve = ImproveResponse(name="improve_responses", llm=_llm(recipe, improver, idec, seed), input_batch_size=idec.batch_size, resources=idec.resources.step_resources())
         score = _scorer_step(recipe, "score_pairs", ["response_improved", rejected], ["score_chosen", "score_rejected"])
         load >> write >> flag >> [record, keep]
         if initial:
-            first = AnswerPromptInitial(name="answer_prompts_initial", llm=_llm(recipe, initial, rd, seed), input_batch_size=rd.batch_size)
+            first = AnswerPromptInitial(name="answer_prompts_initial", llm=_llm(recipe, initial, rd, seed), input_batch_size=rd.batch_size, resources=rd.resources.step_resources())
             keep >> answer >> first >> improve >> score
         else:
             keep >> answer >> improve >> score
@@ -721,8 +727,11 @@ def build_card(datasets: dict[str, Dataset], info: dict[str, Any]) -> Any:
 
 
 def _hash(recipe: SynPORecipe) -> str:
-    """What must not change between a run and its resume (everything but the run name/cache)."""
-    data = recipe.model_dump(mode="json", exclude={"cache_dir"})
+    """What must not change between a run and its resume (everything but the cache and
+    the steps' resources, which only say where and on how many GPUs to run)."""
+    no_resources = {"resources": True}
+    exclude = {"cache_dir": True, **{k: no_resources for k in ("prompt_decoding", "response_decoding", "improver_decoding")}}
+    data = recipe.model_dump(mode="json", exclude=exclude)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

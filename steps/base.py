@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from distilabel.steps.tasks import Task
 from pydantic import BaseModel
 
+import synthalign.compat  # distilabel fixes: a filter that drops every row
 import synthalign.offline  # noqa: F401  (no citation fetches)
 from synthalign.parsing import NO_OUTPUT, parse_model
 from synthalign.steps.prompts import render, template_id

@@ -6,11 +6,18 @@ model id or folder works too. Texts are encoded in batches sorted by length (so 
 batch pads to similar lengths and short texts do not pay for long ones); rows that
 need no embedding (e.g. samples the review rejected) pass through with ``None``, so
 the model only sees the work that matters.
+
+``backend="onnx"`` (or ``"openvino"``) runs the model through sentence-transformers'
+ONNX Runtime / OpenVINO backends, often faster on CPUs than torch; they need the
+``sentence-transformers[onnx]`` (``[onnx-gpu]``, ``[openvino]``) extra, and asking for
+one without it fails at once with the pip command instead of deep inside a worker.
+``benchmarks/embed_throughput.py`` measures each backend that is installed.
 """
 
 # No `from __future__ import annotations`: distilabel finds the batch argument of
 # `process` by its runtime `StepInput` annotation.
-from typing import TYPE_CHECKING, Any
+import importlib.util
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from distilabel.steps import Step, StepInput
@@ -21,9 +28,38 @@ if TYPE_CHECKING:
 
 DEFAULT_EMBEDDING_MODEL = "builtin:minilm"
 
+Backend = Literal["torch", "onnx", "openvino"]
+BACKEND_NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "torch": ((), ""),
+    "onnx": (("onnxruntime", "optimum"), "sentence-transformers[onnx]"),
+    "openvino": (("openvino", "optimum"), "sentence-transformers[openvino]"),
+}
+"""Per backend: the modules sentence-transformers imports for it, and the pip extra that brings them."""
+
+
+def check_backend(backend: str) -> None:
+    """Fail with one actionable line if ``backend`` is unknown or its packages are missing.
+
+    sentence-transformers only notices a missing ONNX Runtime when the model loads, in a
+    pipeline worker, with a long traceback; checking when the step is built says which
+    extra to install before any generation has run.
+    """
+    if backend not in BACKEND_NEEDS:
+        raise ValueError(f"unknown embedding backend {backend!r}: use one of {', '.join(BACKEND_NEEDS)}")
+    modules, extra = BACKEND_NEEDS[backend]
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(
+            f"embedding backend {backend!r} needs {' and '.join(missing)}: pip install '{extra}'"
+        )
+
 
 def load_sentence_model(model: str, device: str | None = None, backend: str = "torch") -> Any:
-    """A SentenceTransformer for ``model`` (``builtin:minilm``, a folder or a Hub id)."""
+    """A SentenceTransformer for ``model`` (``builtin:minilm``, a folder or a Hub id).
+
+    ``backend``: ``torch`` (default), ``onnx`` or ``openvino`` (see :func:`check_backend`).
+    """
+    check_backend(backend)
     from sentence_transformers import SentenceTransformer
 
     from synthalign.models import resolve_model
@@ -31,17 +67,25 @@ def load_sentence_model(model: str, device: str | None = None, backend: str = "t
     return SentenceTransformer(resolve_model(model), device=device, backend=backend)
 
 
-def embed_texts(encoder: Any, texts: list[str], batch_size: int = 64) -> np.ndarray:
+def embed_texts(
+    encoder: Any, texts: list[str], batch_size: int = 64, sort_by_length: bool = True
+) -> np.ndarray:
     """Unit-length float32 embeddings of ``texts``, encoded in length-sorted batches.
 
     Sorting here (longest first) makes the batching explicit instead of relying on the
-    encoder's internal order, and the rows come back in the caller's order.
+    encoder's internal order: each forward pass pads to the longest text of its batch,
+    so mixing short and long texts wastes most of the work. The rows come back in the
+    caller's order. ``sort_by_length=False`` keeps the caller's order in the batches
+    (only to measure what sorting buys; see ``benchmarks/embed_throughput.py``).
     """
     if not texts:
         size = getattr(encoder, "get_embedding_dimension", None) or encoder.get_sentence_embedding_dimension
         dim = size() or 0
         return np.zeros((0, dim), dtype=np.float32)
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    if sort_by_length:
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    else:
+        order = list(range(len(texts)))
     out: np.ndarray | None = None
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
@@ -72,12 +116,13 @@ class EmbedTexts(Step):
     where: dict[str, Any] | None = Field(default=None, description="only embed rows with these column values")
     encode_batch_size: int = Field(default=64, ge=1, description="texts per encoder forward pass")
     device: str | None = Field(default=None, description="torch device (default: cuda if available)")
-    backend: str = Field(default="torch", description="sentence-transformers backend: torch, onnx or openvino")
+    backend: Backend = Field(default="torch", description="sentence-transformers backend: torch, onnx or openvino")
 
     _encoder: Any = PrivateAttr(default=None)
 
     def model_post_init(self, __context: Any) -> None:
         super().model_post_init(__context)
+        check_backend(self.backend)  # at pipeline build time, not in the worker
         # imported once in the parent process, so the forked step worker need not
         import sentence_transformers  # noqa: F401
 

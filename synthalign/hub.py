@@ -38,7 +38,12 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, SecretBytes, SecretStr
 
-from synthalign.cards.base import CardContent, render_readme
+from synthalign.cards.base import (
+    REPRODUCIBILITY_KEY,
+    CardContent,
+    render_readme,
+    reproducibility_metadata,
+)
 from synthalign.errors import OutputError
 
 if TYPE_CHECKING:
@@ -285,7 +290,13 @@ def _card_text(
     default_config: str | None,
     dataset_info: list[dict] | None,
     secrets: list[str],
+    run_info: Mapping[str, Any] | None = None,
 ) -> str:
+    """The README text. With ``run_info``, the front matter records the seed, method and
+    package versions of the run (``reproducibility:``), whatever the method's card shows."""
+    if run_info is not None:
+        metadata = {**card.metadata, REPRODUCIBILITY_KEY: reproducibility_metadata(run_info)}
+        card = CardContent(metadata=metadata, body=card.body, figures=card.figures)
     patterns = {name: {SPLIT: f"data/{name}/{SPLIT}-*"} for name in configs}
     text = render_readme(card, patterns, default_config or configs[0], dataset_info=dataset_info)
     return _scrub_text(text, secrets)
@@ -377,11 +388,12 @@ def write_hub_folder(
             if scrubbed != pipeline_text:
                 logger.warning("pipeline.yaml contained a credential; it was redacted in the copy")
             _write_text(staging / "pipeline.yaml", scrubbed)
-        _write_text(
-            staging / "README.md", _card_text(card, configs, default_config, dataset_info, secrets)
-        )
         record = _scrub(dict(run_info), secrets)
         record["rows"] = rows
+        _write_text(
+            staging / "README.md",
+            _card_text(card, configs, default_config, dataset_info, secrets, run_info=record),
+        )
         _write_text(
             staging / RUN_INFO_FILENAME,
             json.dumps(record, indent=2, ensure_ascii=False, sort_keys=False) + "\n",
@@ -624,14 +636,14 @@ def update_card(path: str | Path, card: CardContent, *, default_config: str | No
     if default_config is not None and default_config not in shards:
         raise OutputError(f"default config {default_config!r} is not one of {sorted(shards)}")
 
-    loaded, _ = read_hub_folder(folder)
+    loaded, record = read_hub_folder(folder)
     dataset_info = []
     for name, dataset in loaded.items():
         download_size = sum(f.stat().st_size for f in shards[name])
         dataset_info.append(_dataset_info_yaml(name, dataset, dataset.data.nbytes, download_size))
 
     secrets = _known_secret_values()
-    text = _card_text(card, list(shards), default_config, dataset_info, secrets)
+    text = _card_text(card, list(shards), default_config, dataset_info, secrets, run_info=record)
     tag = uuid.uuid4().hex[:8]
     staging_figures = folder / f".figures.partial-{tag}"
     staging_readme = folder / f".README.md.partial-{tag}"

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import synthalign.compat  # noqa: F401  (distilabel fixes, before any pipeline runs)
 from synthalign.errors import OutputError, RecipeError
-from synthalign.recipes import Recipe, load_recipe
+from synthalign.recipes import Recipe, apply_api_key, load_recipe
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -96,7 +97,7 @@ def run_info(method: Method, recipe: Recipe, **extra: Any) -> dict[str, Any]:
 
 
 def run_pipeline(pipeline: Pipeline, *, use_ray: bool = False, use_cache: bool = True) -> Distiset:
-    """Run with distilabel's cache (a rerun after a crash resumes from it).
+    """Run resumably: a rerun after a crash (even SIGKILL) reuses every finished batch.
 
     distilabel routes logging through a queue it closes when the run ends but leaves
     its handler on the root logger; every later log line of the process would print
@@ -105,10 +106,19 @@ def run_pipeline(pipeline: Pipeline, *, use_ray: bool = False, use_cache: bool =
     import logging
     from logging.handlers import QueueHandler
 
-    if use_ray:
-        pipeline = pipeline.ray()
+    if use_ray:  # distilabel's RayPipeline, keeping the method's load stages
+        from synthalign.distributed import to_ray
+
+        pipeline = to_ray(pipeline)
     try:
-        return pipeline.run(use_cache=use_cache)
+        if not use_cache or use_ray:  # Ray actors are not forked: distilabel's own cache only
+            return pipeline.run(use_cache=use_cache)
+        # Resume from synthalign's per-batch store, not distilabel's batch manager (which a
+        # SIGKILL leaves waiting forever for in-flight batches): see synthalign/resume.py.
+        from synthalign.resume import batch_store
+
+        with batch_store(pipeline):
+            return pipeline.run(use_cache=False)
     finally:
         root = logging.getLogger()
         for handler in list(root.handlers):
@@ -144,6 +154,7 @@ def generate(
     preflight(method, recipe)
 
     pipeline = method.build_pipeline(recipe)
+    apply_api_key(pipeline, recipe.api_key)
     distiset = run_pipeline(pipeline, use_ray=use_ray)
     datasets = method.to_datasets(distiset, recipe)
     info = run_info(method, recipe, counts={k: len(v) for k, v in datasets.items()})

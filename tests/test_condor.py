@@ -427,3 +427,18 @@ def test_quickstart_recipe_end_to_end_on_smollm2(tmp_path: Path) -> None:
         assert rr["response_model"] == "builtin:smollm2-135m"
     info = json.loads((out / "synthalign.json").read_text())
     assert info["recipe"]["llm"] == "builtin:smollm2-135m"
+
+
+def test_when_every_row_fails_the_lone_default_config_is_published_as_generations() -> None:
+    """distilabel names a pipeline's only non-empty leaf ``default``; the failed rows must
+    still reach ``generations`` (and the card's counts), not vanish."""
+    from datasets import Dataset, DatasetDict
+    from distilabel.distiset import Distiset
+
+    from synthalign.pipelines.condor import CondorRecipe, to_datasets
+
+    recipe = CondorRecipe.model_validate(TINY_RECIPE)
+    failed = Dataset.from_list([{"question": None, "question_error": "truncated JSON", "kept": False, "drop_stage": "question"}])
+    datasets = to_datasets(Distiset({"default": DatasetDict({"train": failed})}), recipe)
+    assert len(datasets["generations"]) == 1 and datasets["generations"][0]["drop_stage"] == "question"
+    assert len(datasets["refined"]) == 0 and len(datasets["void"]) == 0

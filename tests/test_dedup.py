@@ -164,3 +164,127 @@ def test_bad_inputs_raise() -> None:
     with pytest.raises(ValueError, match="dims"):
         greedy_semantic_dedup(np.ones((2, 2)), np.zeros(2), reference=np.ones((1, 3)))
     assert greedy_semantic_dedup(np.zeros((0, 4)), np.zeros(0)).tolist() == []
+
+
+# ---------------------------------------------------------------- pruned method, memmap, torch
+
+
+def _planted(rng: np.random.Generator, n: int, dim: int, topics: int, share: float = 0.25) -> np.ndarray:
+    """Topic clusters (members at cosine ~0.5) plus near-duplicates of earlier rows at
+    cosine uniform in [0.90, 0.99]: the data the pruning bounds are made for."""
+    centres = _unit64(rng.normal(size=(topics, dim)))
+    x = _unit64(centres[rng.integers(0, topics, n)] + rng.normal(size=(n, dim)) / np.sqrt(dim))
+    for i in np.flatnonzero(rng.random(n) < share):
+        if i == 0:
+            continue
+        src = x[rng.integers(0, i)]
+        z = rng.normal(size=dim)
+        z -= (z @ src) * src
+        c = rng.uniform(0.90, 0.99)
+        x[i] = c * src + np.sqrt(1 - c * c) * z / np.linalg.norm(z)
+    return x
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_pruned_matches_brute_force_on_small_inputs(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    n = int(rng.integers(1, 500))
+    dim = int(rng.choice([2, 5, 16, 64]))
+    if seed % 2:
+        emb = _clustered(rng, n, dim, clusters=max(1, n // 8), noise=float(rng.choice([0.02, 0.05, 0.3])))
+    else:
+        emb = rng.normal(size=(n, dim))
+    if seed % 5 == 0:
+        emb[: min(3, n)] = 0.0  # zero rows: kept, never remove anything
+    scores = rng.integers(0, 3, size=n).astype(float)
+    reference = rng.normal(size=(int(rng.integers(0, 30)), dim)) if seed % 3 else None
+    _check(
+        emb,
+        scores,
+        float(rng.choice([-0.2, 0.3, 0.8, 0.9, 0.97])),  # <= 0 falls back to blocked
+        reference,
+        nearest=False,
+        method="auto",
+        device="numpy",
+        block_size=int(rng.choice([1, 7, 64, 4096])),
+        clusters=int(rng.choice([1, 3, 20])),
+    )
+
+
+def test_pruning_skips_most_pairs_and_stays_exact_on_planted_near_duplicates() -> None:
+    rng = np.random.default_rng(42)
+    emb = _planted(rng, 4_000, 96, topics=40)
+    scores = np.round(rng.normal(size=len(emb)), 1)  # ties too
+    reference = _planted(rng, 200, 96, topics=10)
+    result = greedy_semantic_dedup_details(
+        emb, scores, 0.9, reference, nearest=False, device="numpy", block_size=512
+    )
+    np.testing.assert_array_equal(result.keep, brute_force(emb, scores, 0.9, reference))
+    assert result.stats.method == "pruned" and result.stats.clusters > 1
+    assert result.stats.pruned_fraction > 0.5, result.stats
+    assert 0 < result.keep.sum() < len(emb)
+    # the mask-only entry point prunes by default on the CPU and agrees
+    np.testing.assert_array_equal(greedy_semantic_dedup(emb, scores, 0.9, reference, device="numpy"), result.keep)
+
+
+def test_pruned_decides_pairs_within_float32_error_of_the_threshold_exactly() -> None:
+    dim, threshold = 384, 0.9
+    rows = []
+    for k, delta in enumerate([-1e-9, 1e-9, -3e-8, 3e-8, 0.0, 2e-6, -2e-6]):
+        e1, e2 = np.zeros(dim), np.zeros(dim)
+        e1[2 * k], e2[2 * k + 1] = 1.0, 1.0
+        c = threshold + delta
+        rows += [e1, c * e1 + np.sqrt(1 - c * c) * e2]
+    emb = np.array(rows) * np.random.default_rng(3).uniform(0.5, 3.0, size=(len(rows), 1))
+    scores = np.tile([1.0, 0.0], len(rows) // 2)
+    for clusters in (1, 3, 14):
+        for block_size in (1, 2, 64):
+            keep = greedy_semantic_dedup(
+                emb, scores, threshold, method="pruned", device="numpy", clusters=clusters, block_size=block_size
+            )
+            np.testing.assert_array_equal(keep, brute_force(emb, scores, threshold))
+
+
+def test_memory_mapped_input_gives_the_same_result(tmp_path) -> None:
+    rng = np.random.default_rng(5)
+    emb = _planted(rng, 1_500, 48, topics=15).astype(np.float32)
+    scores = rng.normal(size=len(emb))
+    reference = _planted(rng, 50, 48, topics=5)
+    np.save(tmp_path / "emb.npy", emb * 3.0)  # not normalized on disk
+    np.save(tmp_path / "ref.npy", reference)
+    mm = np.load(tmp_path / "emb.npy", mmap_mode="r")
+    ref_mm = np.load(tmp_path / "ref.npy", mmap_mode="r")
+    assert isinstance(mm, np.memmap)
+    expected = brute_force(emb, scores, 0.9, reference)
+    for nearest in (False, True):
+        result = greedy_semantic_dedup_details(mm, scores, 0.9, ref_mm, nearest=nearest, device="numpy")
+        np.testing.assert_array_equal(result.keep, expected)
+
+
+def test_torch_path_on_cpu_tensors_equals_numpy() -> None:
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(9)
+    emb = _planted(rng, 2_000, 64, topics=20)
+    scores = rng.integers(0, 5, size=len(emb)).astype(float)
+    reference = _planted(rng, 80, 64, topics=8)
+    for method, nearest in (("pruned", False), ("blocked", True)):
+        a = greedy_semantic_dedup_details(
+            emb, scores, 0.9, reference, nearest=nearest, method=method, device="numpy", block_size=300
+        )
+        b = greedy_semantic_dedup_details(
+            emb, scores, 0.9, reference, nearest=nearest, method=method, device="cpu", block_size=300
+        )
+        assert b.stats.device == "torch:cpu" and b.stats.method == method
+        np.testing.assert_array_equal(a.keep, b.keep)
+        np.testing.assert_array_equal(a.match_is_reference, b.match_is_reference)
+        dup = ~a.keep
+        np.testing.assert_allclose(a.similarity[dup], b.similarity[dup])
+        assert np.all(b.similarity[dup] >= 0.9)
+    np.testing.assert_array_equal(a.keep, brute_force(emb, scores, 0.9, reference))
+
+
+def test_pruned_cannot_report_nearest_neighbours() -> None:
+    with pytest.raises(ValueError, match="nearest"):
+        greedy_semantic_dedup_details(np.eye(3), np.zeros(3), method="pruned", nearest=True)
+    with pytest.raises(ValueError, match="method"):
+        greedy_semantic_dedup_details(np.eye(3), np.zeros(3), method="fast")  # type: ignore[arg-type]

@@ -256,12 +256,35 @@ def checkpoint_to_resume(recipe: TrainRecipe, output_dir: Path) -> str | None:
         return str(path)
     if not output_dir.is_dir():
         return None
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(str(output_dir))
+    last = last_complete_checkpoint(output_dir)
     if last:
         logger.info("resuming from %s", last)
     return last
+
+
+def last_complete_checkpoint(output_dir: Path) -> str | None:
+    """The newest ``checkpoint-N`` folder that was written to the end, or None.
+
+    transformers' ``get_last_checkpoint`` returns the highest-numbered folder even when a
+    kill interrupted its writing, and resuming from it then fails. The Trainer writes
+    ``trainer_state.json`` last, so a checkpoint counts as complete when that file parses;
+    incomplete ones are skipped (and overwritten when training reaches that step again).
+    """
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    found = []
+    for path in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        suffix = path.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+        if path.is_dir() and suffix.isdigit():
+            found.append((int(suffix), path))
+    for _, path in sorted(found, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            logger.warning("skipping %s: an interrupted run left it incomplete", path)
+            continue
+        return str(path)
+    return None
 
 
 def save_trained(trainer: Trainer, recipe: TrainRecipe, output_dir: Path, info: dict[str, Any]) -> Path:
