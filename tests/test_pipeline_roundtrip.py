@@ -59,14 +59,8 @@ def _check_folder(out: Path) -> None:
     assert all(len(r["reason"]) <= 60 and 0 <= r["score"] <= 10 for r in rows)
 
 
-@pytest.mark.parametrize(
-    "spec",
-    [
-        "builtin:tiny-random",
-        pytest.param("builtin:smollm2-135m", marks=pytest.mark.slow),
-    ],
-)
-def test_pipeline_writes_hub_folder_that_loads_and_reruns(spec: str, tmp_path: Path) -> None:
+def write_load_and_rerun(spec: str, tmp_path: Path) -> None:
+    """Run the demo pipeline on ``spec``, check the Hub folder, rerun its pipeline.yaml."""
     out = tmp_path / "dataset"
     proc = _write_folder(spec, out, tmp_path / "home1")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -76,6 +70,17 @@ def test_pipeline_writes_hub_folder_that_loads_and_reruns(spec: str, tmp_path: P
     rerun_dir.mkdir()
     proc = _rerun(str(out / "pipeline.yaml"), tmp_path / "home2", rerun_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "builtin:tiny-random",
+        pytest.param("builtin:smollm2-135m", marks=pytest.mark.slow),
+    ],
+)
+def test_pipeline_writes_hub_folder_that_loads_and_reruns(spec: str, tmp_path: Path) -> None:
+    write_load_and_rerun(spec, tmp_path)
     # the rerun ran the steps from scratch (fresh HOME => fresh distilabel cache)
     assert list((tmp_path / "home2" / ".cache" / "distilabel" / "pipelines").glob("synthalign-demo/*/executions/*/data/steps_outputs/rate_instruction_0/*.parquet"))
 

@@ -2,7 +2,10 @@
 
 The Python bindings serve one sequence at a time, so prompts are issued in order;
 JSON schemas are enforced by llama.cpp's grammar sampler (``response_format`` with a
-schema). Install with ``pip install 'synthalign[llamacpp]'``.
+schema). Its schema converter (llama-cpp-python 0.3) ignores ``minimum``/``maximum``,
+so a bounded integer is handed over as the enum of its values, which the grammar does
+enforce (a 0-10 score can then never come back as 12). Install with
+``pip install 'synthalign[llamacpp]'``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,26 @@ from pydantic import Field, PrivateAttr
 
 from synthalign.errors import BackendError
 from synthalign.llms.base import ChatType, Completion, JSONSchema, SynthLLM
+
+MAX_ENUM_RANGE = 1000
+
+
+def bounded_ints_as_enums(schema: Any) -> Any:
+    """A copy of ``schema`` where every integer with both bounds (at most
+    ``MAX_ENUM_RANGE`` values) is an ``enum`` of the integers it allows."""
+    if isinstance(schema, list):
+        return [bounded_ints_as_enums(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: bounded_ints_as_enums(value) for key, value in schema.items()}
+    if out.get("type") == "integer":
+        low = out.get("minimum", out["exclusiveMinimum"] + 1 if "exclusiveMinimum" in out else None)
+        high = out.get("maximum", out["exclusiveMaximum"] - 1 if "exclusiveMaximum" in out else None)
+        if isinstance(low, int) and isinstance(high, int) and 0 <= high - low < MAX_ENUM_RANGE:
+            for key in ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+                out.pop(key, None)
+            out["enum"] = list(range(low, high + 1))
+    return out
 
 
 class LlamaCppLLM(SynthLLM):
@@ -49,6 +72,8 @@ class LlamaCppLLM(SynthLLM):
         )
 
     def unload(self) -> None:
+        if self._llm is not None:
+            self._llm.close()  # frees the model now, not in __del__ at interpreter exit
         self._llm = None
 
     def _generate_batch(
@@ -64,7 +89,9 @@ class LlamaCppLLM(SynthLLM):
     ) -> list[Completion]:
         completions = []
         for conversation, schema in zip(conversations, schemas, strict=True):
-            response_format = {"type": "json_object", "schema": schema} if schema else None
+            response_format = (
+                {"type": "json_object", "schema": bounded_ints_as_enums(schema)} if schema else None
+            )
             out = self._llm.create_chat_completion(
                 messages=conversation,
                 max_tokens=max_new_tokens,
