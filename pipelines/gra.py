@@ -552,7 +552,7 @@ def run_loop(
         prepared = [] if r == 1 else [str(output / "data" / SEEDS_CONFIG)] + [
             str(output / "data" / f"round-{k}") for k in range(1, r) if (output / "data" / f"round-{k}").is_dir()
         ]
-        distiset = run_pipeline(build_round_pipeline(recipe, r, prepared))
+        distiset = run_pipeline(build_round_pipeline(recipe, r, prepared), api_key=recipe.api_key)
         round_seeds, candidates = round_rows(distiset)
         if r == 1:
             seeds = round_seeds

@@ -759,11 +759,11 @@ def _run_info(path: Path) -> dict[str, Any]:
     return json.loads((path / RUN_INFO_FILENAME).read_text(encoding="utf-8"))
 
 
-def _run(pipeline: Pipeline) -> Distiset:
-    """Run a pipeline through the shared path (cache on, distilabel's stale log handler removed)."""
+def _run(pipeline: Pipeline, recipe: SynPORecipe) -> Distiset:
+    """Run a pipeline through the shared path (resumable, the recipe's api_key applied)."""
     from synthalign.methods import run_pipeline
 
-    return run_pipeline(pipeline)
+    return run_pipeline(pipeline, api_key=recipe.api_key)
 
 
 def _preload_engines() -> None:
@@ -924,7 +924,7 @@ class Loop:
                 self.recipe, seed_file=seed_file, policy=policy, name=f"synpo-{self.tag}-iter{k}-improver-set",
                 cache_dir=self.cache_dir, seed=self.recipe.seed + k,
             )  # fmt: skip
-            distiset = _run(pipeline)
+            distiset = _run(pipeline, self.recipe)
             kept, candidates, funnel = improver_sets(distiset, self.recipe, iteration=k)
             info = {"stage": "improver-set", "iteration": k, "funnel": funnel, "threshold": self.recipe.scorer.improver_threshold, "policy_model": policy}
             rows = {"improver": (kept, "improver"), "candidates": (candidates, "improver_candidates")}
@@ -967,7 +967,7 @@ class Loop:
             self.recipe, keywords_file=keywords_file, generator=generator, policy=policy, initial=initial,
             improver=improver, name=f"synpo-{self.tag}-iter{k}-pairs", cache_dir=self.cache_dir, seed=self.recipe.seed + k,
         )  # fmt: skip
-        distiset = _run(pipeline)
+        distiset = _run(pipeline, self.recipe)
         models = {
             "generator": llm_spec(self.recipe, generator), "policy": llm_spec(self.recipe, policy),
             "initial": llm_spec(self.recipe, self.recipe.policy), "improver": llm_spec(self.recipe, improver),

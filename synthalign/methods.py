@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from distilabel.distiset import Distiset
     from distilabel.pipeline import Pipeline
+    from pydantic import SecretStr
 
     from synthalign.cards.base import CardContent
 
@@ -96,8 +97,13 @@ def run_info(method: Method, recipe: Recipe, **extra: Any) -> dict[str, Any]:
     }
 
 
-def run_pipeline(pipeline: Pipeline, *, use_ray: bool = False, use_cache: bool = True) -> Distiset:
+def run_pipeline(
+    pipeline: Pipeline, *, use_ray: bool = False, use_cache: bool = True, api_key: SecretStr | None = None
+) -> Distiset:
     """Run resumably: a rerun after a crash (even SIGKILL) reuses every finished batch.
+
+    ``api_key`` (the recipe's, a ``SecretStr``) goes to every ``openai:`` LLM of the
+    pipeline, so loop rounds and iterations get it as ``generate`` does.
 
     distilabel routes logging through a queue it closes when the run ends but leaves
     its handler on the root logger; every later log line of the process would print
@@ -106,6 +112,7 @@ def run_pipeline(pipeline: Pipeline, *, use_ray: bool = False, use_cache: bool =
     import logging
     from logging.handlers import QueueHandler
 
+    apply_api_key(pipeline, api_key)
     if use_ray:  # distilabel's RayPipeline, keeping the method's load stages
         from synthalign.distributed import to_ray
 
@@ -154,8 +161,7 @@ def generate(
     preflight(method, recipe)
 
     pipeline = method.build_pipeline(recipe)
-    apply_api_key(pipeline, recipe.api_key)
-    distiset = run_pipeline(pipeline, use_ray=use_ray)
+    distiset = run_pipeline(pipeline, use_ray=use_ray, api_key=recipe.api_key)
     datasets = method.to_datasets(distiset, recipe)
     info = run_info(method, recipe, counts={k: len(v) for k, v in datasets.items()})
     card = method.build_card(datasets, info)
