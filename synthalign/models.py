@@ -49,24 +49,31 @@ def cache_dir() -> Path:
 
 
 def _cached_build(name: str, build: Callable[[Path], None]) -> Path:
-    """Return the cached folder for ``name``, building it atomically if missing."""
+    """Return the cached folder for ``name``, building it once if missing.
+
+    Pipeline steps load in parallel processes, so several may ask for the same model on
+    a fresh machine. A file lock lets one of them build while the others wait, and a
+    complete folder is never replaced (another process may be reading it).
+    """
+    import fcntl
+
     target = cache_dir() / "models" / f"{name}-{CACHE_VERSION}"
     if (target / ".complete").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
-        build(tmp)
-        (tmp / ".complete").write_text("ok\n")
-        if target.exists():  # another process finished first, or a stale partial build
-            shutil.rmtree(target, ignore_errors=True)
+    with open(target.parent / f".{name}-{CACHE_VERSION}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if (target / ".complete").exists():  # built while we waited
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
         try:
+            build(tmp)
+            (tmp / ".complete").write_text("ok\n")
+            if target.exists():  # a partial folder left by an interrupted build
+                shutil.rmtree(target)
             os.replace(tmp, target)
-        except OSError:
-            if not (target / ".complete").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from synthalign.errors import BackendError
 from synthalign.llms import TransformersLLM, check_spec, load_llm
+from synthalign.models import CACHE_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -189,3 +191,33 @@ def test_prompt_longer_than_context_is_a_row_without_output_not_a_crash() -> Non
     assert outputs[1]["generations"] == [None]
     Verdict.model_validate_json(outputs[0]["generations"][0])
     Verdict.model_validate_json(outputs[2]["generations"][0])
+
+
+
+def test_concurrent_first_builds_of_a_builtin_build_once(tmp_path: Path) -> None:
+    """Pipeline steps load in parallel processes: on a fresh cache they all ask for the
+    same built-in at once. One builds, the others wait for it; a complete folder is never
+    replaced while another process may be reading it."""
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from synthalign.models import _cached_build\n"
+        "def build(folder):\n"
+        "    with open(sys.argv[1], 'a') as log: log.write('built\\n')\n"
+        "    time.sleep(1.0)\n"
+        "    (folder / 'weights.txt').write_text('w')\n"
+        "path = _cached_build('probe', build)\n"
+        "assert (path / 'weights.txt').read_text() == 'w'\n"
+        "print(path)\n"
+    )
+    log = tmp_path / "builds.log"
+    env = {**os.environ, "SYNTHALIGN_CACHE": str(tmp_path / "cache")}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(log)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    results = [(*p.communicate(timeout=300), p.returncode) for p in procs]
+    assert all(rc == 0 for _, _, rc in results), [err[-1500:] for _, err, rc in results if rc]
+    assert len({out.strip() for out, _, _ in results}) == 1
+    assert log.read_text().count("built") == 1
+    assert [p.name for p in (tmp_path / "cache" / "models").iterdir() if not p.name.startswith(".")] == [f"probe-{CACHE_VERSION}"]
