@@ -236,7 +236,10 @@ def _examples(refined: Dataset, n: int = 3) -> str:
 
 def build_card(datasets: dict[str, Dataset], info: dict[str, Any]) -> CardContent:
     """Card for the ``refined`` / ``void`` / ``generations`` configs of a Condor run."""
-    refined, void, generations = datasets["refined"], datasets["void"], datasets["generations"]
+    generations = datasets["generations"]
+    # a config with no rows is not published; count it as empty
+    refined = datasets.get("refined", generations.select([]))
+    void = datasets.get("void", generations.select([]))
     recipe = info.get("recipe") or {}
     total = len(generations)
     calls = len(set(generations["sample_index"])) if "sample_index" in generations.column_names and total else 0

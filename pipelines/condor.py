@@ -22,34 +22,36 @@ four roles on a local GPU engine would load four engines at once: with ``vllm:``
 the steps run one load stage at a time (``load_stages: auto``). A rerun with
 ``distilabel pipeline run --config pipeline.yaml`` loads all steps together; point
 GPU reruns at an ``openai:`` server (``vllm serve``) for that reason.
+
+This module is declarative (see :mod:`synthalign.contract`): the recipe, the pipeline
+of the one state a Condor run has, its configs and its card section. The driver
+(:mod:`synthalign.run`) does everything else.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from distilabel.pipeline import Pipeline
 from pydantic import Field, field_validator, model_validator
 
 import synthalign.offline  # noqa: F401  (no citation fetches)
-from synthalign.distributed import StageResources
+from synthalign.cards.condor import build_card
+from synthalign.contract import Method, State
 from synthalign.errors import RecipeError
-from synthalign.methods import Method
-from synthalign.recipes import Recipe, StrictModel
+from synthalign.llms import load_llm
+from synthalign.recipes import LLMRole, Recipe
 from synthalign.steps.condor import (
-    GENERATIONS_COLUMNS,
-    TRAIN_COLUMNS,
-    format_row,
+    AnswerQuestion,
+    CritiqueResponse,
+    FormatCondorRows,
+    GenerateQuestions,
+    RefineResponse,
+    SplitQuestionsByDifficulty,
 )
-from synthalign.steps.knowledge_tree import DEFAULT_TREE, TASK_TYPES
-
-if TYPE_CHECKING:
-    from datasets import Dataset
-    from distilabel.distiset import Distiset
-
-    from synthalign.cards.base import CardContent
+from synthalign.steps.knowledge_tree import DEFAULT_TREE, TASK_TYPES, SampleKnowledgeTasks, sampling_tree
 
 CONFIGS: tuple[str, ...] = ("refined", "void", "generations")
 ROLES: tuple[str, ...] = ("question", "answer", "critique", "refine")
@@ -58,20 +60,11 @@ QUESTIONS_PER_CALL = 3
 # ------------------------------------------------------------------ recipe
 
 
-class RoleSection(StrictModel):
-    """One role's model and decoding settings (the paper does not state them; these are
-    common chat-sampling values with room for long answers)."""
+class RoleSection(LLMRole):
+    """One role's model and decoding (the paper does not state them; these are common
+    chat-sampling values with room for long answers)."""
 
-    llm: str | None = Field(default=None, description="LLM spec for this role (default: the recipe's llm)")
-    temperature: float = Field(default=0.7, ge=0, description="0 = greedy")
-    top_p: float = Field(default=0.95, gt=0, le=1)
     max_new_tokens: int = Field(default=2048, ge=1)
-    batch_size: int = Field(
-        default=256, ge=1, description="rows per engine call (distilabel input_batch_size); large keeps the engine busy"
-    )
-    resources: StageResources = Field(
-        default_factory=StageResources, description="replicas / GPUs of this role's step (see docs/perf-ray.md)"
-    )
 
 
 class QuestionSection(RoleSection):
@@ -132,8 +125,11 @@ class CondorRecipe(Recipe):
             self.knowledge_tree = str(Path(self.knowledge_tree).expanduser().absolute())
         return self
 
-    def role_spec(self, role: str) -> str:
-        return getattr(self, role).llm or self.llm
+    def role(self, name: str) -> RoleSection:
+        return getattr(self, name)
+
+    def role_spec(self, name: str) -> str:
+        return self.role(name).spec(self.llm)
 
     def llm_specs(self) -> list[str]:
         return list(dict.fromkeys(self.role_spec(r) for r in ROLES))
@@ -149,21 +145,11 @@ class CondorRecipe(Recipe):
 
     def generation_settings(self) -> dict[str, dict[str, Any]]:
         """Decoding per role, as recorded in every row and in the card."""
-        return {
-            role: {
-                "max_new_tokens": getattr(self, role).max_new_tokens,
-                "temperature": float(getattr(self, role).temperature),
-                "top_p": float(getattr(self, role).top_p),
-                "seed": self.seed,
-            }
-            for role in ROLES
-        }
+        return {role: self.role(role).decoding(self.seed) for role in ROLES}
 
 
 def preflight(recipe: CondorRecipe) -> None:
     """Load the tree and check the domain filter before any model loads."""
-    from synthalign.steps.knowledge_tree import sampling_tree
-
     sampling_tree(recipe.knowledge_tree, recipe.root_domains, recipe.task_types)
 
 
@@ -185,45 +171,33 @@ def override_llms(recipe: CondorRecipe, llms: list[str]) -> CondorRecipe:
 # ------------------------------------------------------------------ pipeline
 
 
-class CondorPipeline(Pipeline):
-    """distilabel's Pipeline, run one load stage at a time when the recipe asks for it."""
-
-    sequential_stages: bool = False
-
-    def run(self, *args: Any, **kwargs: Any) -> Distiset:  # type: ignore[override]
-        if self.sequential_stages and kwargs.get("load_groups") is None:
-            kwargs["load_groups"] = "sequential_step_execution"
-        return super().run(*args, **kwargs)
-
-
 def _llm(recipe: CondorRecipe, role: str) -> Any:
-    from synthalign.llms import load_llm
-
-    section = getattr(recipe, role)
+    section = recipe.role(role)
     return load_llm(
         recipe.role_spec(role),
         max_new_tokens=section.max_new_tokens,
         temperature=section.temperature,
         top_p=section.top_p,
         seed=recipe.seed,
-        engine_kwargs=dict(recipe.engine_kwargs),
+        engine_kwargs={**recipe.engine_kwargs, **section.engine_kwargs},
     )
 
 
-def build_pipeline(recipe: CondorRecipe) -> Pipeline:
+def _llm_step(recipe: CondorRecipe, role: str) -> dict[str, Any]:
+    """What every LLM step of a role takes: its LLM, batch size and resources."""
+    section = recipe.role(role)
+    return {
+        "llm": _llm(recipe, role),
+        "input_batch_size": section.batch_size,
+        "resources": section.resources.step_resources(),
+        "add_raw_output": False,
+        "add_raw_input": False,
+    }
+
+
+def build_pipeline(recipe: CondorRecipe, state: State | None = None) -> Pipeline:
     """The distilabel pipeline for a recipe (see the module docstring for its shape)."""
-    from synthalign.steps.condor import (
-        AnswerQuestion,
-        CritiqueResponse,
-        FormatCondorRows,
-        GenerateQuestions,
-        RefineResponse,
-        SplitQuestionsByDifficulty,
-    )
-    from synthalign.steps.knowledge_tree import SampleKnowledgeTasks
-
-    lean = {"add_raw_output": False, "add_raw_input": False}
-    with CondorPipeline(
+    with Pipeline(
         name=recipe.name,
         description="Condor: knowledge-tree questions, answers, self-critique and refined answers",
         cache_dir=recipe.cache_dir,
@@ -238,37 +212,17 @@ def build_pipeline(recipe: CondorRecipe) -> Pipeline:
             batch_size=recipe.question.batch_size,
         )
         questions = GenerateQuestions(
-            name="generate_questions",
-            llm=_llm(recipe, "question"),
-            max_question_chars=recipe.question.max_question_chars,
-            input_batch_size=recipe.question.batch_size,
-            resources=recipe.question.resources.step_resources(),
-            **lean,
+            name="generate_questions", max_question_chars=recipe.question.max_question_chars, **_llm_step(recipe, "question")
         )
         split = SplitQuestionsByDifficulty(name="split_by_difficulty", input_batch_size=recipe.question.batch_size)
         answer = AnswerQuestion(
-            name="answer_question",
-            llm=_llm(recipe, "answer"),
-            truncated_is_error=recipe.drop_truncated,
-            input_batch_size=recipe.answer.batch_size,
-            resources=recipe.answer.resources.step_resources(),
-            **lean,
+            name="answer_question", truncated_is_error=recipe.drop_truncated, **_llm_step(recipe, "answer")
         )
         critique = CritiqueResponse(
-            name="critique_response",
-            llm=_llm(recipe, "critique"),
-            max_field_chars=recipe.critique.max_field_chars,
-            input_batch_size=recipe.critique.batch_size,
-            resources=recipe.critique.resources.step_resources(),
-            **lean,
+            name="critique_response", max_field_chars=recipe.critique.max_field_chars, **_llm_step(recipe, "critique")
         )
         refine = RefineResponse(
-            name="refine_response",
-            llm=_llm(recipe, "refine"),
-            truncated_is_error=recipe.drop_truncated,
-            input_batch_size=recipe.refine.batch_size,
-            resources=recipe.refine.resources.step_resources(),
-            **lean,
+            name="refine_response", truncated_is_error=recipe.drop_truncated, **_llm_step(recipe, "refine")
         )
         settings = recipe.generation_settings()
         outputs = [
@@ -276,74 +230,18 @@ def build_pipeline(recipe: CondorRecipe) -> Pipeline:
             for config in CONFIGS
         ]
         sample >> questions >> split >> answer >> critique >> refine >> outputs
-    pipeline.sequential_stages = recipe.sequential()
     return pipeline
-
-
-# ------------------------------------------------------------------ datasets
-
-
-def _empty(config: str, recipe: CondorRecipe) -> Dataset:
-    """A zero-row config with the real column types (a run where nothing survived)."""
-    from datasets import Dataset
-
-    text = "x"
-    row = {
-        "question": text, "response": text, "refined_response": text, "difficulty": text, "task_type": text,
-        "root_domain": text, "sub_domain": text, "tag": text, "tag_path": [text], "sample_index": 0,
-        "critique_strengths": text, "critique_weaknesses": text, "critique_suggestions": text,
-        "knowledge_tree": text,
-        **{f"{s}_{k}": text for s in ("question", "response", "critique", "refine") for k in ("model", "prompt")},
-    }  # fmt: skip
-    formatted = format_row(row, config, recipe.generation_settings())
-    return Dataset.from_list([formatted]).select([])
-
-
-def _strings_not_null(data: Dataset) -> Dataset:
-    """Error / raw / drop columns that happen to be all None are typed as strings, so every
-    run's configs share one schema (and concatenate)."""
-    from datasets import Value
-
-    features = data.features.copy()
-    changed = False
-    for name, feature in features.items():
-        if isinstance(feature, Value) and feature.dtype == "null":
-            features[name] = Value("string")
-            changed = True
-    return data.cast(features) if changed else data
-
-
-def to_datasets(distiset: Distiset, recipe: CondorRecipe) -> dict[str, Dataset]:
-    """The published configs, straight from the pipeline's leaf steps (columns in order)."""
-    out: dict[str, Dataset] = {}
-    found = {name: distiset[name]["train"] for name in distiset}
-    if set(found) == {"default"}:  # distilabel names a lone non-empty leaf "default"
-        lone = found.pop("default")
-        found["generations" if "drop_stage" in lone.column_names else "refined"] = lone
-    for config in CONFIGS:
-        data = found.get(config)
-        if data is None or len(data) == 0:
-            data = _empty(config, recipe)
-        order = GENERATIONS_COLUMNS if config == "generations" else TRAIN_COLUMNS
-        data = data.select_columns([c for c in order if c in data.column_names])
-        data = _strings_not_null(data)
-        out[config] = data
-    return out
-
-
-def build_card(datasets: dict[str, Dataset], info: dict[str, Any]) -> CardContent:
-    from synthalign.cards.condor import build_card as _build
-
-    return _build(datasets, info)
 
 
 METHOD = Method(
     name="condor",
     recipe_cls=CondorRecipe,
     build_pipeline=build_pipeline,
-    to_datasets=to_datasets,
-    build_card=build_card,
+    configs=lambda recipe, state: list(CONFIGS),
     default_config="refined",
+    card_section=build_card,
     override_llms=override_llms,
     preflight=preflight,
+    sequential=CondorRecipe.sequential,
+    funnel_configs=("generations",),
 )

@@ -51,7 +51,7 @@ from distilabel.pipeline import Pipeline
 from pydantic import Field, model_validator
 
 import synthalign.offline  # noqa: F401  (no citation fetches)
-from synthalign.distributed import StageResources
+from synthalign.recipes import StageResources
 from synthalign.errors import OutputError, RecipeError
 from synthalign.methods import Method, check_push_token, run_info, run_pipeline
 from synthalign.recipes import Recipe, StrictModel, load_recipe

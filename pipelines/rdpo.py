@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 import synthalign.offline  # noqa: F401  (no citation fetches)
-from synthalign.distributed import StageResources
+from synthalign.recipes import StageResources
 from synthalign.errors import RecipeError
 from synthalign.methods import Method
 from synthalign.recipes import Recipe, RecipePath, StrictModel

@@ -28,6 +28,7 @@ from distilabel.steps import Step, StepInput
 from pydantic import BaseModel, Field, StringConstraints, create_model
 
 from synthalign.steps.base import SchemaTask, TextTask, provenance_columns
+from synthalign.steps.publish import PublishConfig, chat_feature, drop_features, dropped, kept
 from synthalign.steps.knowledge_tree import TASK_TYPES, normalize_tag
 from synthalign.steps.prompts import template_id
 
@@ -424,7 +425,7 @@ def format_row(row: dict[str, Any], config: str, settings: dict[str, Any]) -> di
     values["generation_settings"] = settings
     if config == "generations":
         errors = {c: row.get(c) for c in ERROR_COLUMNS}
-        return {**values, **errors, "kept": reason is None, "drop_stage": stage, "drop_reason": reason}
+        return {**values, **errors, **(kept() if reason is None else dropped(stage, reason))}
     if reason is not None:
         return None
     answer = row["response"] if config == "void" else row["refined_response"]
@@ -432,7 +433,28 @@ def format_row(row: dict[str, Any], config: str, settings: dict[str, Any]) -> di
     return {"messages": messages, **values}
 
 
-class FormatCondorRows(Step):
+def _settings_feature(settings: dict[str, dict[str, Any]]) -> Any:
+    from datasets import Value  # heavy: datasets
+
+    kinds = {"max_new_tokens": Value("int64"), "temperature": Value("float64"), "top_p": Value("float64"), "seed": Value("int64")}
+    return {role: {k: kinds.get(k, Value("string")) for k in values} for role, values in settings.items()}
+
+
+def config_features(config: str, settings: dict[str, dict[str, Any]]) -> Any:
+    """The schema of a published Condor config (declared once, here)."""
+    from datasets import Features, List, Value  # heavy: datasets
+
+    text = Value("string")
+    columns: dict[str, Any] = {c: text for c in [*ROW_COLUMNS, *MODEL_COLUMNS, "knowledge_tree"]}
+    columns.update(tag_path=List(text), sample_index=Value("int64"), generation_settings=_settings_feature(settings))
+    if config != "generations":
+        columns["messages"] = chat_feature()
+        return Features({c: columns[c] for c in TRAIN_COLUMNS})
+    columns.update({c: text for c in ERROR_COLUMNS}, **drop_features())
+    return Features({c: columns[c] for c in GENERATIONS_COLUMNS})
+
+
+class FormatCondorRows(PublishConfig):
     """Leaf step that publishes one config: ``generations``, ``void`` or ``refined``.
 
     ``generation_settings`` (decoding settings per role) is written into every row so a
@@ -449,6 +471,9 @@ class FormatCondorRows(Step):
     @property
     def outputs(self) -> "StepColumns":
         return GENERATIONS_COLUMNS if self.config == "generations" else TRAIN_COLUMNS
+
+    def features(self) -> Any:
+        return config_features(self.config, self.generation_settings)
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         rows = [format_row(row, self.config, self.generation_settings) for row in inputs]

@@ -70,7 +70,7 @@ def generate(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output folder")] = False,
 ) -> None:
     """Generate a dataset with one method and write it as a Hub dataset folder."""
-    from synthalign.methods import generate as run
+    from synthalign.run import generate as run  # lazy: keeps `synthalign --help` free of distilabel
 
     try:
         folder = run(
@@ -112,14 +112,21 @@ def loop(
     config: ConfigOpt,
     iterations: Annotated[int, typer.Option("--iterations", "-n", min=1, help="rounds / iterations to run")],
     output: OutputOpt = None,
+    ray: Annotated[bool, typer.Option("--ray", help="run each pipeline on distilabel's RayPipeline")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="start over instead of resuming")] = False,
 ) -> None:
     """Run several rounds (GRA) or self-boosting iterations (SynPO); resumes after the last finished one."""
-    from synthalign.methods import get_method
+    from synthalign.run import loop as run  # lazy: keeps `synthalign --help` free of distilabel
 
     try:
-        spec = get_method(method.value)
-        folder = spec.loop(config, iterations=iterations, output=output or Path("outputs") / f"{method.value}-loop", overwrite=overwrite)
+        folder = run(
+            method.value,
+            config,
+            iterations=iterations,
+            output=output or Path("outputs") / f"{method.value}-loop",
+            use_ray=ray,
+            overwrite=overwrite,
+        )
     except SynthalignError as exc:
         _fail(exc)
     typer.echo(f"loop output in {folder}")
@@ -128,7 +135,7 @@ def loop(
 @app.command()
 def card(folder: Annotated[Path, typer.Argument(help="a Hub-layout folder written by synthalign")]) -> None:
     """(Re)write the dataset card (README.md and figures/) of a Hub-layout folder."""
-    from synthalign.methods import rewrite_card
+    from synthalign.run import rewrite_card  # lazy: keeps `synthalign --help` free of distilabel
 
     try:
         path = rewrite_card(folder)

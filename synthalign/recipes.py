@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -22,6 +22,9 @@ from pydantic import (
 )
 
 from synthalign.errors import RecipeError
+
+if TYPE_CHECKING:
+    from distilabel.steps import StepResources
 
 R = TypeVar("R", bound="Recipe")
 
@@ -46,9 +49,14 @@ RecipePath = Annotated[str, AfterValidator(_resolve_recipe_path)]
 
 
 class StrictModel(BaseModel):
-    """A config section: unknown keys are errors, not silently ignored."""
+    """A config section: unknown keys are errors, not silently ignored.
+
+    ``renamed`` maps keys a section used to have to their new names, so an old recipe
+    gets "renamed to ..." instead of a guess.
+    """
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    renamed: ClassVar[dict[str, str]] = {}
 
 
 class Recipe(StrictModel):
@@ -70,6 +78,99 @@ class Recipe(StrictModel):
     def llm_specs(self) -> list[str]:
         """Every LLM spec the recipe uses (checked before the run starts)."""
         return []
+
+
+# ------------------------------------------------------------------ shared blocks
+# One vocabulary for every method: the same key means the same thing in every recipe.
+
+
+class StageResources(StrictModel):
+    """Resources of one LLM stage (distilabel ``StepResources``; see docs/perf-ray.md).
+
+    ``replicas``: copies of the step, each with its own engine, fed batches in turn (on
+    Ray with ``gpus: 1``, one vLLM replica per GPU). ``gpus``: GPUs per replica on Ray
+    (the engine's ``tensor_parallel_size``). ``cpus``: CPUs per replica (Ray only).
+    """
+
+    replicas: int = Field(default=1, ge=1, description="copies of the step, each with its own engine (one per GPU)")
+    gpus: int | None = Field(default=None, ge=1, description="GPUs per replica on Ray (= the engine's tensor_parallel_size)")
+    cpus: int | None = Field(default=None, ge=1, description="CPUs per replica on Ray")
+
+    def step_resources(self) -> StepResources:
+        from distilabel.steps import StepResources  # heavy: distilabel
+
+        return StepResources(replicas=self.replicas, gpus=self.gpus, cpus=self.cpus)
+
+
+class LLMRole(StrictModel):
+    """One role's model and decoding (question writer, teacher, judge, reviewer...).
+
+    ``llm`` empty means the recipe's own ``llm``. The defaults are common chat-sampling
+    values; each method's recipe sets the paper's where the paper gives them.
+    """
+
+    llm: str | None = Field(default=None, description="LLM spec for this role (default: the recipe's llm)")
+    temperature: float = Field(default=0.7, ge=0, description="sampling temperature; 0 = greedy")
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_new_tokens: int = Field(default=1024, ge=1)
+    batch_size: int = Field(
+        default=256, ge=1, description="rows per engine call (distilabel input_batch_size); large keeps the engine busy"
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="backend options (tensor_parallel_size, gpu_memory_utilization, ...)"
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="key for this role's openai: server (default: the recipe's api_key)"
+    )
+    resources: StageResources = Field(default_factory=StageResources, description="replicas / GPUs of this role's step")
+
+    def spec(self, default: str | None) -> str:
+        spec = self.llm or default
+        if not spec:
+            raise RecipeError("an LLM role has no `llm` and the recipe sets no default `llm`: add one")
+        return spec
+
+    def decoding(self, seed: int) -> dict[str, Any]:
+        """The generation settings recorded in rows and cards."""
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": float(self.temperature),
+            "top_p": float(self.top_p),
+            "seed": seed,
+        }
+
+
+class SeedData(StrictModel):
+    """Seed rows: a local file (JSONL/JSON/CSV/Parquet/TXT, relative to the recipe) or a Hub id."""
+
+    source: RecipePath = Field(description="local file (relative to the recipe) or Hub dataset id")
+    split: str = Field(default="train", description="Hub split")
+    config: str | None = Field(default=None, description="Hub dataset config")
+    limit: int | None = Field(default=None, ge=1, description="use the first N rows")
+
+
+class RewardModel(StrictModel):
+    """A transformers sequence-classification reward model (Skywork/ArmoRM-style)."""
+
+    model: str = Field(default="builtin:tiny-reward", description="builtin:NAME, a local folder or a Hub id")
+    batch_size: int = Field(default=8, ge=1)
+    max_length: int | None = Field(default=None, ge=8)
+    padding_side: Literal["auto", "left", "right"] = "auto"
+    torch_dtype: str = "float32"
+    trust_remote_code: bool = False
+
+
+class Dedup(StrictModel):
+    """Embedding deduplication: model and cosine threshold (GRA: all-MiniLM-L6-v2, 0.9)."""
+
+    threshold: float = Field(default=0.9, gt=-1, le=1, description="a row is a duplicate at cosine >= this")
+    model: str = Field(default="builtin:minilm", description="sentence-transformers model")
+    text_columns: list[str] = Field(default_factory=lambda: ["instruction", "response"])
+    batch_size: int = Field(default=64, ge=1)
+    device: str | None = None
+    backend: Literal["torch", "onnx", "openvino"] = Field(
+        default="torch", description="sentence-transformers backend; onnx/openvino need their pip extra"
+    )
 
 
 def _model_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -95,6 +196,9 @@ def describe_validation_error(exc: ValidationError, cls: type[BaseModel], source
     if err["type"] == "extra_forbidden":
         owner = _model_at(cls, loc)
         known = list(owner.model_fields) if owner else []
+        new_name = owner.renamed.get(str(loc[-1])) if owner and issubclass(owner, StrictModel) else None
+        if new_name:
+            return f"{source}: key '{where}' was renamed to '{new_name}': rename it in the recipe"
         close = difflib.get_close_matches(str(loc[-1]), known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
         return f"{source}: unknown key '{where}'{hint}"

@@ -254,14 +254,14 @@ def test_pipeline_shape_and_load_stages() -> None:
 
     recipe = CondorRecipe.model_validate({**TINY_RECIPE, "load_stages": "auto"})
     pipeline = build_pipeline(recipe)
-    assert not pipeline.sequential_stages
+    assert not recipe.sequential()
     order = ["sample_tags", "generate_questions", "split_by_difficulty", "answer_question", "critique_response", "refine_response"]
     for a, b in pairwise(order):
         assert list(pipeline.dag.get_step_successors(a)) == [b]
     assert sorted(pipeline.dag.get_step_successors("refine_response")) == sorted(CONFIGS)
     sample = pipeline.dag.get_step("sample_tags")["step"]
     assert sample.num_items == 7 and sample.tree == "default"
-    assert build_pipeline(CondorRecipe.model_validate({**TINY_RECIPE, "load_stages": "sequential"})).sequential_stages
+    assert CondorRecipe.model_validate({**TINY_RECIPE, "load_stages": "sequential"}).sequential()
 
 
 def test_bad_recipe_values_fail_before_any_model_loads(tmp_path: Path) -> None:
@@ -429,16 +429,21 @@ def test_quickstart_recipe_end_to_end_on_smollm2(tmp_path: Path) -> None:
     assert info["recipe"]["llm"] == "builtin:smollm2-135m"
 
 
-def test_when_every_row_fails_the_lone_default_config_is_published_as_generations() -> None:
-    """distilabel names a pipeline's only non-empty leaf ``default``; the failed rows must
-    still reach ``generations`` (and the card's counts), not vanish."""
-    from datasets import Dataset, DatasetDict
-    from distilabel.distiset import Distiset
+def test_when_every_row_fails_the_failed_rows_are_published_as_generations(tmp_path: Path) -> None:
+    """distilabel's Distiset names a pipeline's only non-empty leaf ``default``; the driver
+    reads the leaves themselves, so failed rows still reach ``generations`` (and the
+    card's funnel), and ``generations`` becomes the default config, not an empty one."""
+    recipe = tmp_path / "r.yaml"
+    tight = {**TINY_RECIPE, "num_samples": 6, "question": {**TINY_RECIPE["question"], "max_new_tokens": 3}}
+    recipe.write_text(yaml.safe_dump({**tight, "cache_dir": str(tmp_path / "cache")}))
+    out = tmp_path / "out"
+    proc = _cli(["generate", "condor", "--config", str(recipe), "--output", str(out)], tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from datasets import load_dataset
 
-    from synthalign.pipelines.condor import CondorRecipe, to_datasets
-
-    recipe = CondorRecipe.model_validate(TINY_RECIPE)
-    failed = Dataset.from_list([{"question": None, "question_error": "truncated JSON", "kept": False, "drop_stage": "question"}])
-    datasets = to_datasets(Distiset({"default": DatasetDict({"train": failed})}), recipe)
-    assert len(datasets["generations"]) == 1 and datasets["generations"][0]["drop_stage"] == "question"
-    assert len(datasets["refined"]) == 0 and len(datasets["void"]) == 0
+    generations = load_dataset(str(out), "generations", split="train")
+    assert len(generations) == 6 and not any(generations["kept"])
+    assert set(generations["drop_stage"]) == {"question"}
+    assert not (out / "data" / "refined").exists()  # a zero-row config would not load
+    readme = (out / "README.md").read_text()
+    assert "## Funnel" in readme and "default: true" in readme.split("config_name: generations")[1].split("config_name")[0]

@@ -147,14 +147,15 @@ def test_sequential_recipes_load_one_stage_at_a_time_on_ray(monkeypatch: pytest.
     pytest.importorskip("ray")
     from distilabel.pipeline import RayPipeline
 
-    from synthalign.distributed import to_ray
-    from synthalign.pipelines.condor import CondorRecipe, build_pipeline
+    from synthalign.execute import run_pipeline
+    from synthalign.pipelines.condor import METHOD, CondorRecipe, build_pipeline
 
     seen = {}
     monkeypatch.setattr(RayPipeline, "run", lambda self, *a, **kw: seen.update(kw))
     for stages, expected in (("sequential", "sequential_step_execution"), ("concurrent", None)):
         seen.clear()
-        to_ray(build_pipeline(CondorRecipe.model_validate({**CONDOR, "load_stages": stages}))).run(use_cache=False)
+        recipe = CondorRecipe.model_validate({**CONDOR, "load_stages": stages})
+        run_pipeline(build_pipeline(recipe), use_ray=True, sequential=METHOD.sequential(recipe))
         assert seen.get("load_groups") == expected, stages
 
 
@@ -179,7 +180,9 @@ def test_ray_missing_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_to_ray_keeps_the_dag_and_the_load_stages() -> None:
     pytest.importorskip("ray")
-    from synthalign.distributed import SynthRayPipeline, to_ray
+    from distilabel.pipeline import RayPipeline
+
+    from synthalign.distributed import to_ray
     from synthalign.pipelines.condor import CondorRecipe, build_pipeline
 
     recipe = CondorRecipe.model_validate(
@@ -187,8 +190,7 @@ def test_to_ray_keeps_the_dag_and_the_load_stages() -> None:
     )
     pipeline = build_pipeline(recipe)
     on_ray = to_ray(pipeline)
-    assert isinstance(on_ray, SynthRayPipeline)
-    assert on_ray.sequential_stages is True
+    assert isinstance(on_ray, RayPipeline)
     assert on_ray.signature == pipeline.signature  # same DAG, same distilabel cache folder
     step = on_ray.dag.get_step("generate_questions")["step"]
     assert (step.resources.replicas, step.resources.gpus) == (2, 1)

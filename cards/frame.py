@@ -1,0 +1,97 @@
+"""The frame every synthalign card shares, around the method's own section.
+
+The method's card module says what is particular to its data (domains and task
+types, tau, committee scores). The frame adds, identically for every method: the
+tags and sizes the Hub indexes, the funnel built from the drop convention
+(``kept``, ``drop_stage``, ``drop_reason``), the reproducibility record, and how to
+load, train on and rerun the folder.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from synthalign.cards.base import (
+    REPRODUCIBILITY_KEY,
+    CardContent,
+    markdown_table,
+    reproducibility_metadata,
+    size_category,
+)
+from synthalign.steps.publish import DROP_COLUMNS
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+__all__ = ["frame_card", "funnel_rows", "funnel_table"]
+
+_BASE_TAGS = ("synthetic", "distilabel", "synthalign")
+
+
+def funnel_rows(datasets: Mapping[str, Dataset], configs: Sequence[str]) -> list[list[Any]]:
+    """``[stage, reason, rows]`` for every dropped row of ``configs``, then the kept total."""
+    dropped: Counter[tuple[str, str]] = Counter()
+    kept = total = 0
+    for name in configs:
+        data = datasets.get(name)
+        if data is None or not set(DROP_COLUMNS) <= set(data.column_names):
+            continue
+        for is_kept, stage, reason in zip(data["kept"], data["drop_stage"], data["drop_reason"], strict=True):
+            total += 1
+            if is_kept:
+                kept += 1
+            else:
+                dropped[(stage or "unknown", reason or "unknown")] += 1
+    if not total:
+        return []
+    rows: list[list[Any]] = [[stage, reason, n] for (stage, reason), n in sorted(dropped.items(), key=lambda i: -i[1])]
+    return [["(considered)", "", total], *rows, ["(published)", "kept", kept]]
+
+
+def funnel_table(datasets: Mapping[str, Dataset], configs: Sequence[str]) -> str:
+    rows = funnel_rows(datasets, configs)
+    if not rows:
+        return ""
+    return markdown_table(rows, ["stage", "reason", "rows"])
+
+
+def _usage(method: str, default: str | None, configs: Sequence[str]) -> str:
+    name = default or (configs[0] if configs else "default")
+    return (
+        "## Use and reproduce\n\n"
+        "```python\n"
+        "from datasets import load_dataset\n"
+        f'data = load_dataset("REPO_OR_FOLDER", "{name}", split="train")\n'
+        "```\n\n"
+        "```bash\n"
+        "distilabel pipeline run --config pipeline.yaml   # rerun the pipeline that made this folder\n"
+        f"synthalign card FOLDER                            # rebuild this card from the folder ({method})\n"
+        "```\n"
+    )
+
+
+def frame_card(
+    method: str,
+    section: CardContent,
+    datasets: Mapping[str, Dataset],
+    info: Mapping[str, Any],
+    default: str | None,
+    funnel_configs: Sequence[str] = (),
+) -> CardContent:
+    """The method's section inside the shared frame (metadata, funnel, usage)."""
+    metadata = dict(section.metadata)
+    tags = list(dict.fromkeys([*_BASE_TAGS, method, *metadata.get("tags", [])]))
+    metadata["tags"] = tags
+    metadata.setdefault("language", ["en"])
+    largest = max((len(d) for d in datasets.values()), default=0)
+    metadata.setdefault("size_categories", [size_category(largest)])
+    metadata.setdefault(REPRODUCIBILITY_KEY, reproducibility_metadata(info))
+    body = section.body.rstrip("\n") + "\n"
+    funnel = funnel_table(datasets, funnel_configs)
+    if funnel and "## Funnel" not in body:
+        body += "\n## Funnel\n\nEvery row the run considered, where it left and why (`kept`, `drop_stage`, `drop_reason`).\n\n"
+        body += funnel + "\n"
+    body += "\n" + _usage(method, default, list(datasets))
+    return CardContent(metadata=metadata, body=body, figures=dict(section.figures))

@@ -1,0 +1,257 @@
+"""The run driver: one path from a recipe to published folders, for every method.
+
+``synthalign generate`` and ``synthalign loop`` both come here. The driver
+
+1. reads the recipe and applies ``--llm`` (the method says what it means);
+2. checks everything that needs no model (specs, the method's own checks, the output
+   folder, the Hub token) before anything loads;
+3. opens the run record (:mod:`synthalign.record`), resuming a loop after its last
+   finished state;
+4. for each state (:class:`synthalign.contract.State`): builds the method's pipeline,
+   runs it resumably (:mod:`synthalign.execute`), reads the configs from its leaf
+   steps, frames the method's card, writes the Hub folder atomically, trains what the
+   state asks for, records the state;
+5. pushes the output folder when asked.
+
+A method never runs anything itself: ``generate`` is the first state alone, ``loop``
+follows ``next_state`` for the iterations asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from synthalign.cards.frame import frame_card
+from synthalign.contract import METHOD_MODULES, Method, State, get_method
+from synthalign.errors import OutputError, RecipeError
+from synthalign.execute import leaf_datasets, pipeline_yaml_path, run_pipeline
+from synthalign.hub import push_hub_folder, read_hub_folder, update_card, write_hub_folder
+from synthalign.llms import check_spec
+from synthalign.record import RUN_RECORD, RunRecord
+from synthalign.recipes import Recipe, load_recipe
+from synthalign.training_jobs import run_train_job
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+__all__ = ["generate", "loop", "rewrite_card", "run"]
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------ preflight
+
+
+def prepare_recipe(method: Method, config: str | Path, llms: list[str] | None) -> Recipe:
+    """The recipe as the run will use it: read, validated, ``--llm`` applied."""
+    for spec in llms or []:
+        check_spec(spec)
+    recipe = load_recipe(config, method.recipe_cls)
+    if llms:
+        if method.override_llms is None:
+            raise RecipeError(f"{method.name} takes its LLMs from the recipe only; drop --llm")
+        recipe = method.override_llms(recipe, llms)
+    return recipe
+
+
+def check_push_token(push_to_hub: str | None) -> None:
+    if not push_to_hub:
+        return
+    from huggingface_hub import get_token  # heavy: huggingface_hub
+
+    if not get_token():
+        raise OutputError("--push-to-hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
+
+
+def _is_synthalign_output(output: Path) -> bool:
+    return (output / RUN_RECORD).is_file()
+
+
+def check_output(output: Path, *, overwrite: bool, resumable: bool) -> bool:
+    """Whether the run resumes in ``output``; refuses what it must not touch.
+
+    A loop resumes in its own folder; ``generate`` writes a new one (its interrupted
+    run resumes from the batch store, since its folder only appears when complete).
+    """
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"--output {output} is a file, not a folder: choose a folder path")
+    if not output.exists() or not any(output.iterdir()):
+        return False
+    if overwrite:
+        return False
+    if resumable and _is_synthalign_output(output):
+        return True
+    raise OutputError(f"output folder {output} already exists: pass --overwrite or choose another --output")
+
+
+def preflight(method: Method, recipe: Recipe, output: Path, *, overwrite: bool, resumable: bool, push_to_hub: str | None) -> bool:
+    """Everything checkable without loading a model; returns whether the run resumes."""
+    for spec in recipe.llm_specs():
+        check_spec(spec)
+    if method.preflight:
+        method.preflight(recipe)
+    check_push_token(push_to_hub)
+    return check_output(output, overwrite=overwrite, resumable=resumable)
+
+
+# ------------------------------------------------------------------ one state
+
+
+def choose_default(method: Method, datasets: dict[str, Dataset], order: list[str]) -> str | None:
+    """The method's default config when it has rows, else the first config with rows."""
+    if len(datasets.get(method.default_config, ())):
+        return method.default_config
+    return next((name for name in order if len(datasets.get(name, ()))), None)
+
+
+def _clear(output: Path) -> None:
+    """``--overwrite``: remove an earlier synthalign output (never anything else)."""
+    if output.is_dir() and any(output.iterdir()):
+        if not _is_synthalign_output(output):
+            raise OutputError(f"{output} is not a synthalign output; refusing to delete it: choose another --output")
+        shutil.rmtree(output)
+
+
+def make_card(method: Method, datasets: dict[str, Dataset], info: dict[str, Any], default: str | None) -> Any:
+    """The method's card section in the shared frame."""
+    section = method.card_section(datasets, info)
+    return frame_card(method.name, section, datasets, info, default, method.funnel_configs)
+
+
+class Driver:
+    """One run: the method, its recipe, the output folder and its record."""
+
+    def __init__(self, method: Method, recipe: Recipe, output: Path, *, use_ray: bool, resume: bool) -> None:
+        self.method = method
+        self.recipe = recipe
+        self.output = output
+        self.use_ray = use_ray
+        self.record = RunRecord.open(output, method, recipe, resume=resume)
+
+    def run_state(self, state: State) -> None:
+        """Pipeline -> configs -> card -> atomic folder -> training -> record."""
+        target = (self.output / state.folder).absolute()
+        if self.record.written(state) is None:
+            self._publish(state, target)
+        counts = self.record.written(state)["counts"]
+        models = {}
+        for job in state.train:
+            if not counts.get(job.config):
+                logger.info("%s: nothing to train %s on (config %r is empty); skipped", state.key, job.name, job.config)
+                continue
+            trained = run_train_job(job, dataset=target, root=self.output, seed=self.recipe.seed)
+            models[job.name] = trained["model"]
+        self.record.complete(state, models)
+        self.record.save()
+
+    def _publish(self, state: State, target: Path) -> None:
+        pipeline = self.method.build_pipeline(self.recipe, state)
+        ran = run_pipeline(
+            pipeline,
+            use_ray=self.use_ray,
+            api_key=self.recipe.api_key,
+            sequential=self.method.sequential(self.recipe),
+        )
+        order = self.method.configs(self.recipe, state)
+        datasets = leaf_datasets(ran, order)
+        counts = {name: len(data) for name, data in datasets.items()}
+        default = choose_default(self.method, datasets, order)
+        if default is None:
+            raise OutputError(
+                f"{self.method.name} {state.stage} produced no rows in any config ({counts}): "
+                "see the log for the failures, fix the cause and rerun"
+            )
+        self.record.begin(state, target, counts)
+        info = self.record.state_info(state, counts)
+        card = make_card(self.method, datasets, info, default)
+        write_hub_folder(
+            target,
+            datasets,
+            card,
+            pipeline_yaml=pipeline_yaml_path(ran),
+            run_info=info,
+            default_config=default,
+            overwrite=True,
+        )
+        logger.info("%s: wrote %s (%s)", state.key, target, ", ".join(f"{k}: {v}" for k, v in counts.items()))
+
+    def states(self, iterations: int, loop: bool) -> list[State]:
+        """Run states in order until the method stops or iteration ``iterations`` ends."""
+        ran: list[State] = []
+        state: State | None = self.method.first_state(self.recipe, loop)
+        while state is not None and state.iteration <= iterations:
+            if self.record.done(state):
+                logger.info("%s already finished in %s; skipping", state.key, self.output)
+            else:
+                self.run_state(state)
+            ran.append(state)
+            if not loop or self.method.next_state is None:
+                break
+            state = self.method.next_state(self.recipe, state, self.record.progress)
+        return ran
+
+
+# ------------------------------------------------------------------ entry points
+
+
+def run(
+    method_name: str,
+    config: str | Path,
+    *,
+    output: str | Path,
+    loop: bool = False,
+    iterations: int | None = None,
+    llms: list[str] | None = None,
+    push_to_hub: str | None = None,
+    use_ray: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Run a method (``generate``: its first state; ``loop``: ``iterations`` of them)."""
+    method = get_method(method_name)
+    if loop and not method.loops:
+        raise RecipeError(f"{method.name} has no rounds or iterations: use `synthalign generate {method.name}`")
+    recipe = prepare_recipe(method, config, llms)
+    total = iterations if iterations is not None else method.default_iterations(recipe)
+    if isinstance(total, bool) or total < 1:
+        raise RecipeError(f"--iterations must be a whole number >= 1, got {total}")
+    out = Path(output).expanduser().absolute()
+    resume = preflight(method, recipe, out, overwrite=overwrite, resumable=loop, push_to_hub=push_to_hub)
+    if overwrite:
+        _clear(out)
+    if resume:
+        logger.info("resuming the %s run in %s after its last finished state", method.name, out)
+    driver = Driver(method, recipe, out, use_ray=use_ray, resume=resume)
+    driver.states(total, loop)
+    if push_to_hub:
+        push_hub_folder(out, push_to_hub)
+    return out
+
+
+def generate(method_name: str, config: str | Path, **kwargs: Any) -> Path:
+    """``synthalign generate METHOD``: the method's first state, written to ``output``."""
+    return run(method_name, config, loop=False, **kwargs)
+
+
+def loop(method_name: str, config: str | Path, *, iterations: int, **kwargs: Any) -> Path:
+    """``synthalign loop METHOD``: ``iterations`` rounds / iterations, resuming."""
+    return run(method_name, config, loop=True, iterations=iterations, **kwargs)
+
+
+def rewrite_card(folder: str | Path) -> Path:
+    """Rebuild a folder's card from its data and ``synthalign.json`` (``synthalign card DIR``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise OutputError(f"{folder} is not a folder: pass a folder written by `synthalign generate`")
+    datasets, info = read_hub_folder(folder)
+    method_name = info.get("method")
+    if method_name not in METHOD_MODULES:
+        raise OutputError(f"{folder}/{RUN_RECORD} names no known method ({method_name!r}); was it written by synthalign?")
+    method = get_method(method_name)
+    order = list(datasets)
+    default = choose_default(method, datasets, order)
+    card = make_card(method, datasets, info, default)
+    update_card(folder, card, default_config=default)
+    return folder / "README.md"
