@@ -19,6 +19,7 @@ The tree is referenced by name or path (never inlined) so ``pipeline.yaml`` reru
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import random
 import re
@@ -33,6 +34,7 @@ from distilabel.steps import GeneratorStep
 from pydantic import BaseModel, Field, StringConstraints
 
 from synthalign.errors import SeedDataError
+from synthalign.llms import load_llm
 from synthalign.steps.base import SchemaTask, provenance_columns
 
 if TYPE_CHECKING:
@@ -472,10 +474,6 @@ def _children(tree: KnowledgeTree, node: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m synthalign.steps.knowledge_tree expand SPEC OUT.yaml [--tree T] [--level L] [--limit N]``."""
-    import argparse
-
-    from synthalign.llms import load_llm
-
     parser = argparse.ArgumentParser(description="Grow a knowledge tree with an LLM and save it as YAML.")
     parser.add_argument("command", choices=["expand", "stats"])
     parser.add_argument("llm", nargs="?", help="LLM spec, e.g. vllm:Qwen/Qwen2.5-72B-Instruct")

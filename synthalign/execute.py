@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import synthalign.compat  # noqa: F401  (distilabel fixes, before any pipeline runs)
-from synthalign.recipes import apply_api_key
+from synthalign.distributed import to_ray
+from synthalign.llms import apply_api_key
 from synthalign.resume import batch_store
 
 if TYPE_CHECKING:
@@ -48,8 +49,6 @@ def run_pipeline(
     apply_api_key(pipeline, api_key)
     kwargs: dict[str, Any] = {"load_groups": SEQUENTIAL} if sequential else {}
     if use_ray:  # distilabel's RayPipeline; Ray actors are not forked: distilabel's own cache only
-        from synthalign.distributed import to_ray  # lazy: imports Ray
-
         pipeline = to_ray(pipeline)
     try:
         if not use_cache or use_ray:

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import synthalign.compat  # noqa: F401  (distilabel fixes, before any pipeline runs)
 from synthalign.errors import OutputError, RecipeError
-from synthalign.recipes import Recipe, apply_api_key, load_recipe
+from synthalign.llms import apply_api_key
+from synthalign.recipes import Recipe, load_recipe
 
 if TYPE_CHECKING:
     from datasets import Dataset

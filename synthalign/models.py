@@ -10,6 +10,7 @@ sibling and renames it, so an interrupted build never leaves a broken cache.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -55,8 +56,6 @@ def _cached_build(name: str, build: Callable[[Path], None]) -> Path:
     a fresh machine. A file lock lets one of them build while the others wait, and a
     complete folder is never replaced (another process may be reading it).
     """
-    import fcntl
-
     target = cache_dir() / "models" / f"{name}-{CACHE_VERSION}"
     if (target / ".complete").exists():
         return target

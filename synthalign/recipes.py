@@ -234,35 +234,3 @@ def load_recipe(path: str | Path, cls: type[R]) -> R:
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a YAML mapping of keys to values, got {type(data).__name__}")
     return parse_recipe(data, cls, str(path), recipe_dir=path.parent)
-
-
-def apply_api_key(pipeline: Any, api_key: SecretStr | None) -> int:
-    """Give ``api_key`` to every OpenAI-compatible LLM of ``pipeline`` that has none.
-
-    The key stays a :class:`~pydantic.SecretStr` on the LLM object (an excluded field),
-    so distilabel never serializes it. Returns how many LLMs received it.
-    """
-    if api_key is None:
-        return 0
-    from distilabel.constants import STEP_ATTR_NAME
-
-    from synthalign.llms.openai import OpenAICompatLLM
-
-    def llms_in(value: Any) -> list[OpenAICompatLLM]:
-        if isinstance(value, OpenAICompatLLM):
-            return [value]
-        if isinstance(value, list | tuple):
-            return [llm for item in value for llm in llms_in(item)]
-        if isinstance(value, dict):
-            return [llm for item in value.values() for llm in llms_in(item)]
-        return []
-
-    given = 0
-    for name in pipeline.dag:
-        step = pipeline.dag.get_step(name)[STEP_ATTR_NAME]
-        for value in vars(step).values():
-            for llm in llms_in(value):
-                if llm.api_key is None:
-                    llm.api_key = api_key
-                    given += 1
-    return given

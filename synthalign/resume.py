@@ -39,6 +39,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+import yaml
+
 if TYPE_CHECKING:
     from distilabel.pipeline import Pipeline
 
@@ -153,9 +156,7 @@ def _make_distilabel_writes_atomic() -> None:
     """distilabel writes its cache files (pipeline.yaml, batch manager JSON) in place; a
     kill mid-write leaves a truncated file that the next run fails to parse. Write to a
     temporary name and rename instead."""
-    import orjson
-    import yaml
-    from distilabel.utils import serialization
+    from distilabel.utils import serialization  # heavy: distilabel
 
     def write_json(filename: Path, data: Any) -> None:
         _atomic_write(Path(filename), orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rerun import assert_rerun_reproduces
 
 from synthalign.llms import load_llm
 from synthalign.steps.condor import (
@@ -28,7 +29,6 @@ from synthalign.steps.knowledge_tree import TASK_TYPES
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "pipelines" / "recipes"
-DISTILABEL = Path(sys.executable).with_name("distilabel")
 
 # Small enough that tiny-random finishes every step fast; the question budget is tight on
 # purpose, so some question calls run out of tokens mid-JSON and must be recorded.
@@ -371,25 +371,8 @@ def test_card_rebuilds_from_the_folder_alone(tiny_run: Path, tmp_path: Path) -> 
 
 
 def test_pipeline_yaml_reruns_from_a_clean_directory(tiny_run: Path, tmp_path: Path) -> None:
-    from datasets import Dataset, load_dataset
-
-    home, cwd = tmp_path / "home", tmp_path / "rerun"
-    cwd.mkdir()
-    proc = subprocess.run(
-        [str(DISTILABEL), "pipeline", "run", "--config", str(tiny_run / "pipeline.yaml")],
-        env=_env(home), cwd=cwd, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    runs = home / ".cache" / "distilabel" / "pipelines" / "condor-tiny-test"
-    outputs = {}
-    for config in ("refined", "void", "generations"):
-        files = sorted(runs.glob(f"*/executions/*/data/steps_outputs/{config}/*.parquet"))
-        assert files, f"the rerun produced no {config} config"
-        outputs[config] = Dataset.from_parquet([str(f) for f in files])
-    original = load_dataset(str(tiny_run), "generations", split="train")
-    assert len(outputs["generations"]) == len(original)
-    assert sorted(outputs["generations"]["sample_index"]) == sorted(original["sample_index"])
-    assert len(outputs["refined"]) == len(outputs["void"]) == sum(outputs["generations"]["kept"])
+    counts = assert_rerun_reproduces(tiny_run, tmp_path)
+    assert set(counts) == {"refined", "void", "generations"} and counts["refined"] == counts["void"]
 
 
 def test_sft_trains_on_the_refined_config_and_the_model_loads(tiny_run: Path, tmp_path: Path) -> None:

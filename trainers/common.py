@@ -14,6 +14,7 @@ recipe subclass, the columns it needs, and the TRL config/trainer classes.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import shutil
@@ -23,7 +24,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
+from synthalign.cards.base import versions
 from synthalign.errors import RecipeError, SeedDataError
+from synthalign.models import resolve_model
 from synthalign.recipes import RecipePath, StrictModel, load_recipe, parse_recipe
 
 if TYPE_CHECKING:
@@ -190,9 +193,7 @@ def precision_flags(precision: str) -> dict[str, bool]:
 
 def load_model_and_tokenizer(spec: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer; a chat template is required (the data is chats)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from synthalign.models import resolve_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: transformers
 
     path = resolve_model(spec)
     try:
@@ -214,8 +215,6 @@ def trl_config_kwargs(recipe: TrainRecipe, config_cls: type, output_dir: Path) -
     known = set(getattr(config_cls, "__dataclass_fields__", {}))
     unknown = sorted(set(recipe.trainer_args) - known)
     if unknown:
-        import difflib
-
         close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise RecipeError(f"trainer_args: {config_cls.__name__} has no field '{unknown[0]}'{hint}")
@@ -325,9 +324,7 @@ def run_training(
 
     ``build_trainer(model, tokenizer, dataset, output_dir)`` returns the TRL trainer.
     """
-    from transformers import set_seed
-
-    from synthalign.cards.base import versions
+    from transformers import set_seed  # heavy: transformers
 
     output_dir = Path(recipe.output_dir).expanduser()
     dataset = load_training_dataset(recipe, required_columns)

@@ -14,13 +14,21 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from synthalign.errors import BackendError
-from synthalign.llms.base import DEFAULT_GENERATION_KWARGS, Completion, SynthLLM, to_json_schema
+from synthalign.llms.base import (
+    DEFAULT_GENERATION_KWARGS,
+    Completion,
+    Decoding,
+    SynthLLM,
+    to_json_schema,
+)
 from synthalign.llms.llamacpp import LlamaCppLLM
+from synthalign.llms.openai import OpenAICompatLLM
 from synthalign.llms.transformers import TransformersLLM
+from synthalign.llms.vllm import VLLM
+from synthalign.models import builtin, resolve_model, smollm2_gguf_path
 
 if TYPE_CHECKING:
-    from synthalign.llms.openai import OpenAICompatLLM
-    from synthalign.llms.vllm import VLLM
+    from pydantic import SecretStr
 
 SCHEMES = ("vllm", "openai", "transformers", "llamacpp", "builtin")
 
@@ -29,25 +37,15 @@ __all__ = [
     "SCHEMES",
     "VLLM",
     "Completion",
+    "Decoding",
     "LlamaCppLLM",
     "OpenAICompatLLM",
     "SynthLLM",
     "TransformersLLM",
+    "apply_api_key",
     "check_spec",
     "load_llm",
 ]
-
-
-def __getattr__(name: str) -> Any:  # lazy: these modules import optional engines' helpers
-    if name == "VLLM":
-        from synthalign.llms.vllm import VLLM
-
-        return VLLM
-    if name == "OpenAICompatLLM":
-        from synthalign.llms.openai import OpenAICompatLLM
-
-        return OpenAICompatLLM
-    raise AttributeError(name)
 
 
 def _split(spec: str) -> tuple[str, str]:
@@ -62,16 +60,12 @@ def _split(spec: str) -> tuple[str, str]:
 
 def check_spec(spec: str) -> None:
     """Validate a spec without loading anything: scheme, built-in name, local paths, engines."""
-    from synthalign.models import builtin, resolve_model
-
     scheme, rest = _split(spec)
     if scheme == "builtin":
         model = builtin(spec)
         if model.kind != "chat":
             raise BackendError(f"{spec} is a {model.kind} model, not a chat LLM")
         if model.extra:
-            from synthalign.models import smollm2_gguf_path
-
             smollm2_gguf_path()
     elif scheme == "openai":
         url, _, model_name = rest.partition("#")
@@ -125,10 +119,36 @@ def load_llm(
     if scheme == "llamacpp":
         return LlamaCppLLM(model=rest, **common)
     if scheme == "vllm":
-        from synthalign.llms.vllm import VLLM
-
         return VLLM(model=rest, **common)
-    from synthalign.llms.openai import OpenAICompatLLM
-
     url, _, model_name = rest.partition("#")
     return OpenAICompatLLM(model=model_name, base_url=url, **common)
+
+
+def _openai_llms_in(value: Any) -> list[OpenAICompatLLM]:
+    if isinstance(value, OpenAICompatLLM):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [llm for item in value for llm in _openai_llms_in(item)]
+    if isinstance(value, dict):
+        return [llm for item in value.values() for llm in _openai_llms_in(item)]
+    members = getattr(value, "openai_members", None)  # an LLM pool hands out its members
+    return [llm for llm in members() for llm in _openai_llms_in(llm)] if callable(members) else []
+
+
+def apply_api_key(pipeline: Any, api_key: SecretStr | None) -> int:
+    """Give ``api_key`` to every OpenAI-compatible LLM of ``pipeline`` that has none.
+
+    The key stays a :class:`~pydantic.SecretStr` on the LLM object (an excluded field),
+    so distilabel never serializes it. Returns how many LLMs received it.
+    """
+    if api_key is None:
+        return 0
+    given = 0
+    for name in pipeline.dag:
+        step = pipeline.dag.get_step(name)["step"]
+        for value in vars(step).values():
+            for llm in _openai_llms_in(value):
+                if llm.api_key is None:
+                    llm.api_key = api_key
+                    given += 1
+    return given

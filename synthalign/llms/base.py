@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from abc import abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from distilabel.models.llms.base import LLM
@@ -42,6 +42,40 @@ class Completion:
     text: str | None
     input_tokens: int
     output_tokens: int
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """The settings of one engine call, the same for every backend.
+
+    ``temperature == 0`` means greedy decoding; ``seed`` makes sampling repeatable;
+    ``extra`` holds backend-specific sampling options passed through as they are.
+    """
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def for_prompt(self, index: int) -> Decoding:
+        """Prompt ``index`` of a batch samples with ``seed + index``: repeated prompts
+        (``num_generations > 1``) differ while the whole batch stays repeatable."""
+        return replace(self, seed=self.seed + index)
+
+    def openai_params(self) -> dict[str, Any]:
+        """The OpenAI-style sampling fields (vLLM's ``SamplingParams`` takes the same)."""
+        return {
+            "max_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": 1.0 if self.greedy else self.top_p,
+            "seed": self.seed,
+            **self.extra,
+        }
 
 
 def to_json_schema(schema: type[BaseModel] | JSONSchema | str | None) -> JSONSchema | None:
@@ -123,10 +157,8 @@ class SynthLLM(LLM):
             for _ in range(num_generations):
                 conversations.append(chat)
                 schemas.append(schema)
-        settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
-        completions = (
-            self._generate_batch(conversations, schemas, **settings) if conversations else []
-        )
+        decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        completions = self._generate_batch(conversations, schemas, decoding=decoding) if conversations else []
         outputs: list[GenerateOutput] = []
         for i in range(len(inputs)):
             group = completions[i * num_generations : (i + 1) * num_generations]
@@ -151,19 +183,10 @@ class SynthLLM(LLM):
 
     @abstractmethod
     def _generate_batch(
-        self,
-        conversations: list[ChatType],
-        schemas: list[JSONSchema | None],
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int,
-        **extra: Any,
+        self, conversations: list[ChatType], schemas: list[JSONSchema | None], *, decoding: Decoding
     ) -> list[Completion]:
         """Generate one completion per conversation in a single engine call.
 
-        ``temperature == 0`` means greedy decoding; ``seed`` makes sampling repeatable.
         ``schemas[i]`` (when not None) is a JSON schema the engine must enforce on
         completion ``i``.
         """

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import Field, PrivateAttr
 
 from synthalign.errors import BackendError
-from synthalign.llms.base import ChatType, Completion, JSONSchema, SynthLLM
+from synthalign.llms.base import ChatType, Completion, Decoding, JSONSchema, SynthLLM
 
 MAX_ENUM_RANGE = 1000
 
@@ -77,15 +77,7 @@ class LlamaCppLLM(SynthLLM):
         self._llm = None
 
     def _generate_batch(
-        self,
-        conversations: list[ChatType],
-        schemas: list[JSONSchema | None],
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int,
-        **extra: Any,
+        self, conversations: list[ChatType], schemas: list[JSONSchema | None], *, decoding: Decoding
     ) -> list[Completion]:
         completions = []
         for conversation, schema in zip(conversations, schemas, strict=True):
@@ -94,12 +86,12 @@ class LlamaCppLLM(SynthLLM):
             )
             out = self._llm.create_chat_completion(
                 messages=conversation,
-                max_tokens=max_new_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                seed=seed,
+                max_tokens=decoding.max_new_tokens,
+                temperature=decoding.temperature,
+                top_p=decoding.top_p,
+                seed=decoding.seed,
                 response_format=response_format,
-                **extra,
+                **decoding.extra,
             )
             usage = out.get("usage") or {}
             completions.append(

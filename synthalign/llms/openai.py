@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from pydantic import Field, PrivateAttr, SecretStr, field_validator
 
 from synthalign.errors import BackendError
-from synthalign.llms.base import ChatType, Completion, JSONSchema, SynthLLM
+from synthalign.llms.base import ChatType, Completion, Decoding, JSONSchema, SynthLLM
 
 if TYPE_CHECKING:
     import httpx
@@ -204,26 +204,8 @@ class OpenAICompatLLM(SynthLLM):
                 time.sleep(delay * 2**attempt)
         raise error
 
-    def _request_body(
-        self,
-        conversation: ChatType,
-        schema: JSONSchema | None,
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int,
-        extra: dict[str, Any],
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": conversation,
-            "max_tokens": max_new_tokens,
-            "temperature": temperature,
-            "top_p": 1.0 if temperature == 0 else top_p,
-            "seed": seed,
-            **extra,
-        }
+    def _request_body(self, conversation: ChatType, schema: JSONSchema | None, decoding: Decoding) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "messages": conversation, **decoding.openai_params()}
         if schema is not None and self._use_vllm_grammar():
             body["structured_outputs"] = {"grammar": self._grammar(schema)}
         elif schema is not None:
@@ -271,33 +253,14 @@ class OpenAICompatLLM(SynthLLM):
         )
 
     def _generate_batch(
-        self,
-        conversations: list[ChatType],
-        schemas: list[JSONSchema | None],
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int,
-        **extra: Any,
+        self, conversations: list[ChatType], schemas: list[JSONSchema | None], *, decoding: Decoding
     ) -> list[Completion]:
-        """Send every prompt at once (bounded by ``concurrency``), answers in input order.
-
-        Each prompt gets ``seed + i`` so repeated prompts (``num_generations > 1``) differ
-        while a rerun stays repeatable.
-        """
+        """Send every prompt at once (bounded by ``concurrency``), answers in input order;
+        prompt ``i`` samples with ``seed + i``."""
         if self._client is None:
             self.load()
         bodies = [
-            self._request_body(
-                conv,
-                schema,
-                max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                seed=seed + i,
-                extra=extra,
-            )
+            self._request_body(conv, schema, decoding.for_prompt(i))
             for i, (conv, schema) in enumerate(zip(conversations, schemas, strict=True))
         ]
         workers = max(1, min(self.concurrency, len(bodies)))

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import Field, PrivateAttr
 
-from synthalign.llms.base import ChatType, Completion, JSONSchema, SynthLLM
+from synthalign.llms.base import ChatType, Completion, Decoding, JSONSchema, SynthLLM
 
 
 class TransformersLLM(SynthLLM):
@@ -71,15 +71,7 @@ class TransformersLLM(SynthLLM):
         )
 
     def _generate_batch(
-        self,
-        conversations: list[ChatType],
-        schemas: list[JSONSchema | None],
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int,
-        **extra: Any,
+        self, conversations: list[ChatType], schemas: list[JSONSchema | None], *, decoding: Decoding
     ) -> list[Completion]:
         import torch
 
@@ -95,31 +87,14 @@ class TransformersLLM(SynthLLM):
         step = self.max_batch_size or max(len(order), 1)
         for start in range(0, len(order), step):
             chunk = order[start : start + step]
-            torch.manual_seed(seed + start)
-            for i, completion in zip(
-                chunk,
-                self._generate_chunk(
-                    [encoded[i] for i in chunk],
-                    [schemas[i] for i in chunk],
-                    max_new_tokens=max_new_tokens,
-                    temperature=temperature,
-                    top_p=top_p,
-                    **extra,
-                ),
-                strict=True,
-            ):
+            torch.manual_seed(decoding.seed + start)
+            completions = self._generate_chunk([encoded[i] for i in chunk], [schemas[i] for i in chunk], decoding)
+            for i, completion in zip(chunk, completions, strict=True):
                 results[i] = completion
         return [results[i] for i in range(len(texts))]
 
     def _generate_chunk(
-        self,
-        ids: list[list[int]],
-        schemas: list[JSONSchema | None],
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        **extra: Any,
+        self, ids: list[list[int]], schemas: list[JSONSchema | None], decoding: Decoding
     ) -> list[Completion]:
         import torch
 
@@ -137,20 +112,20 @@ class TransformersLLM(SynthLLM):
                 BatchGrammarProcessor(grammars, self._grammars.info.vocab_size, suppress, special)
             )
         sampling: dict[str, Any] = {"do_sample": False}
-        if temperature > 0:
-            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        if not decoding.greedy:
+            sampling = {"do_sample": True, "temperature": decoding.temperature, "top_p": decoding.top_p}
         room = self.context_length() - batch["input_ids"].shape[1]
         with torch.inference_mode():
             out = self._model.generate(
                 **batch,
-                max_new_tokens=max(1, min(max_new_tokens, room)),
+                max_new_tokens=max(1, min(decoding.max_new_tokens, room)),
                 logits_processor=processors or None,
                 pad_token_id=self._tokenizer.pad_token_id,
                 eos_token_id=self._tokenizer.eos_token_id,
                 top_k=None,
                 suppress_tokens=None,  # applied by BatchGrammarProcessor, after the grammar
                 **sampling,
-                **extra,
+                **decoding.extra,
             )
         prompt_len = batch["input_ids"].shape[1]
         completions = []

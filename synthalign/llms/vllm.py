@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, PrivateAttr
 
 from synthalign.errors import BackendError
-from synthalign.llms.base import ChatType, Completion, JSONSchema, SynthLLM
+from synthalign.llms.base import ChatType, Completion, Decoding, JSONSchema, SynthLLM
+from synthalign.models import resolve_model
 
 if TYPE_CHECKING:
     from vllm import LLM as VLLMEngine
@@ -49,8 +50,6 @@ def resolve_model_path(spec: str) -> str:
     """A builtin spec becomes its local folder; anything else goes to vLLM as written."""
     spec = strip_vllm_scheme(spec)
     if spec.startswith("builtin:"):
-        from synthalign.models import resolve_model
-
         return resolve_model(spec)
     return spec
 
@@ -205,25 +204,10 @@ class VLLM(SynthLLM):
             self._grammars[key] = json_schema_ebnf(schema)
         return self._grammars[key]
 
-    def _sampling_params(
-        self,
-        schema: JSONSchema | None,
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int,
-        extra: dict[str, Any],
-    ) -> Any:
-        from vllm import SamplingParams
+    def _sampling_params(self, schema: JSONSchema | None, decoding: Decoding) -> Any:
+        from vllm import SamplingParams  # heavy: vLLM
 
-        kwargs: dict[str, Any] = {
-            "max_tokens": max_new_tokens,
-            "temperature": temperature,
-            "top_p": 1.0 if temperature == 0 else top_p,
-            "seed": seed,
-            **extra,
-        }
+        kwargs: dict[str, Any] = decoding.openai_params()
         if schema is not None:
             grammar = self._grammar(schema)
             try:  # vLLM >= 0.11
@@ -257,35 +241,13 @@ class VLLM(SynthLLM):
         return prompts
 
     def _generate_batch(
-        self,
-        conversations: list[ChatType],
-        schemas: list[JSONSchema | None],
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int,
-        **extra: Any,
+        self, conversations: list[ChatType], schemas: list[JSONSchema | None], *, decoding: Decoding
     ) -> list[Completion]:
-        """All prompts in one ``LLM.generate`` call; prompt ``i`` samples with ``seed + i``.
-
-        Distinct seeds keep repeated prompts (``num_generations > 1``) from being
-        identical while the whole batch stays repeatable.
-        """
+        """All prompts in one ``LLM.generate`` call; prompt ``i`` samples with ``seed + i``."""
         if self._llm is None:
             self.load()
         assert self._llm is not None
-        params = [
-            self._sampling_params(
-                schema,
-                max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                seed=seed + i,
-                extra=extra,
-            )
-            for i, schema in enumerate(schemas)
-        ]
+        params = [self._sampling_params(schema, decoding.for_prompt(i)) for i, schema in enumerate(schemas)]
         outputs = self._llm.generate(
             self._prompt_token_ids(conversations),  # type: ignore[arg-type]
             sampling_params=params,
