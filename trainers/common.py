@@ -123,6 +123,17 @@ class TrainRecipe(StrictModel):
             raise ValueError("max_steps must be -1 (train for num_train_epochs) or a positive number")
         return self
 
+    def trainer_kwargs(self, model: Any, tokenizer: Any, dataset: Any, args: Any) -> dict[str, Any]:
+        """What every TRL trainer takes: model, config, data, tokenizer, LoRA when set."""
+        peft_config = self.lora.peft_config() if self.lora and self.lora.enabled else None
+        return {
+            "model": model,
+            "args": args,
+            "train_dataset": dataset,
+            "processing_class": tokenizer,
+            "peft_config": peft_config,
+        }
+
 
 def load_train_recipe(
     config: str | Path | dict[str, Any] | TrainRecipe,
@@ -349,6 +360,35 @@ def run_training(
         "versions": versions(),
     }
     return save_trained(trainer, recipe, output_dir, info)
+
+
+TrainerBuilder = Callable[[Any, Any, Any, Any, Path], "Trainer"]
+
+
+def recipe_trainer(recipe_cls: type[T], required_columns: list[str], build_trainer: TrainerBuilder) -> Callable[..., Path]:
+    """A trainer module's ``train_from_recipe``: read the recipe, then :func:`run_training`.
+
+    ``build_trainer(recipe, model, tokenizer, dataset, output_dir)`` returns the TRL trainer.
+    """
+
+    def train_from_recipe(
+        config: str | Path | dict[str, Any] | TrainRecipe,
+        *,
+        kind: str,
+        dataset: str | None = None,
+        model: str | None = None,
+        output: str | Path | None = None,
+    ) -> Path:
+        recipe = load_train_recipe(config, recipe_cls, dataset=dataset, model=model, output=output)
+        return run_training(
+            recipe,
+            kind=kind,
+            required_columns=required_columns,
+            build_trainer=lambda m, t, d, o: build_trainer(recipe, m, t, d, o),
+        )
+
+    train_from_recipe.__doc__ = f"Train from a {recipe_cls.__name__} and return the saved model folder."
+    return train_from_recipe
 
 
 def read_training_record(folder: str | Path) -> dict[str, Any]:

@@ -23,12 +23,7 @@ from typing import Any
 
 from pydantic import Field
 
-from synthalign.trainers.common import (
-    TrainRecipe,
-    load_train_recipe,
-    run_training,
-    trl_config_kwargs,
-)
+from synthalign.trainers.common import TrainRecipe, recipe_trainer, trl_config_kwargs
 
 REQUIRED_COLUMNS = ["messages"]
 
@@ -45,35 +40,12 @@ class SFTRecipe(TrainRecipe):
 
 def build_trainer(recipe: SFTRecipe, model: Any, tokenizer: Any, dataset: Any, output_dir: Path) -> Any:
     """TRL's SFTTrainer configured from the recipe (LoRA when ``lora`` is set)."""
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig, SFTTrainer  # heavy: TRL
 
     kwargs = trl_config_kwargs(recipe, SFTConfig, output_dir)
     kwargs.setdefault("assistant_only_loss", recipe.assistant_only_loss)
     kwargs.setdefault("packing", recipe.packing)
-    args = SFTConfig(**kwargs)
-    peft_config = recipe.lora.peft_config() if recipe.lora and recipe.lora.enabled else None
-    return SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
+    return SFTTrainer(**recipe.trainer_kwargs(model, tokenizer, dataset, SFTConfig(**kwargs)))
 
 
-def train_from_recipe(
-    config: str | Path | dict[str, Any] | SFTRecipe,
-    *,
-    kind: str = "sft",
-    dataset: str | None = None,
-    model: str | None = None,
-    output: str | Path | None = None,
-) -> Path:
-    """Train with SFT and return the saved model folder (loads with ``from_pretrained``)."""
-    recipe = load_train_recipe(config, SFTRecipe, dataset=dataset, model=model, output=output)
-    return run_training(
-        recipe,
-        kind=kind,
-        required_columns=REQUIRED_COLUMNS,
-        build_trainer=lambda m, t, d, o: build_trainer(recipe, m, t, d, o),
-    )
+train_from_recipe = recipe_trainer(SFTRecipe, REQUIRED_COLUMNS, build_trainer)

@@ -25,12 +25,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from synthalign.trainers.common import (
-    TrainRecipe,
-    load_train_recipe,
-    run_training,
-    trl_config_kwargs,
-)
+from synthalign.trainers.common import TrainRecipe, recipe_trainer, trl_config_kwargs
 
 REQUIRED_COLUMNS = ["prompt", "chosen", "rejected"]
 
@@ -83,36 +78,13 @@ def truncate_prompt(row: dict[str, Any], tokenizer: Any, max_prompt_length: int)
 def build_trainer(recipe: SimPORecipe, model: Any, tokenizer: Any, dataset: Any, output_dir: Path) -> Any:
     """TRL's CPOTrainer set to the SimPO loss."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    from trl.experimental.cpo import CPOConfig, CPOTrainer
+    from trl.experimental.cpo import CPOConfig, CPOTrainer  # heavy: TRL
 
     kwargs = trl_config_kwargs(recipe, CPOConfig, output_dir)
     kwargs.update(loss_type="simpo", beta=recipe.beta, simpo_gamma=recipe.gamma, cpo_alpha=recipe.cpo_alpha)
-    args = CPOConfig(**kwargs)
     if recipe.max_prompt_length and dataset and isinstance(dataset[0]["prompt"], list):
         dataset = dataset.map(truncate_prompt, fn_kwargs={"tokenizer": tokenizer, "max_prompt_length": recipe.max_prompt_length})
-    peft_config = recipe.lora.peft_config() if recipe.lora and recipe.lora.enabled else None
-    return CPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
+    return CPOTrainer(**recipe.trainer_kwargs(model, tokenizer, dataset, CPOConfig(**kwargs)))
 
 
-def train_from_recipe(
-    config: str | Path | dict[str, Any] | SimPORecipe,
-    *,
-    kind: str = "simpo",
-    dataset: str | None = None,
-    model: str | None = None,
-    output: str | Path | None = None,
-) -> Path:
-    """Train with SimPO and return the saved model folder (loads with ``from_pretrained``)."""
-    recipe = load_train_recipe(config, SimPORecipe, dataset=dataset, model=model, output=output)
-    return run_training(
-        recipe,
-        kind=kind,
-        required_columns=REQUIRED_COLUMNS,
-        build_trainer=lambda m, t, d, o: build_trainer(recipe, m, t, d, o),
-    )
+train_from_recipe = recipe_trainer(SimPORecipe, REQUIRED_COLUMNS, build_trainer)
