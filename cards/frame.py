@@ -20,6 +20,7 @@ from synthalign.cards.base import (
     reproducibility_metadata,
     size_category,
 )
+from synthalign.cards.diversity import diversity_section
 from synthalign.steps.publish import DROP_COLUMNS
 
 if TYPE_CHECKING:
@@ -93,5 +94,7 @@ def frame_card(
     if funnel and "## Funnel" not in body:
         body += "\n## Funnel\n\nEvery row the run considered, where it left and why (`kept`, `drop_stage`, `drop_reason`).\n\n"
         body += funnel + "\n"
+    diversity, figures = diversity_section(datasets, default, info)
+    body += "\n" + diversity
     body += "\n" + _usage(method, default, list(datasets))
-    return CardContent(metadata=metadata, body=body, figures=dict(section.figures))
+    return CardContent(metadata=metadata, body=body, figures={**section.figures, **figures})
