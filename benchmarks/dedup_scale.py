@@ -3,7 +3,7 @@
 For each size, on the same vectors (read back memory-mapped from a ``.npy`` file, as a
 large run would hold them), one run prints:
 
-* **ours**: ``greedy_semantic_dedup`` (cluster-bound pruning; exact);
+* **ours**: ``greedy_semantic_dedup`` (exact; strategy chosen from the data);
 * **blocked**: the same greedy rule by blocked brute force (float32 BLAS against the
   whole kept pool, ``method="blocked"``); also exact, so the two masks must agree;
 * **loop** (20K only): the definition written one row at a time (a float32 dot
@@ -47,7 +47,9 @@ DIM = 384
 THRESHOLD = 0.9
 
 
-def synthetic(n: int, seed: int = 0, dim: int = DIM, topics: int | None = None, dup_share: float = 0.2) -> np.ndarray:
+def synthetic(
+    n: int, seed: int = 0, dim: int = DIM, topics: int | None = None, dup_share: float = 0.2
+) -> np.ndarray:
     """``n`` unit vectors: ``topics`` clusters (default ``sqrt(n)``: more data, more topics,
     and more rows a topic) plus planted near-duplicates (cos 0.90-0.99).
 
@@ -81,24 +83,65 @@ def synthetic(n: int, seed: int = 0, dim: int = DIM, topics: int | None = None, 
 
 
 SUBJECTS = [
-    "photosynthesis", "the French Revolution", "compound interest", "black holes", "vaccines",
-    "the water cycle", "machine learning", "plate tectonics", "the stock market", "climate change",
-    "the Roman Empire", "sourdough bread", "electric cars", "sleep hygiene", "quantum computing",
-    "the human heart", "recycling plastic", "jazz music", "volcanoes", "the immune system",
-    "binary search", "supply and demand", "honey bees", "solar panels", "the printing press",
-    "meditation", "coral reefs", "inflation", "the Silk Road", "public speaking",
+    "photosynthesis",
+    "the French Revolution",
+    "compound interest",
+    "black holes",
+    "vaccines",
+    "the water cycle",
+    "machine learning",
+    "plate tectonics",
+    "the stock market",
+    "climate change",
+    "the Roman Empire",
+    "sourdough bread",
+    "electric cars",
+    "sleep hygiene",
+    "quantum computing",
+    "the human heart",
+    "recycling plastic",
+    "jazz music",
+    "volcanoes",
+    "the immune system",
+    "binary search",
+    "supply and demand",
+    "honey bees",
+    "solar panels",
+    "the printing press",
+    "meditation",
+    "coral reefs",
+    "inflation",
+    "the Silk Road",
+    "public speaking",
 ]
 ASPECTS = [
-    "to a ten-year-old", "in three sentences", "for a job interview", "with an everyday analogy",
-    "step by step", "and its main risks", "and common misconceptions", "for a beginner",
-    "with one concrete example", "and why it matters today", "in the style of a news report",
-    "as a short poem", "and list two open questions", "compared with its alternatives",
+    "to a ten-year-old",
+    "in three sentences",
+    "for a job interview",
+    "with an everyday analogy",
+    "step by step",
+    "and its main risks",
+    "and common misconceptions",
+    "for a beginner",
+    "with one concrete example",
+    "and why it matters today",
+    "in the style of a news report",
+    "as a short poem",
+    "and list two open questions",
+    "compared with its alternatives",
 ]
 TEMPLATES = [
-    "Explain {s} {a}.", "Can you explain {s} {a}?", "Please describe {s} {a}.",
-    "Describe {s} {a}, please.", "I'd like to understand {s} {a}.", "Write an explanation of {s} {a}.",
-    "Help me understand {s} {a}.", "Give an overview of {s} {a}.", "What is {s}? Answer {a}.",
-    "Teach me about {s} {a}.", "Summarize what you know about {s} {a}.",
+    "Explain {s} {a}.",
+    "Can you explain {s} {a}?",
+    "Please describe {s} {a}.",
+    "Describe {s} {a}, please.",
+    "I'd like to understand {s} {a}.",
+    "Write an explanation of {s} {a}.",
+    "Help me understand {s} {a}.",
+    "Give an overview of {s} {a}.",
+    "What is {s}? Answer {a}.",
+    "Teach me about {s} {a}.",
+    "Summarize what you know about {s} {a}.",
     "Tell me about {s} {a}.",
 ]
 
@@ -167,12 +210,12 @@ def run_one(
     print(f"\n== {label}: n={n:,} d={mm.shape[1]} threshold={args.threshold} ==", flush=True)
     cpu = time.process_time()
     ours, t_ours = timed(
-        greedy_semantic_dedup_details, mm, scores, args.threshold, nearest=False, device=args.device
+        greedy_semantic_dedup_details, mm, scores, args.threshold, device=args.device
     )
     cpu = time.process_time() - cpu
     st = ours.stats
     print(
-        f"ours (pruned, {st.device}):  {fmt_s(t_ours)}  (cpu {cpu:.1f}s)  kept {int(ours.keep.sum()):,}  "
+        f"ours ({st.method}, {st.device}):  {fmt_s(t_ours)}  (cpu {cpu:.1f}s)  kept {int(ours.keep.sum()):,}  "
         f"pivots {st.clusters}  pairs compared {st.pairs_compared:,} of {st.pairs_brute_force:,} "
         f"({100 * st.pruned_fraction:.2f}% pruned)",
         flush=True,
@@ -180,7 +223,11 @@ def run_one(
     estimate = n > args.max_exhaustive
     if not estimate:
         blocked, t_blocked = timed(
-            greedy_semantic_dedup_details, mm, scores, args.threshold, nearest=False, method="blocked",
+            greedy_semantic_dedup_details,
+            mm,
+            scores,
+            args.threshold,
+            method="blocked",
             device=args.device,
         )
         differ = int((blocked.keep != ours.keep).sum())
@@ -194,8 +241,12 @@ def run_one(
         if "blocked" not in rates:  # no smaller size ran: measure the rate on a prefix
             part = min(n, 50_000)
             probe, t_probe = timed(
-                greedy_semantic_dedup_details, mm[:part], scores[:part], args.threshold, nearest=False,
-                method="blocked", device=args.device,
+                greedy_semantic_dedup_details,
+                mm[:part],
+                scores[:part],
+                args.threshold,
+                method="blocked",
+                device=args.device,
             )
             rates["blocked"] = probe.stats.pairs_brute_force / t_probe
         t_blocked = st.pairs_brute_force / rates["blocked"]
@@ -218,7 +269,10 @@ def run_one(
         t_q, q = faiss_k1(x32, args.faiss_queries)
         t_faiss = t_q * n / q
         rates["faiss"] = n * q / t_q
-        print(f"faiss IndexFlatIP k=1:  {fmt_s(t_faiss, True)}  ({q:,} of {n:,} queries timed, scaled)", flush=True)
+        print(
+            f"faiss IndexFlatIP k=1:  {fmt_s(t_faiss, True)}  ({q:,} of {n:,} queries timed, scaled)",
+            flush=True,
+        )
     else:
         t_faiss, _ = faiss_k1(x32)
         print(f"faiss IndexFlatIP k=1:  {fmt_s(t_faiss)}  (all {n:,} rows against all)", flush=True)
@@ -229,20 +283,34 @@ def run_one(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="20000,100000", help="comma-separated synthetic sizes")
     parser.add_argument("--full", action="store_true", help="add 1,000,000 to --sizes")
-    parser.add_argument("--real", type=int, default=5000, help="sentences to embed with builtin:minilm (0: skip)")
-    parser.add_argument("--threshold", type=float, default=THRESHOLD)
-    parser.add_argument("--device", default=None, help="numpy, cpu, cuda (default: cuda if available)")
-    parser.add_argument("--max-loop", type=int, default=20_000, help="largest size for the one-at-a-time loop")
     parser.add_argument(
-        "--max-exhaustive", type=int, default=200_000,
+        "--real", type=int, default=5000, help="sentences to embed with builtin:minilm (0: skip)"
+    )
+    parser.add_argument("--threshold", type=float, default=THRESHOLD)
+    parser.add_argument(
+        "--device", default=None, help="numpy, cpu, cuda (default: cuda if available)"
+    )
+    parser.add_argument(
+        "--max-loop", type=int, default=20_000, help="largest size for the one-at-a-time loop"
+    )
+    parser.add_argument(
+        "--max-exhaustive",
+        type=int,
+        default=200_000,
         help="above this size brute force and faiss are estimated from their measured rate",
     )
-    parser.add_argument("--faiss-queries", type=int, default=10_000, help="queries timed when faiss is estimated")
+    parser.add_argument(
+        "--faiss-queries", type=int, default=10_000, help="queries timed when faiss is estimated"
+    )
     args = parser.parse_args()
-    sizes = sorted({int(s) for s in args.sizes.split(",") if s} | ({1_000_000} if args.full else set()))
+    sizes = sorted(
+        {int(s) for s in args.sizes.split(",") if s} | ({1_000_000} if args.full else set())
+    )
 
     import faiss
     import threadpoolctl
@@ -263,8 +331,13 @@ def main() -> None:
             texts = sentences(args.real)
             encoder = load_sentence_model("builtin:minilm", device="cpu")
             vectors, t_embed = timed(embed_texts, encoder, texts)
-            print(f"\nembedded {len(texts):,} generated sentences with all-MiniLM-L6-v2 in {t_embed:.1f}s", flush=True)
-            run_one(f"minilm-{len(texts)}", vectors, rng.normal(size=len(texts)), args, rates, Path(tmp))
+            print(
+                f"\nembedded {len(texts):,} generated sentences with all-MiniLM-L6-v2 in {t_embed:.1f}s",
+                flush=True,
+            )
+            run_one(
+                f"minilm-{len(texts)}", vectors, rng.normal(size=len(texts)), args, rates, Path(tmp)
+            )
         for n in sizes:
             x = synthetic(n, seed=n)
             run_one(f"synthetic-{n}", x, rng.normal(size=n), args, rates, Path(tmp))

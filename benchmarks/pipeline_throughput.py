@@ -28,6 +28,7 @@ vLLM's automatic prefix cache can reuse (target >= 60%), also rounded down to vL
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -66,14 +67,14 @@ def install_recorder(folder: Path) -> None:
         return
 
     @functools.wraps(original)
-    def recorded(self, conversations, schemas, **settings):
+    def recorded(self, conversations, schemas, *, decoding):
         start = time.perf_counter()
-        out = original(self, conversations, schemas, **settings)
+        out = original(self, conversations, schemas, decoding=decoding)
         seconds = time.perf_counter() - start
         record = {
             "pid": os.getpid(),  # one step (replica) per process
             "model": self.model,
-            "settings": settings,
+            "settings": dataclasses.asdict(decoding),
             "conversations": conversations,
             "schemas": schemas,
             "seconds": seconds,
@@ -88,7 +89,11 @@ def install_recorder(folder: Path) -> None:
 
 
 def read_records(folder: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for f in sorted(folder.glob("*.jsonl")) for line in f.read_text().splitlines()]
+    return [
+        json.loads(line)
+        for f in sorted(folder.glob("*.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
 
 
 # ---------------------------------------------------------------- the pipelines
@@ -120,21 +125,25 @@ def gra_recipe(samples: int, cache: Path):
         samples_per_round=samples,
         cache_dir=str(cache),
     )
-    data["seed_data"]["source"] = str(ROOT / data["seed_data"]["source"])  # relative to the repo root
+    data["seed_data"]["source"] = str(ROOT / data["seed_data"]["source"])  # repo-relative
     data["generation"].pop("batch_size", None)
     return GRARecipe.model_validate(data)
 
 
 def run_method(name: str, recipe: Any, records: Path) -> tuple[float, Any]:
-    from synthalign.methods import get_method, run_pipeline
+    """The method's first state (what ``synthalign generate`` runs), through the driver's
+    :func:`~synthalign.execute.run_pipeline`; returns its wall time and published configs."""
+    from synthalign.contract import get_method
+    from synthalign.execute import leaf_datasets, run_pipeline
 
     method = get_method(name)
-    pipeline = method.build_pipeline(recipe)
+    state = method.first_state(recipe, False)
+    pipeline = method.build_pipeline(recipe, state)
     install_recorder(records)
     start = time.perf_counter()
-    distiset = run_pipeline(pipeline, use_cache=False)
+    ran = run_pipeline(pipeline, use_cache=False, sequential=method.sequential(recipe))
     wall = time.perf_counter() - start
-    return wall, method.to_datasets(distiset, recipe)
+    return wall, leaf_datasets(ran, method.configs(recipe, state))
 
 
 # ---------------------------------------------------------------- direct replay
@@ -147,12 +156,15 @@ def replay(records: list[dict[str, Any]]) -> tuple[float, int, int]:
     cold engine, as each step process of the pipeline starts with one.
 
     Returns (seconds, engine calls, output tokens)."""
-    from synthalign.llms import load_llm
+    from synthalign.llms import Decoding, load_llm
 
     groups: dict[str, dict[str, Any]] = {}
     for r in records:
         key = json.dumps([r["pid"], r["model"], r["settings"]], sort_keys=True)
-        group = groups.setdefault(key, {"model": r["model"], "settings": r["settings"], "conversations": [], "schemas": []})
+        group = groups.setdefault(
+            key,
+            {"model": r["model"], "settings": r["settings"], "conversations": [], "schemas": []},
+        )
         group["conversations"].extend(r["conversations"])
         group["schemas"].extend(r["schemas"])
     seconds, tokens = 0.0, 0
@@ -162,7 +174,8 @@ def replay(records: list[dict[str, Any]]) -> tuple[float, int, int]:
         generate = type(engine)._generate_batch
         generate = getattr(generate, "__wrapped__", generate)  # not the recorder: it writes files
         start = time.perf_counter()
-        out = generate(engine, group["conversations"], group["schemas"], **group["settings"])
+        decoding = Decoding(**group["settings"])
+        out = generate(engine, group["conversations"], group["schemas"], decoding=decoding)
         seconds += time.perf_counter() - start
         tokens += sum(c.output_tokens or 0 for c in out)
         engine.unload()
@@ -172,7 +185,9 @@ def replay(records: list[dict[str, Any]]) -> tuple[float, int, int]:
 # ---------------------------------------------------------------- prefix share
 
 
-def shared_prefix_share(records: list[dict[str, Any]]) -> dict[str, tuple[int, float, float, int, float]]:
+def shared_prefix_share(
+    records: list[dict[str, Any]],
+) -> dict[str, tuple[int, float, float, int, float]]:
     """Per review role: (prompts, token share of the prefix every prompt of the role
     shares, the same rounded down to whole vLLM blocks, prefix tokens, mean prompt tokens)."""
     from synthalign.llms import load_llm
@@ -184,7 +199,9 @@ def shared_prefix_share(records: list[dict[str, Any]]) -> dict[str, tuple[int, f
         for chat, schema in zip(r["conversations"], r["schemas"], strict=True):
             role = REVIEW_RECORDS.get((schema or {}).get("title", ""))
             if role:
-                by_role[role].append(llm._tokenizer(llm.prompt_text(chat), add_special_tokens=False)["input_ids"])
+                by_role[role].append(
+                    llm._tokenizer(llm.prompt_text(chat), add_special_tokens=False)["input_ids"]
+                )
     out = {}
     for role, prompts in by_role.items():
         common = min(len(p) for p in prompts)
@@ -196,7 +213,13 @@ def shared_prefix_share(records: list[dict[str, Any]]) -> dict[str, tuple[int, f
             common = n
         total = sum(len(p) for p in prompts)
         blocks = (common // VLLM_BLOCK) * VLLM_BLOCK
-        out[role] = (len(prompts), common * len(prompts) / total, blocks * len(prompts) / total, common, total / len(prompts))
+        out[role] = (
+            len(prompts),
+            common * len(prompts) / total,
+            blocks * len(prompts) / total,
+            common,
+            total / len(prompts),
+        )
     return out
 
 
@@ -227,8 +250,7 @@ def measure(name: str, recipe: Any, work: Path) -> dict[str, Any]:
         "busy_share": engine / wall if wall else float("nan"),
     }
     if name == "gra":
-        rows = datasets["all"]
-        kept = len(rows)
+        kept = len(datasets.get("all", ()))
         result["kept"] = kept
         result["calls_per_kept"] = prompts / kept if kept else float("inf")
         result["prefix"] = shared_prefix_share(records)
@@ -243,9 +265,10 @@ def report(results: list[dict[str, Any]]) -> None:
             "engine ratio", "pipeline wall s", "engine busy", "direct/wall")  # fmt: skip
     print(" | ".join(head))
     for r in results:
+        calls = f"{r['engine_calls']} (direct {r['direct_calls']})"
         print(" | ".join([
-            r["method"], str(r["prompts"]), f"{r['engine_calls']} (direct {r['direct_calls']})", f"{r['mean_batch']:.1f}",
-            f"{r['engine_s']:.2f}", f"{r['direct_s']:.2f}", f"{r['engine_ratio']:.2f}", f"{r['wall_s']:.1f}",
+            r["method"], str(r["prompts"]), calls, f"{r['mean_batch']:.1f}", f"{r['engine_s']:.2f}",
+            f"{r['direct_s']:.2f}", f"{r['engine_ratio']:.2f}", f"{r['wall_s']:.1f}",
             f"{r['busy_share']:.0%}", f"{r['wall_ratio']:.2f}",
         ]))  # fmt: skip
     for r in results:
@@ -254,15 +277,22 @@ def report(results: list[dict[str, Any]]) -> None:
         print(f"\nGRA: {r['kept']} kept of the round's candidates; {r['prompts']} LLM calls -> "
               f"{r['calls_per_kept']:.1f} LLM calls per kept sample")  # fmt: skip
         for role, (n, share, blocks, prefix, mean) in r["prefix"].items():
-            print(f"GRA {role} prompts: {n}; shared prefix {prefix} tokens of {mean:.0f} on average: "
-                  f"{share:.0%} of prompt tokens ({blocks:.0%} in whole {VLLM_BLOCK}-token vLLM blocks)")  # fmt: skip
-    print("\nengine ratio = direct one-batch time / time the pipeline's engine calls took (target >= 0.9)")
+            print(f"GRA {role} prompts: {n}; shared prefix {prefix} tokens of {mean:.0f} on "
+                  f"average: {share:.0%} of prompt tokens ({blocks:.0%} in whole "
+                  f"{VLLM_BLOCK}-token vLLM blocks)")  # fmt: skip
+    print("\nengine ratio = direct one-batch time / the pipeline's engine time (target >= 0.9)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--condor-samples", type=int, default=48, help="Condor question rows (quickstart: 12)")
-    parser.add_argument("--gra-samples", type=int, default=48, help="GRA candidates in the round (quickstart: 24)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--condor-samples", type=int, default=48, help="Condor question rows (quickstart: 12)"
+    )
+    parser.add_argument(
+        "--gra-samples", type=int, default=48, help="GRA candidates in the round (quickstart: 24)"
+    )
     parser.add_argument("--only", choices=["condor", "gra"], default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -271,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sa-bench-") as tmp:
         work = Path(tmp)
         if args.only in (None, "condor"):
-            results.append(measure("condor", condor_recipe(args.condor_samples, work / "cache-condor"), work))
+            results.append(
+                measure("condor", condor_recipe(args.condor_samples, work / "cache-condor"), work)
+            )
         if args.only in (None, "gra"):
             results.append(measure("gra", gra_recipe(args.gra_samples, work / "cache-gra"), work))
     report(results)

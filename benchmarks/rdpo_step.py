@@ -6,7 +6,7 @@ sigmoid loss and reuses TRL's forward pass, so the target is a time ratio <= 1.0
 
 Each run happens in its own subprocess (peak memory is then per run: CUDA's
 ``max_memory_allocated``, or the process's max RSS on CPU), runs alternate
-rdpo/dpo/rdpo/dpo... to spread machine noise evenly, and per-step times after the
+rdpo/dpo/dpo/rdpo/... (ABBA) to spread machine noise evenly, and per-step times after the
 warm-up steps are pooled and summarized by their median.
 
     python benchmarks/rdpo_step.py                      # tiny model, CPU-friendly
@@ -58,7 +58,21 @@ def _data(n: int, length: int) -> Any:
     from datasets import Dataset
 
     rng = random.Random(0)
-    words = ["the", "of", "and", "science", "history", "answer", "response", "critique", "strength", "weakness", "music", "code", "math"]
+    words = [
+        "the",
+        "of",
+        "and",
+        "science",
+        "history",
+        "answer",
+        "response",
+        "critique",
+        "strength",
+        "weakness",
+        "music",
+        "code",
+        "math",
+    ]
 
     def text(k: int) -> str:
         return " ".join(rng.choice(words) for _ in range(k))
@@ -67,9 +81,15 @@ def _data(n: int, length: int) -> Any:
     for _ in range(n):
         rows.append(
             {
-                "prompt": [{"role": "user", "content": text(rng.randint(length // 4, length // 2))}],
-                "chosen": [{"role": "assistant", "content": text(rng.randint(length // 2, length))}],
-                "rejected": [{"role": "assistant", "content": text(rng.randint(length // 2, length))}],
+                "prompt": [
+                    {"role": "user", "content": text(rng.randint(length // 4, length // 2))}
+                ],
+                "chosen": [
+                    {"role": "assistant", "content": text(rng.randint(length // 2, length))}
+                ],
+                "rejected": [
+                    {"role": "assistant", "content": text(rng.randint(length // 2, length))}
+                ],
                 "tau": rng.random(),
             }
         )
@@ -107,7 +127,9 @@ def worker(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             times.append(time.perf_counter() - self.start)
             cpu_times.append(time.process_time() - self.cpu)
 
-    config_cls, trainer_cls = (RDPOConfig, RDPOTrainer) if kind == "rdpo" else (DPOConfig, DPOTrainer)
+    config_cls, trainer_cls = (
+        (RDPOConfig, RDPOTrainer) if kind == "rdpo" else (DPOConfig, DPOTrainer)
+    )
     peft_config = None
     if args.lora:
         from peft import LoraConfig
@@ -152,13 +174,17 @@ def worker(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--length", type=int, default=96, help="about how many words per response")
-    parser.add_argument("--repeats", type=int, default=2, help="subprocess runs per trainer (alternating)")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="subprocess runs per trainer (alternating)"
+    )
     parser.add_argument("--lora", action="store_true")
     parser.add_argument("--precompute", action="store_true", help="precompute_ref_log_probs=True")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU runs only)")
@@ -171,8 +197,9 @@ def main() -> None:
     forwarded = [a for a in sys.argv[1:]]
     results: dict[str, list[dict[str, Any]]] = {"rdpo": [], "dpo": []}
     env = dict(os.environ, TQDM_DISABLE="1", TRANSFORMERS_VERBOSITY="error")
-    for _ in range(args.repeats):
-        for kind in ("rdpo", "dpo"):
+    for repeat in range(args.repeats):
+        # ABBA order: whichever trainer runs first in a pair gets no systematic edge
+        for kind in ("rdpo", "dpo") if repeat % 2 == 0 else ("dpo", "rdpo"):
             proc = subprocess.run(
                 [sys.executable, str(Path(__file__).resolve()), *forwarded, "--worker", kind],
                 capture_output=True, text=True, env=env, check=False,
@@ -195,7 +222,9 @@ def main() -> None:
         }
     device = results["rdpo"][0]["device"]
     setting = f"size={args.size} batch={args.batch_size} length~{args.length} lora={args.lora} precompute={args.precompute}"
-    print(f"device: {device}; {setting}; {args.repeats} runs x {args.steps - args.warmup} timed steps per trainer")
+    print(
+        f"device: {device}; {setting}; {args.repeats} runs x {args.steps - args.warmup} timed steps per trainer"
+    )
     for kind in ("dpo", "rdpo"):
         s = summary[kind]
         print(
@@ -205,7 +234,9 @@ def main() -> None:
     ratio = summary["rdpo"]["median_step_s"] / summary["dpo"]["median_step_s"]
     cpu_ratio = summary["rdpo"]["median_cpu_s"] / summary["dpo"]["median_cpu_s"]
     mem_ratio = summary["rdpo"]["peak_mib"] / summary["dpo"]["peak_mib"]
-    print(f"ratio rdpo/dpo: time {ratio:.3f} wall, {cpu_ratio:.3f} CPU (target <= 1.03); peak memory {mem_ratio:.3f}")
+    print(
+        f"ratio rdpo/dpo: time {ratio:.3f} wall, {cpu_ratio:.3f} CPU (target <= 1.03); peak memory {mem_ratio:.3f}"
+    )
 
 
 if __name__ == "__main__":

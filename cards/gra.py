@@ -1,14 +1,15 @@
 """The dataset card of a GRA folder: funnel per round, scores, who played which role.
 
 Everything is computed from the published configs (``all`` and ``rejected`` hold every
-candidate with its ``status``), so ``synthalign card DIR`` rebuilds the same card from
-the folder alone. Three figures:
+candidate with ``kept``, ``drop_stage`` and ``drop_reason``), so ``synthalign card DIR``
+rebuilds the same card from the folder alone. Three figures:
 
-- ``funnel.png``: per round, how many candidates left at each stage
-  (generation failed, instruction rejected, response rejected, adjudication
-  discarded, duplicate) and how many were kept;
+- ``funnel.png``: per round, how many candidates left at each stage (generation,
+  instruction review, response, response review, adjudication, dedup) and how many
+  were kept;
 - ``score_histogram.png``: the committee's mean score of every reviewed candidate,
-  split by the committee's decision, with tau drawn in, plus the Adjudicator's scores;
+  split by the committee's decision, with ``min_mean_score`` drawn in, plus the
+  Adjudicator's scores;
 - ``role_counts.png``: per pool model, how often it was drawn as Generator, Reviewer
   and Adjudicator, and how many of its reviews were unusable (abstentions).
 """
@@ -21,6 +22,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from synthalign.cards.base import CardContent, base_metadata, figure_png, markdown_table, new_figure
+from synthalign.llms.pool import pool_members
+from synthalign.steps.gra import STAGES
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -30,31 +33,13 @@ PAPER = (
     "Synthesis* ([code](https://github.com/GX-XinGao/GRA))"
 )
 
-FUNNEL_STAGES: tuple[str, ...] = (
-    "candidates",
-    "generation_failed",
-    "instruction_rejected",
-    "response_failed",
-    "response_rejected",
-    "adjudicated",
-    "adjudication_kept",
-    "adjudication_discarded",
-    "duplicate",
-    "kept",
-)
-EXIT_STAGES: tuple[str, ...] = (
-    "generation_failed",
-    "instruction_rejected",
-    "response_failed",
-    "response_rejected",
-    "adjudication_discarded",
-    "duplicate",
-    "kept",
-)
+FUNNEL_STAGES: tuple[str, ...] = ("candidates", *STAGES, "adjudicated", "adjudication_kept", "kept")
+"""Rows of the per-round funnel: every drop stage, the adjudications, what was kept."""
+EXIT_STAGES: tuple[str, ...] = (*STAGES, "kept")
 _COLUMNS = [
-    "round", "status", "generator_model", "reviewer_models", "adjudicator_model", "review_mean",
-    "review_decision", "adjudication_score", "adjudication_kept", "instruction_reviews", "response_reviews",
-    "adjudication",
+    "round", "kept", "drop_stage", "generator_model", "reviewer_models", "adjudicator_model",
+    "review_mean", "review_decision", "adjudication_score", "adjudication_kept",
+    "instruction_reviews", "response_reviews", "adjudication",
 ]  # fmt: skip
 
 
@@ -70,10 +55,21 @@ def candidate_rows(datasets: Mapping[str, Dataset]) -> list[dict[str, Any]]:
     return rows
 
 
-def funnels(rows: list[dict[str, Any]]) -> dict[int, dict[str, int]]:
-    """Funnel counts per round (see :func:`synthalign.pipelines.gra.funnel`)."""
-    from synthalign.pipelines.gra import funnel
+def funnel(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Counts along GRA's funnel for one round's candidates, from the drop columns."""
+    dropped = Counter(r.get("drop_stage") for r in rows if r.get("kept") is False)
+    adjudicated = [r for r in rows if r.get("review_decision") == "adjudicate"]
+    return {
+        "candidates": len(rows),
+        **{stage: dropped[stage] for stage in STAGES},
+        "adjudicated": len(adjudicated),
+        "adjudication_kept": sum(1 for r in adjudicated if r.get("adjudication_kept")),
+        "kept": sum(1 for r in rows if r.get("kept") is True),
+    }
 
+
+def funnels(rows: list[dict[str, Any]]) -> dict[int, dict[str, int]]:
+    """Funnel counts per round (see :func:`funnel`)."""
     by_round: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_round[int(row["round"])].append(row)
@@ -113,7 +109,8 @@ def funnel_figure(per_round: Mapping[int, Mapping[str, int]]) -> bytes:
     labels = [f"round {r}" for r in rounds]
     for stage in EXIT_STAGES:
         values = [per_round[r].get(stage, 0) for r in rounds]
-        ax.bar(labels, values, bottom=bottom, label=stage.replace("_", " "))
+        label = "kept" if stage == "kept" else f"dropped at {stage.replace('_', ' ')}"
+        ax.bar(labels, values, bottom=bottom, label=label)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set_ylabel("candidates")
     ax.set_title("GRA funnel: where each round's candidates ended")
@@ -121,7 +118,7 @@ def funnel_figure(per_round: Mapping[int, Mapping[str, int]]) -> bytes:
     return figure_png(fig)
 
 
-def score_histogram(rows: list[dict[str, Any]], tau: float | None) -> bytes:
+def score_histogram(rows: list[dict[str, Any]], min_mean_score: float | None) -> bytes:
     """Committee means by decision, and adjudicator scores, on the 0-10 scale."""
     fig = new_figure(7.0, 4.0)
     ax = fig.add_subplot()
@@ -133,11 +130,18 @@ def score_histogram(rows: list[dict[str, Any]], tau: float | None) -> bytes:
             series["adjudicator"].append(row["adjudication_score"])
     if series:
         names = sorted(series)
-        ax.hist([series[n] for n in names], bins=20, range=(0, 10), label=names, histtype="barstacked")
+        ax.hist(
+            [series[n] for n in names], bins=20, range=(0, 10), label=names, histtype="barstacked"
+        )
     else:
         ax.text(0.5, 0.5, "no reviewed responses", ha="center", va="center", transform=ax.transAxes)
-    if tau is not None:
-        ax.axvline(tau, color="black", linestyle="--", label=f"tau {tau:g}")
+    if min_mean_score is not None:
+        ax.axvline(
+            min_mean_score,
+            color="black",
+            linestyle="--",
+            label=f"min_mean_score {min_mean_score:g}",
+        )
     ax.set_xlabel("score (0-10; reviewer score = mean of six dimensions)")
     ax.set_ylabel("candidates")
     ax.set_title("Review scores")
@@ -179,12 +183,18 @@ def role_figure(counts: Mapping[str, Mapping[str, int]]) -> bytes:
 
 def _pool_lines(recipe: Mapping[str, Any]) -> str:
     """One line per pool member: its recorded name, spec and decoding."""
+    generation = recipe.get("generation") or {}
     try:
-        from synthalign.pipelines.gra import GRARecipe, pool_members
-
-        members = pool_members(GRARecipe.model_validate(recipe))
-    except Exception:  # a record from another version: list what it says
-        return "\n".join(f"- `{p if isinstance(p, str) else p.get('spec')}`" for p in recipe.get("pool") or [])
+        members = pool_members(
+            recipe.get("pool") or [],
+            seed=int(recipe.get("seed", 0)),
+            temperature=generation.get("temperature", 0.2),
+            top_p=generation.get("top_p", 0.9),
+        )
+    except (KeyError, TypeError, ValueError):  # a record from another version: list what it says
+        return "\n".join(
+            f"- `{p if isinstance(p, str) else p.get('spec')}`" for p in recipe.get("pool") or []
+        )
     lines = []
     for m in members:
         decoding = ", ".join(f"{k} {v}" for k, v in m.generation_kwargs.items())
@@ -198,7 +208,16 @@ def _example(data: Dataset | None) -> str:
     row = data[0]
     shown = {
         k: row.get(k)
-        for k in ("messages", "domain", "keywords", "review_mean", "review_std", "review_decision", "response_reviews", "summary")
+        for k in (
+            "messages",
+            "domain",
+            "keywords",
+            "review_mean",
+            "review_std",
+            "review_decision",
+            "response_reviews",
+            "summary",
+        )
     }
     text = json.dumps(shown, indent=2, ensure_ascii=False)
     if len(text) > 3000:
@@ -206,65 +225,97 @@ def _example(data: Dataset | None) -> str:
     return f"\n## Example kept sample\n\n```json\n{text}\n```\n"
 
 
+def _funnel_label(stage: str) -> str:
+    if stage in STAGES:
+        return f"dropped at {stage.replace('_', ' ')}"
+    return stage.replace("_", " ")
+
+
+def _configs_table(datasets: Mapping[str, Dataset]) -> str:
+    def rows(name: str) -> int:
+        return len(datasets[name]) if name in datasets else 0
+
+    round_configs = sorted(
+        (c for c in datasets if c.startswith("round-")), key=lambda c: int(c.split("-")[1])
+    )
+    return markdown_table(
+        [
+            ["all", rows("all"), "every kept sample of every round (default; train on this)"],
+            *[[c, rows(c), f"kept samples of {c.replace('-', ' ')}"] for c in round_configs],
+            [
+                "rejected",
+                rows("rejected"),
+                "every other candidate, with `drop_stage` and `drop_reason`",
+            ],
+            ["seeds", rows("seeds"), "the seed pool with its domain, keywords and summary"],
+        ],
+        ["config", "rows", "what"],
+    )
+
+
 def build_card(datasets: Mapping[str, Dataset], info: Mapping[str, Any]) -> CardContent:
     """The card of a GRA folder (``synthalign generate gra`` or ``loop gra``)."""
     recipe = dict(info.get("recipe") or {})
-    tau, delta = recipe.get("tau"), recipe.get("delta")
+    min_mean, max_std = recipe.get("min_mean_score"), recipe.get("max_score_std")
     threshold = (recipe.get("dedup") or {}).get("threshold")
     rows = candidate_rows(datasets)
     per_round = funnels(rows)
     roles = role_counts(rows)
     figures = {
         "funnel.png": funnel_figure(per_round),
-        "score_histogram.png": score_histogram(rows, tau),
+        "score_histogram.png": score_histogram(rows, min_mean),
         "role_counts.png": role_figure(roles),
     }
     kept = len(datasets["all"]) if "all" in datasets else 0
-    round_configs = sorted((c for c in datasets if c.startswith("round-")), key=lambda c: int(c.split("-")[1]))
-    funnel_rows = [[stage, *(per_round[r].get(stage, 0) for r in per_round)] for stage in FUNNEL_STAGES]
+    funnel_rows = [
+        [_funnel_label(stage), *(per_round[r].get(stage, 0) for r in per_round)]
+        for stage in FUNNEL_STAGES
+    ]
+    funnel_table = (
+        markdown_table(funnel_rows, ["stage", *(f"round {r}" for r in per_round)])
+        if per_round
+        else "(no candidates)"
+    )
     role_columns = [c for c in ROLE_COLUMNS if any(c in r for r in roles.values())]
-    pool_lines = _pool_lines(recipe)
-    configs_table = markdown_table(
-        [
-            ["all", kept, "every kept sample of every round (default; train on this)"],
-            *[[c, len(datasets[c]), f"kept samples of {c.replace('-', ' ')}"] for c in round_configs],
-            ["rejected", len(datasets["rejected"]) if "rejected" in datasets else 0, "every other candidate, with `status` and `status_reason`"],
-            ["seeds", len(datasets["seeds"]) if "seeds" in datasets else 0, "the seed pool with its domain, keywords and summary"],
-        ],
-        ["config", "rows", "what"],
+    role_table = markdown_table(
+        [[m, *(c.get(k, 0) for k in role_columns)] for m, c in roles.items()],
+        ["model", *role_columns],
     )
     body = f"""# GRA synthetic SFT data
 
 Instruction-response pairs synthesized by a pool of small LLMs playing three roles
 ({PAPER}): for every sample a **Generator** (drawn from the pool) invents keywords from
 few-shot examples of one domain, writes an instruction and answers it; **Reviewers**
-({recipe.get("n_reviewers", "N")} per sample, drawn from the rest of the pool) first accept or reject the instruction
-(reasonableness, completeness, clarity: one "no" rejects), then score the response on
-six dimensions (correctness, clarity, completeness, relevance, coherence, ethicality,
-0-10); the committee accepts when its mean score is at least tau = **{tau}** and the
-standard deviation at most delta = **{delta}**, rejects below tau, and otherwise asks an
-**Adjudicator** (drawn from the models left), who keeps the sample iff its own score is
-at least tau. Kept samples are deduplicated in descending score order against the seed
-pool and earlier rounds (all-MiniLM-L6-v2, cosine < **{threshold}**) and get a summary so
-they can serve as examples in the next round.
+({recipe.get("n_reviewers", "N")} per sample, drawn from the rest of the pool) first accept or
+reject the instruction (reasonableness, completeness, clarity: one "no" rejects), then score the
+response on six dimensions (correctness, clarity, completeness, relevance, coherence, ethicality,
+0-10); the committee accepts when its mean score is at least `min_mean_score` = **{min_mean}**
+(the paper's tau) and the standard deviation at most `max_score_std` = **{max_std}** (delta),
+rejects below `min_mean_score`, and otherwise asks an **Adjudicator** (drawn from the models
+left), who keeps the sample iff its own score is at least `min_mean_score`. Kept samples are
+deduplicated in descending score order against the seed pool and earlier rounds
+(all-MiniLM-L6-v2, cosine < **{threshold}**) and get a summary so they can serve as examples
+in the next round.
 
 Train with `synthalign train sft --dataset THIS_DIR` (column `messages`).
 
 ## Configs
 
-{configs_table}
+{_configs_table(datasets)}
 ## Funnel per round
 
-{markdown_table(funnel_rows, ["stage", *(f"round {r}" for r in per_round)]) if per_round else "(no candidates)"}
+Every candidate, where it left (`drop_stage`) or whether it was kept (`kept`).
+
+{funnel_table}
 ![funnel](figures/funnel.png)
 
 ![review scores](figures/score_histogram.png)
 
 ## Pool models and their roles
 
-{pool_lines}
+{_pool_lines(recipe)}
 
-{markdown_table([[m, *(c.get(k, 0) for k in role_columns)] for m, c in roles.items()], ["model", *role_columns]) if roles else ""}
+{role_table if roles else ""}
 ![roles](figures/role_counts.png)
 
 ## Columns
@@ -272,22 +323,16 @@ Train with `synthalign train sft --dataset THIS_DIR` (column `messages`).
 - `messages`: the pair in TRL's conversational SFT format
 - `candidate_id`, `round`, `domain`, `keywords` (the Generator's new keywords), `examples` (the
   few-shot examples it saw), `summary` (metadata enrichment)
+- `kept`, `drop_stage`, `drop_reason`: whether the candidate was published, else where and why
+  it left
 - `generator_model`, `reviewer_models`, `adjudicator_model`, `enricher_model`: the drawn roles
 - `instruction_reviews`: per reviewer its yes/no verdicts; `response_reviews`: per reviewer its
   six scores, their mean and its feedback; an unusable review keeps its `error` and `raw` output
   and counts as an abstention
 - `review_mean`, `review_std` (population), `review_decision`, `review_reason`
 - `adjudication`, `adjudication_score`, `adjudication_reason`, `adjudication_kept`
-- `dedup_match`, `dedup_similarity`: the row a duplicate collided with (a kept sample's nearest
-  earlier neighbour)
-- `status`, `status_reason`: where a candidate left the funnel; `prompt_templates`: template name
-  and hash of every prompt used
-
-```python
-from datasets import load_dataset
-
-data = load_dataset("REPO_OR_DIR", "all", split="train")
-```
+- `dedup_match`, `dedup_similarity`: for a duplicate, the kept sample or pool row it collided with
+- `prompt_templates`: template name and hash of every prompt used
 {_example(datasets.get("all"))}"""
     metadata = base_metadata(
         "gra",

@@ -1,15 +1,16 @@
-"""The dataset card of an rDPO folder: what tau looks like, and what was dropped and why.
+"""The rDPO section of a dataset card: what tau looks like, and how the scores moved.
 
 A soft-label dataset is only as good as its labels, so the card shows the tau
 distribution (how many pairs the scorer is sure about, how many flip), the original
-vs revised scores (did self-critique help, by the scorer's judgement), counts per
-principle and the drop reasons, next to the usual sizes and versions.
+vs revised scores (did self-critique help, by the scorer's judgement) and counts per
+principle, next to the configs and versions. What was dropped and why is the shared
+frame's funnel (:mod:`synthalign.cards.frame`), built from the ``all`` config.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from synthalign.cards.base import (
@@ -44,7 +45,7 @@ def tau_histogram(taus: list[float]) -> bytes:
 def score_scatter(original: list[float], revised: list[float], kept: list[bool]) -> bytes:
     """Original vs revised score per row; integer (judge) scores get a small fixed jitter
     so that overlapping points stay countable."""
-    import numpy as np
+    import numpy as np  # heavy: numpy
 
     fig = new_figure(4.8, 4.6)
     ax = fig.add_subplot()
@@ -56,7 +57,9 @@ def score_scatter(original: list[float], revised: list[float], kept: list[bool])
     mask = np.asarray(kept, dtype=bool)
     ax.scatter(x[mask], y[mask], s=12, alpha=0.6, color="#4472c4", label="kept")
     if (~mask).any():
-        ax.scatter(x[~mask], y[~mask], s=12, alpha=0.6, color="#c0504d", marker="x", label="dropped")
+        ax.scatter(
+            x[~mask], y[~mask], s=12, alpha=0.6, color="#c0504d", marker="x", label="dropped"
+        )
     if len(x):
         lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
         ax.plot([lo, hi], [lo, hi], color="#999999", linestyle="--", linewidth=1)
@@ -67,101 +70,116 @@ def score_scatter(original: list[float], revised: list[float], kept: list[bool])
     return figure_png(fig)
 
 
-def _recipe_line(recipe: dict[str, Any]) -> str:
+INTRO = (
+    "Preference pairs for refined DPO ([arXiv 2402.08005](https://arxiv.org/abs/2402.08005)), "
+    "made with synthalign. A teacher answered each prompt, critiqued its answer against a stated "
+    "principle and revised it, in one conversation. An external scorer rated both responses and "
+    "`tau = sigmoid((score_chosen - score_rejected) / T)` is the probability that `chosen` is "
+    "preferred; the rDPO loss uses it as a per-example soft label."
+)
+TRAIN = (
+    "A config with 0 rows is not published (no row reached it). Train: `synthalign train rdpo "
+    "--config R.yaml --dataset REPO_OR_DIR` (rDPO), `synthalign train dpo` (hard-label DPO "
+    "baseline on `dpo`), or `synthalign train sft` with `dataset_config: sft` (SFT on the chosen "
+    "responses)."
+)
+
+
+def _recipe_line(recipe: Mapping[str, Any]) -> str:
     teacher = (recipe.get("teacher") or {}).get("llm", "?")
     scoring = recipe.get("scoring") or {}
-    kind = scoring.get("kind", "?")
-    if kind == "judge":
+    if scoring.get("kind") == "judge":
         scorer = f"LLM judge `{(scoring.get('judge') or {}).get('llm', '?')}`"
     else:
-        scorer = f"reward model `{(scoring.get('reward_model') or {}).get('model', 'builtin:tiny-reward')}`"
+        model = (scoring.get("reward_model") or {}).get("model", "builtin:tiny-reward")
+        scorer = f"reward model `{model}`"
     principle = (recipe.get("behaviour") or {}).get("principle", "?")
-    return f"Teacher `{teacher}`, principle `{principle}`, scored by {scorer}; chosen = `{recipe.get('chosen', 'revised')}`."
+    chosen = recipe.get("chosen", "revised")
+    return f"Teacher `{teacher}`, principle `{principle}`, scored by {scorer}; chosen = `{chosen}`."
 
 
-def build_card(datasets: dict[str, Dataset], info: dict[str, Any]) -> CardContent:
-    """Card for the ``rdpo``/``dpo``/``all`` configs written by ``synthalign generate rdpo``."""
+def _tau_section(taus: list[float]) -> str:
+    ordered = sorted(taus)
+
+    def quantile(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
+
+    stats = [
+        ["pairs", len(taus)],
+        ["mean tau", sum(taus) / len(taus)],
+        ["median tau", quantile(0.5)],
+        ["5% / 95%", f"{quantile(0.05):.3f} / {quantile(0.95):.3f}"],
+        ["pairs with tau < 0.5 (scorer prefers the rejected)", sum(t < 0.5 for t in taus)],
+        ["pairs with tau = 0.5 (tie)", sum(t == 0.5 for t in taus)],
+    ]
+    return "## tau\n\n![tau histogram](figures/tau_hist.png)\n\n" + markdown_table(
+        stats, ["statistic", "value"]
+    )
+
+
+def _scored_rows(everything: Dataset | None) -> list[tuple[float, float, bool]]:
+    """``(score_original, score_revised, kept)`` of every row both responses were scored on."""
+    if everything is None or not {"score_original", "score_revised"} <= set(
+        everything.column_names
+    ):
+        return []
+    kept = everything["kept"] if "kept" in everything.column_names else [True] * len(everything)
+    rows = zip(everything["score_original"], everything["score_revised"], kept, strict=True)
+    return [(float(o), float(r), bool(k)) for o, r, k in rows if o is not None and r is not None]
+
+
+def _scores_section(scored: list[tuple[float, float, bool]]) -> str:
+    original, revised = [o for o, _, _ in scored], [r for _, r, _ in scored]
+    better = sum(r > o for o, r in zip(original, revised, strict=True))
+    return (
+        "## Scores: original vs revised\n\n![score scatter](figures/scores_scatter.png)\n\n"
+        f"The scorer rates the revision higher in {better} of {len(scored)} scored rows "
+        f"(mean {sum(original) / len(original):.3g} -> {sum(revised) / len(revised):.3g}).\n"
+    )
+
+
+def _figures_and_sections(datasets: Mapping[str, Dataset]) -> tuple[dict[str, bytes], list[str]]:
+    """The tau, score and principle sections, each only when its data exists."""
     rdpo = datasets.get("rdpo")
-    everything = datasets.get("all")
-    n_pairs = len(rdpo) if rdpo is not None else 0
-    n_all = len(everything) if everything is not None else n_pairs
-    recipe = info.get("recipe") or {}
-
     figures: dict[str, bytes] = {}
     sections: list[str] = []
     taus = _floats(rdpo["tau"]) if rdpo is not None and "tau" in rdpo.column_names else []
     if taus:
         figures["tau_hist.png"] = tau_histogram(taus)
-        ordered = sorted(taus)
-        quantile = lambda q: ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]  # noqa: E731
-        stats = [
-            ["pairs", len(taus)],
-            ["mean tau", sum(taus) / len(taus)],
-            ["median tau", quantile(0.5)],
-            ["5% / 95%", f"{quantile(0.05):.3f} / {quantile(0.95):.3f}"],
-            ["pairs with tau < 0.5 (scorer prefers the rejected)", sum(t < 0.5 for t in taus)],
-            ["pairs with tau = 0.5 (tie)", sum(t == 0.5 for t in taus)],
-        ]
-        sections.append(
-            "## tau\n\n![tau histogram](figures/tau_hist.png)\n\n" + markdown_table(stats, ["statistic", "value"])
-        )
-
-    if everything is not None and {"score_original", "score_revised"} <= set(everything.column_names):
-        pairs = [
-            (float(o), float(r), bool(k))
-            for o, r, k in zip(
-                everything["score_original"],
-                everything["score_revised"],
-                everything["kept"] if "kept" in everything.column_names else [True] * n_all,
-                strict=True,
-            )
-            if o is not None and r is not None
-        ]
-        if pairs:
-            original, revised, kept = (list(t) for t in zip(*pairs, strict=True))
-            figures["scores_scatter.png"] = score_scatter(original, revised, kept)
-            better = sum(r > o for o, r in zip(original, revised, strict=True))
-            sections.append(
-                "## Scores: original vs revised\n\n![score scatter](figures/scores_scatter.png)\n\n"
-                f"The scorer rates the revision higher in {better} of {len(pairs)} scored rows "
-                f"(mean {sum(original) / len(original):.3g} -> {sum(revised) / len(revised):.3g}).\n"
-            )
-
-    if rdpo is not None and n_pairs and "principle" in rdpo.column_names:
+        sections.append(_tau_section(taus))
+    scored = _scored_rows(datasets.get("all"))
+    if scored:
+        original, revised, kept = (list(t) for t in zip(*scored, strict=True))
+        figures["scores_scatter.png"] = score_scatter(original, revised, kept)
+        sections.append(_scores_section(scored))
+    if rdpo is not None and len(rdpo) and "principle" in rdpo.column_names:
         sections.append("## Pairs per principle\n\n" + counts_table(rdpo, ["principle"]))
+    return figures, sections
 
-    if everything is not None and "drop_reason" in everything.column_names:
-        reasons = Counter(r for r in everything["drop_reason"] if r is not None)
-        if reasons:
-            rows = [[reason, count, f"{100.0 * count / max(n_all, 1):.1f}%"] for reason, count in reasons.most_common()]
-            sections.append(
-                "## Dropped rows\n\nRows that could not become a pair, by first failure (details in the `all` "
-                "config's `drop_detail`):\n\n" + markdown_table(rows, ["reason", "rows", "share of all rows"])
-            )
-        else:
-            sections.append("## Dropped rows\n\nNone: every generated row became a pair.\n")
 
-    config_rows = [[name, len(ds), _config_use(name)] for name, ds in datasets.items()]
+def build_card(datasets: Mapping[str, Dataset], info: Mapping[str, Any]) -> CardContent:
+    """The rDPO section of the card of a ``synthalign generate rdpo`` folder.
+
+    A config no row reached is not in ``datasets`` (it is not published); the configs
+    table lists it with 0 rows. The shared frame adds the funnel (from the ``all``
+    config's drop columns) and the usage snippet.
+    """
+    n_pairs = len(datasets.get("rdpo", ()))
+    figures, sections = _figures_and_sections(datasets)
+    config_rows = [[name, len(datasets.get(name, ())), use] for name, use in CONFIG_USE.items()]
     lib_versions = info.get("versions") or versions()
     body = "\n".join(
         [
             "# rDPO self-critique preference pairs",
             "",
-            "Preference pairs for refined DPO ([arXiv 2402.08005](https://arxiv.org/abs/2402.08005)), made with "
-            "synthalign. A teacher answered each prompt, critiqued its answer against a "
-            "stated principle and revised it, in one conversation. An external scorer rated both responses and "
-            "`tau = sigmoid((score_chosen - score_rejected) / T)` is the probability that `chosen` is preferred; "
-            "the rDPO loss uses it as a per-example soft label.",
+            INTRO,
             "",
-            _recipe_line(recipe),
+            _recipe_line(info.get("recipe") or {}),
             "",
             "## Configs",
             "",
             markdown_table(config_rows, ["config", "rows", "use"]),
-            "```python\nfrom datasets import load_dataset\n\npairs = load_dataset(REPO_OR_DIR, \"rdpo\", split=\"train\")\n```",
-            "",
-            "Train: `synthalign train rdpo --config R.yaml --dataset REPO_OR_DIR` (rDPO), `synthalign train dpo` "
-            "(hard-label DPO baseline on `dpo`), or `synthalign train sft` with `dataset_config: sft` (SFT on the chosen responses).",
+            TRAIN,
             "",
             *sections,
             "## Versions",
@@ -179,10 +197,9 @@ def build_card(datasets: dict[str, Dataset], info: dict[str, Any]) -> CardConten
     return CardContent(metadata=metadata, body=body + "\n", figures=figures)
 
 
-def _config_use(name: str) -> str:
-    return {
-        "rdpo": "prompt/chosen/rejected + tau: `synthalign train rdpo` (default)",
-        "dpo": "the same pairs without tau: `synthalign train dpo` baseline",
-        "sft": "prompt + chosen as `messages`: `synthalign train sft` baseline (dataset_config: sft)",
-        "all": "every row, failures included, with drop_reason",
-    }.get(name, "")
+CONFIG_USE: dict[str, str] = {
+    "rdpo": "prompt/chosen/rejected + tau: `synthalign train rdpo` (default)",
+    "dpo": "the same pairs without tau: `synthalign train dpo` baseline",
+    "sft": "prompt + chosen as `messages`: `synthalign train sft` baseline (dataset_config: sft)",
+    "all": "every row, failures included, with kept / drop_stage / drop_reason / drop_detail",
+}

@@ -1,109 +1,132 @@
-"""rDPO data: self-critique preference pairs scored into a soft label ``tau``.
+"""rDPO (arXiv 2402.08005; ``shared/seeds/003_*``) as a distilabel pipeline.
 
-Pipeline (arXiv 2402.08005, with the public code's one-conversation generation)::
+Shape (the public code's one-conversation generation)::
 
-    LoadSeeds -> AttachPrinciple -> SelfCritiqueRevision (teacher: answer, critique, revision)
-      -> ScoreWithJudge | ScoreWithRewardModel (both responses)
-      -> PairWithPreferenceProbability (tau, chosen/rejected, drop reasons)
-      -> SelectPreferencePairs "rdpo" | SelectPreferencePairs "dpo" | SelectSFTMessages "sft"
-         | SelectAllRows "all"
+    load_seeds ─► attach_principle ─► self_critique_revision (teacher: answer, critique, revision)
+        ─► score_with_judge | score_with_reward_model (both responses)
+        ─► pair_with_preference_probability (tau, chosen/rejected, drop columns)
+        ─► {rdpo, dpo, sft, all}
 
 Published configs (leaf steps of the pipeline, so a rerun of ``pipeline.yaml`` yields
-them too):
+them too; each declares its schema):
 
 - ``rdpo`` (default): ``prompt``, ``chosen``, ``rejected`` (TRL conversational lists),
   ``tau``, ``score_chosen``/``score_rejected`` (and original/revised), ``scorer``,
   ``critique``, ``principle`` and provenance. Train with ``synthalign train rdpo``.
 - ``dpo``: the same pairs without ``tau``, for the paper's DPO baseline
-  (``synthalign train dpo``); its ``chosen`` column also feeds an SFT baseline.
+  (``synthalign train dpo``).
 - ``sft``: the kept pairs as ``messages`` (prompt + chosen), the paper's SFT baseline
   (``synthalign train sft`` with ``dataset_config: sft``).
-- ``all``: every row, failures included, with ``drop_reason`` (what the card counts).
+- ``all``: every row, failures included, with ``kept`` / ``drop_stage`` /
+  ``drop_reason`` (the card's funnel) and ``drop_detail``.
+
+A config no row reached is not published (the card says it is empty).
 
 Chosen = the revision, by default: the paper treats the revised response as the
 intended preferred one and lets ``tau`` carry how much the external scorer agrees (a
 worse revision gets tau < 0.5, so the loss leans the other way). ``chosen:
 higher_score`` orders each pair by score instead.
+
+Nothing here runs: an rDPO run is one state of the method contract
+(:mod:`synthalign.contract`), and the driver (:mod:`synthalign.run`) checks, runs,
+writes, records and pushes it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, ClassVar, Literal
 
+from distilabel.pipeline import Pipeline
 from pydantic import Field, field_validator, model_validator
 
 import synthalign.offline  # noqa: F401  (no citation fetches)
-from synthalign.recipes import StageResources
+from synthalign.cards.rdpo import build_card
+from synthalign.contract import Method, State
 from synthalign.errors import RecipeError
-from synthalign.methods import Method
-from synthalign.recipes import Recipe, RecipePath, StrictModel
+from synthalign.llms import OpenAICompatLLM, SynthLLM, load_llm
+from synthalign.recipes import LLMRole, Recipe, RewardModel, SeedData, StrictModel
+from synthalign.steps.rdpo import (
+    PRINCIPLES,
+    AttachPrinciple,
+    PairWithPreferenceProbability,
+    SelectAllRows,
+    SelectPreferencePairs,
+    SelectSFTMessages,
+    SelfCritiqueRevision,
+    resolve_principle,
+)
+from synthalign.steps.scoring import JUDGE_SCALES, ScoreWithJudge, ScoreWithRewardModel
+from synthalign.steps.seeds import LoadSeeds, seed_rows
 
-if TYPE_CHECKING:
-    from datasets import Dataset
-    from distilabel.distiset import Distiset
-    from distilabel.pipeline import Pipeline
+CONFIGS: tuple[str, ...] = ("rdpo", "dpo", "sft", "all")
 
-CONFIGS = ("rdpo", "dpo", "sft", "all")
+# ------------------------------------------------------------------ recipe
 
 
-class SeedOptions(StrictModel):
+class PromptSeeds(SeedData):
     """Where the prompts come from. Persona seeds also carry the assigned persona."""
 
-    source: RecipePath = Field(description="JSONL/JSON/CSV/Parquet/TXT file (relative to the recipe) or Hub dataset id")
     prompt_column: str = "prompt"
     system_column: str | None = Field(
-        default=None, description="column with a system message (the assigned persona for 'persona')"
+        default=None,
+        description="column with a system message (the assigned persona for 'persona')",
     )
-    limit: int | None = Field(default=None, ge=1)
-    split: str = "train"
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.prompt_column, *([self.system_column] if self.system_column else [])]
+
+    def mappings(self) -> dict[str, str]:
+        """Seed columns renamed to the ``prompt`` / ``system`` the steps read."""
+        names = {self.prompt_column: "prompt", self.system_column: "system"}
+        return {column: name for column, name in names.items() if column and column != name}
 
 
-class TeacherOptions(StrictModel):
+class TeacherRole(LLMRole):
     """The teacher that answers, critiques and revises (the paper: Mixtral-8x7B)."""
 
-    llm: str = "vllm:mistralai/Mixtral-8x7B-Instruct-v0.1"
+    llm: str = Field(
+        default="vllm:mistralai/Mixtral-8x7B-Instruct-v0.1", description="LLM spec of the teacher"
+    )
     max_new_tokens: int = Field(default=512, ge=1)
-    temperature: float = Field(default=0.7, ge=0)
-    top_p: float = Field(default=0.95, gt=0, le=1)
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="backend options (vLLM: tensor_parallel_size...)")
-    resources: StageResources = Field(
-        default_factory=StageResources, description="replicas / GPUs of this LLM's step (see docs/perf-ray.md)"
+    batch_size: int = Field(
+        default=512,
+        ge=1,
+        description="rows per engine call; also the batch of the steps around the LLMs",
     )
     fold_system: bool = Field(
         default=False,
-        description="send the persona system message as the top of the first user turn (teachers whose chat template has no system role)",
+        description=(
+            "send the persona system message as the top of the first user turn "
+            "(teachers whose chat template has no system role)"
+        ),
     )
 
 
-class BehaviourOptions(StrictModel):
-    """Which principle the critique enforces: a preset or your own statement."""
+class JudgeRole(LLMRole):
+    """An LLM judge. Rubric and scale default to the principle's preset; decoding is
+    greedy by default (a verdict, not a sample)."""
 
-    principle: str = Field(default="safety", description="safety | persona | sycophancy, or a name for principle_text")
-    principle_text: str | None = Field(default=None, description="your own principle (overrides the preset's)")
-
-
-class JudgeOptions(StrictModel):
-    """An LLM judge. Rubric and scale default to the principle's preset."""
-
-    llm: str
-    rubric: str | None = None
-    scale: tuple[int, int] | None = Field(default=None, description="[min, max]; presets: 0/1, 0-5, -5..5")
-    scale_labels: str | None = None
+    llm: str = Field(description="LLM spec of the judge")
     max_new_tokens: int = Field(default=256, ge=16)
-    temperature: float = Field(default=0.0, ge=0)
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
-    resources: StageResources = Field(
-        default_factory=StageResources, description="replicas / GPUs of this LLM's step (see docs/perf-ray.md)"
+    temperature: float = Field(
+        default=0.0, ge=0, description="decoding temperature of the judge (0 = greedy)"
     )
+    batch_size: int = Field(default=512, ge=1, description="responses per engine call")
+    rubric: str | None = None
+    scale: tuple[int, int] | None = Field(
+        default=None, description="[min, max]; presets: 0/1, 0-5, -5..5"
+    )
+    scale_labels: str | None = None
 
     @field_validator("scale", mode="before")
     @classmethod
     def _named_scale(cls, value: Any) -> Any:
-        from synthalign.steps.scoring import JUDGE_SCALES
-
         if isinstance(value, str):
             if value not in JUDGE_SCALES:
-                raise ValueError(f"unknown scale {value!r}: use one of {list(JUDGE_SCALES)} or [min, max]")
+                raise ValueError(
+                    f"unknown scale {value!r}: use one of {list(JUDGE_SCALES)} or [min, max]"
+                )
             return JUDGE_SCALES[value]
         return value
 
@@ -115,36 +138,42 @@ class JudgeOptions(StrictModel):
         return value
 
 
-class RewardModelOptions(StrictModel):
-    """A transformers sequence-classification reward model (Skywork/ArmoRM-style)."""
+class BehaviourSection(StrictModel):
+    """Which principle the critique enforces: a preset or your own statement."""
 
-    model: str = "builtin:tiny-reward"
-    batch_size: int = Field(default=8, ge=1)
-    max_length: int | None = Field(default=None, ge=8)
-    padding_side: Literal["auto", "left", "right"] = "auto"
-    torch_dtype: str = "float32"
-    trust_remote_code: bool = False
+    principle: str = Field(
+        default="safety", description="safety | persona | sycophancy, or a name for principle_text"
+    )
+    principle_text: str | None = Field(
+        default=None, description="your own principle (overrides the preset's)"
+    )
 
 
-class ScoringOptions(StrictModel):
+class ScoringSection(StrictModel):
     """How both responses are scored, and how the scores become tau.
 
-    ``temperature`` (T in sigmoid((s_rev - s_orig) / T)) defaults by scorer: 1 for a
+    ``tau_temperature`` (T in sigmoid((s_rev - s_orig) / T)) defaults by scorer: 1 for a
     reward model (Bradley-Terry scores are already log-odds), and a quarter of the
     scale's range for a judge, so a full-scale jump gives tau = sigmoid(4) ~ 0.98 on
     any scale and one step of 0-5 about 0.69. The paper gives no value; this keeps the
     three judge scales comparable.
     """
 
+    renamed: ClassVar[dict[str, str]] = {"temperature": "tau_temperature"}
+
     kind: Literal["judge", "reward_model"] = "judge"
-    judge: JudgeOptions | None = None
-    reward_model: RewardModelOptions | None = None
-    temperature: float | None = Field(default=None, gt=0)
+    judge: JudgeRole | None = None
+    reward_model: RewardModel | None = None
+    tau_temperature: float | None = Field(
+        default=None,
+        gt=0,
+        description="T of tau = sigmoid(score gap / T); default: by scorer (see above)",
+    )
     clip: tuple[float, float] = (0.0, 1.0)
     tie: Literal["keep", "drop"] = "keep"
 
     @model_validator(mode="after")
-    def _check_kind(self) -> ScoringOptions:
+    def _check_kind(self) -> ScoringSection:
         if self.kind == "judge" and self.judge is None:
             raise ValueError("scoring.kind is 'judge' but scoring.judge (with llm) is missing")
         lo, hi = self.clip
@@ -154,33 +183,34 @@ class ScoringOptions(StrictModel):
 
 
 class RDPORecipe(Recipe):
-    """A ``synthalign generate rdpo`` run: seeds, teacher, principle, scorer, pairing."""
+    """A ``synthalign generate rdpo`` run: seed prompts, teacher, principle, scorer, pairing."""
+
+    renamed: ClassVar[dict[str, str]] = {
+        "seeds": "seed_data",
+        "input_batch_size": "teacher.batch_size",
+    }
 
     name: str = "rdpo"
-    seeds: SeedOptions
-    teacher: TeacherOptions = Field(default_factory=TeacherOptions)
-    behaviour: BehaviourOptions = Field(default_factory=BehaviourOptions)
-    scoring: ScoringOptions = Field(default_factory=lambda: ScoringOptions(kind="reward_model"))
+    seed_data: PromptSeeds
+    teacher: TeacherRole = Field(default_factory=TeacherRole)
+    behaviour: BehaviourSection = Field(default_factory=BehaviourSection)
+    scoring: ScoringSection = Field(default_factory=lambda: ScoringSection(kind="reward_model"))
     chosen: Literal["revised", "higher_score"] = "revised"
-    input_batch_size: int = Field(default=512, ge=1, description="rows per engine call; large keeps the engine busy")
 
     def llm_specs(self) -> list[str]:
-        specs = [self.teacher.llm]
-        if self.scoring.kind == "judge" and self.scoring.judge is not None:
-            specs.append(self.scoring.judge.llm)
-        return specs
+        judge = self.scoring.judge if self.scoring.kind == "judge" else None
+        return [self.teacher.llm, *([judge.llm] if judge else [])]
 
     def judge_settings(self) -> tuple[str, tuple[int, int], str | None]:
         """Rubric, scale and scale labels: the recipe's, else the principle preset's."""
-        from synthalign.steps.rdpo import PRINCIPLES
-
         judge = self.scoring.judge
         preset = PRINCIPLES.get(self.behaviour.principle)
         rubric = (judge.rubric if judge else None) or (preset.rubric if preset else None)
         scale = (judge.scale if judge else None) or (preset.scale if preset else None)
         if rubric is None or scale is None:
             raise RecipeError(
-                f"principle {self.behaviour.principle!r} has no preset rubric/scale: set scoring.judge.rubric and scoring.judge.scale"
+                f"principle {self.behaviour.principle!r} has no preset rubric/scale: "
+                "set scoring.judge.rubric and scoring.judge.scale"
             )
         labels = judge.scale_labels if judge else None
         if labels is None and preset is not None and scale == preset.scale:
@@ -188,201 +218,179 @@ class RDPORecipe(Recipe):
         return rubric, scale, labels
 
     def tau_temperature(self) -> float:
-        if self.scoring.temperature is not None:
-            return self.scoring.temperature
+        """The T the run uses: ``scoring.tau_temperature``, else the scorer's default."""
+        if self.scoring.tau_temperature is not None:
+            return self.scoring.tau_temperature
         if self.scoring.kind == "reward_model":
             return 1.0
         lo, hi = self.judge_settings()[1]
         return (hi - lo) / 4.0
 
+    def reward_model(self) -> RewardModel:
+        return self.scoring.reward_model or RewardModel()
+
 
 def preflight(recipe: RDPORecipe) -> None:
     """Seeds readable with the named columns, principle known, judge settings complete."""
-    from synthalign.steps.rdpo import resolve_principle
-    from synthalign.steps.seeds import read_seed_rows
-
     try:
         resolve_principle(recipe.behaviour.principle, recipe.behaviour.principle_text)
     except ValueError as exc:
         raise RecipeError(f"behaviour.principle: {exc}") from None
     if recipe.scoring.kind == "judge":
         recipe.judge_settings()
-    columns = [recipe.seeds.prompt_column] + ([recipe.seeds.system_column] if recipe.seeds.system_column else [])
-    read_seed_rows(
-        recipe.seeds.source, columns, types=dict.fromkeys(columns, str), limit=recipe.seeds.limit, split=recipe.seeds.split
-    )
+    columns = recipe.seed_data.columns
+    seed_rows(recipe.seed_data, columns, types=dict.fromkeys(columns, str))
 
 
-def build_pipeline(config: RDPORecipe) -> Pipeline:
-    """The distilabel pipeline for a recipe (see the module docstring for its shape)."""
-    from distilabel.pipeline import Pipeline
-
-    from synthalign.llms import load_llm
-    from synthalign.steps.rdpo import (
-        AttachPrinciple,
-        PairWithPreferenceProbability,
-        SelectAllRows,
-        SelectPreferencePairs,
-        SelectSFTMessages,
-        SelfCritiqueRevision,
-    )
-    from synthalign.steps.scoring import ScoreWithJudge, ScoreWithRewardModel
-    from synthalign.steps.seeds import LoadSeeds
-
-    seeds = config.seeds
-    system = "system" if seeds.system_column else None
-    columns = [seeds.prompt_column] + ([seeds.system_column] if seeds.system_column else [])
-    mappings = {seeds.prompt_column: "prompt"} if seeds.prompt_column != "prompt" else {}
-    if seeds.system_column and seeds.system_column != "system":
-        mappings[seeds.system_column] = "system"
-    teacher = config.teacher
-    generation: dict[str, Any] = {
-        "teacher": teacher.llm,
-        "teacher_kwargs": {"max_new_tokens": teacher.max_new_tokens, "temperature": teacher.temperature, "top_p": teacher.top_p, "seed": config.seed},
-        "tau_temperature": config.tau_temperature(),
-        "clip": list(config.scoring.clip),
-        "tie": config.scoring.tie,
-        "chosen": config.chosen,
-    }
-
-    with Pipeline(name=config.name, description="rDPO self-critique preference pairs", cache_dir=config.cache_dir) as pipeline:
-        load = LoadSeeds(
-            name="load_seeds",
-            source=seeds.source,
-            columns=columns,
-            limit=seeds.limit,
-            split=seeds.split,
-            output_mappings=mappings,
-            batch_size=config.input_batch_size,
-        )
-        attach = AttachPrinciple(
-            name="attach_principle",
-            principle=config.behaviour.principle,
-            principle_text=config.behaviour.principle_text,
-            input_batch_size=config.input_batch_size,
-        )
-        converse = SelfCritiqueRevision(
-            name="self_critique_revision",
-            llm=load_llm(
-                teacher.llm,
-                max_new_tokens=teacher.max_new_tokens,
-                temperature=teacher.temperature,
-                top_p=teacher.top_p,
-                seed=config.seed,
-                engine_kwargs=teacher.engine_kwargs,
-            ),
-            system_column=system,
-            fold_system=teacher.fold_system,
-            input_batch_size=config.input_batch_size,
-            resources=teacher.resources.step_resources(),
-        )
-        judge_prefixes: list[str] = []
-        if config.scoring.kind == "reward_model":
-            rm = config.scoring.reward_model or RewardModelOptions()
-            score = ScoreWithRewardModel(
-                name="score_with_reward_model",
-                model=rm.model,
-                system_column=system,
-                scoring_batch_size=rm.batch_size,
-                max_length=rm.max_length,
-                padding_side=rm.padding_side,
-                torch_dtype=rm.torch_dtype,
-                trust_remote_code=rm.trust_remote_code,
-                input_batch_size=config.input_batch_size,
-            )
-            generation["scorer"] = {"kind": "reward_model", "model": rm.model}
-        else:
-            judge = config.scoring.judge
-            assert judge is not None
-            rubric, (lo, hi), labels = config.judge_settings()
-            score = ScoreWithJudge(
-                name="score_with_judge",
-                llm=load_llm(
-                    judge.llm,
-                    max_new_tokens=judge.max_new_tokens,
-                    temperature=judge.temperature,
-                    seed=config.seed,
-                    engine_kwargs=judge.engine_kwargs,
-                ),
-                rubric=rubric,
-                scale_min=lo,
-                scale_max=hi,
-                scale_labels=labels,
-                system_column=system,
-                input_batch_size=config.input_batch_size,
-                resources=judge.resources.step_resources(),
-            )
-            judge_prefixes = [score.prefix_for(c) for c in score.resolved_score_columns]
-            generation["scorer"] = {"kind": "judge", "llm": judge.llm, "scale": [lo, hi], "max_new_tokens": judge.max_new_tokens, "temperature": judge.temperature}
-        pair = PairWithPreferenceProbability(
-            name="pair_with_preference_probability",
-            chosen=config.chosen,
-            temperature=config.tau_temperature(),
-            clip=list(config.scoring.clip),
-            tie=config.scoring.tie,
-            system_column=system,
-            judge_prefixes=judge_prefixes,
-            generation=generation,
-            input_batch_size=config.input_batch_size,
-        )
-        judge_columns = [f"{p}_{suffix}" for p in judge_prefixes for suffix in ("model", "prompt", "rationale")]
-        rdpo = SelectPreferencePairs(name="rdpo", with_tau=True, extra_columns=judge_columns, input_batch_size=config.input_batch_size)
-        dpo = SelectPreferencePairs(name="dpo", with_tau=False, extra_columns=judge_columns, input_batch_size=config.input_batch_size)
-        sft = SelectSFTMessages(name="sft", input_batch_size=config.input_batch_size)
-        everything = SelectAllRows(name="all", input_batch_size=config.input_batch_size)
-        load >> attach >> converse >> score >> pair >> [rdpo, dpo, sft, everything]
-    return pipeline
-
-
-def to_datasets(distiset: Distiset, config: RDPORecipe) -> dict[str, Dataset]:
-    """The three published configs from the pipeline's leaf steps (empty when nothing survived)."""
-    from datasets import Dataset
-
-    from synthalign.steps.rdpo import RDPO_COLUMNS
-
-    out: dict[str, Dataset] = {}
-    for name in CONFIGS:
-        data = distiset[name]["train"] if name in distiset else None
-        if data is None or len(data) == 0:
-            columns = {
-                "rdpo": RDPO_COLUMNS,
-                "dpo": [c for c in RDPO_COLUMNS if c != "tau"],
-                "sft": ["messages", "principle"],
-                "all": ["prompt", "drop_reason", "kept"],
-            }[name]
-            data = Dataset.from_dict({c: [] for c in columns})
-        if "distilabel_metadata" in data.column_names:
-            data = data.remove_columns("distilabel_metadata")
-        out[name] = data
-    return out
-
-
-def override_llms(config: RDPORecipe, llms: list[str]) -> RDPORecipe:
+def override_llms(recipe: RDPORecipe, llms: list[str]) -> RDPORecipe:
     """``--llm TEACHER [JUDGE]``: one spec serves as teacher (and judge, when judging)."""
     if len(llms) > 2:
         raise RecipeError("rdpo takes at most two --llm specs: the teacher, then the judge")
-    data = config.model_dump()
-    data["teacher"]["llm"] = llms[0]
-    if config.scoring.kind == "judge":
-        data["scoring"]["judge"]["llm"] = llms[-1]
-    elif len(llms) == 2:
+    if recipe.scoring.kind != "judge" and len(llms) == 2:
         raise RecipeError("a second --llm is the judge, but this recipe scores with a reward model")
-    return RDPORecipe.model_validate(data)
+    teacher = recipe.teacher.model_copy(update={"llm": llms[0]})
+    scoring = recipe.scoring
+    if scoring.judge is not None and scoring.kind == "judge":
+        scoring = scoring.model_copy(
+            update={"judge": scoring.judge.model_copy(update={"llm": llms[-1]})}
+        )
+    return recipe.model_copy(update={"teacher": teacher, "scoring": scoring})
 
 
-def _build_card(datasets: dict[str, Dataset], info: dict[str, Any]) -> Any:
-    from synthalign.cards.rdpo import build_card
+# ------------------------------------------------------------------ pipeline
 
-    return build_card(datasets, info)
+
+def role_llm(role: LLMRole, seed: int) -> SynthLLM:
+    """A role's LLM with its decoding; the role's own ``api_key`` reaches its ``openai:``
+    server (the driver gives the recipe's key to every openai: LLM still without one)."""
+    llm = load_llm(role.spec(None), engine_kwargs=role.engine_kwargs, **role.decoding(seed))
+    if role.api_key is not None and isinstance(llm, OpenAICompatLLM):
+        llm.api_key = role.api_key
+    return llm
+
+
+def scorer_record(recipe: RDPORecipe) -> dict[str, Any]:
+    """Which scorer made the scores, as each row's ``generation`` records it."""
+    if recipe.scoring.kind == "reward_model":
+        return {"kind": "reward_model", "model": recipe.reward_model().model}
+    judge = recipe.scoring.judge
+    assert judge is not None  # the recipe validates it
+    scale = list(recipe.judge_settings()[1])
+    return {
+        "kind": "judge",
+        "llm": judge.llm,
+        "scale": scale,
+        "max_new_tokens": judge.max_new_tokens,
+        "temperature": judge.temperature,
+    }
+
+
+def generation_record(recipe: RDPORecipe) -> dict[str, Any]:
+    """Models and settings of the run, written into every row (``generation``)."""
+    return {
+        "teacher": recipe.teacher.llm,
+        "teacher_kwargs": recipe.teacher.decoding(recipe.seed),
+        "tau_temperature": recipe.tau_temperature(),
+        "clip": list(recipe.scoring.clip),
+        "tie": recipe.scoring.tie,
+        "chosen": recipe.chosen,
+        "scorer": scorer_record(recipe),
+    }
+
+
+def score_step(recipe: RDPORecipe, system: str | None) -> ScoreWithJudge | ScoreWithRewardModel:
+    """The scorer of both responses: the recipe's reward model or LLM judge."""
+    if recipe.scoring.kind == "reward_model":
+        return ScoreWithRewardModel.from_reward_model(
+            recipe.reward_model(),
+            name="score_with_reward_model",
+            system_column=system,
+            input_batch_size=recipe.teacher.batch_size,
+        )
+    judge = recipe.scoring.judge
+    assert judge is not None  # the recipe validates it
+    rubric, (lo, hi), labels = recipe.judge_settings()
+    return ScoreWithJudge(
+        name="score_with_judge",
+        llm=role_llm(judge, recipe.seed),
+        rubric=rubric,
+        scale_min=lo,
+        scale_max=hi,
+        scale_labels=labels,
+        system_column=system,
+        input_batch_size=judge.batch_size,
+        resources=judge.resources.step_resources(),
+    )
+
+
+def build_pipeline(recipe: RDPORecipe, state: State | None = None) -> Pipeline:
+    """The distilabel pipeline for a recipe (see the module docstring for its shape)."""
+    seeds, teacher = recipe.seed_data, recipe.teacher
+    system = "system" if seeds.system_column else None
+    batch = teacher.batch_size
+    with Pipeline(
+        name=recipe.name,
+        description="rDPO self-critique preference pairs",
+        cache_dir=recipe.cache_dir,
+    ) as pipeline:
+        load = LoadSeeds.from_seed_data(
+            seeds,
+            seeds.columns,
+            name="load_seeds",
+            output_mappings=seeds.mappings(),
+            batch_size=batch,
+        )
+        attach = AttachPrinciple(
+            name="attach_principle",
+            principle=recipe.behaviour.principle,
+            principle_text=recipe.behaviour.principle_text,
+            input_batch_size=batch,
+        )
+        converse = SelfCritiqueRevision(
+            name="self_critique_revision",
+            llm=role_llm(teacher, recipe.seed),
+            system_column=system,
+            fold_system=teacher.fold_system,
+            input_batch_size=batch,
+            resources=teacher.resources.step_resources(),
+        )
+        score = score_step(recipe, system)
+        judged = score.prefixes if isinstance(score, ScoreWithJudge) else []
+        pair = PairWithPreferenceProbability(
+            name="pair_with_preference_probability",
+            chosen=recipe.chosen,
+            tau_temperature=recipe.tau_temperature(),
+            clip=list(recipe.scoring.clip),
+            tie=recipe.scoring.tie,
+            system_column=system,
+            judge_prefixes=judged,
+            generation=generation_record(recipe),
+            input_batch_size=batch,
+        )
+        leaves = [
+            SelectPreferencePairs(
+                name="rdpo", with_tau=True, judge_prefixes=judged, input_batch_size=batch
+            ),
+            SelectPreferencePairs(
+                name="dpo", with_tau=False, judge_prefixes=judged, input_batch_size=batch
+            ),
+            SelectSFTMessages(name="sft", input_batch_size=batch),
+            SelectAllRows(
+                name="all", system_column=system, judge_prefixes=judged, input_batch_size=batch
+            ),
+        ]
+        load >> attach >> converse >> score >> pair >> leaves
+    return pipeline
 
 
 METHOD = Method(
     name="rdpo",
     recipe_cls=RDPORecipe,
     build_pipeline=build_pipeline,
-    to_datasets=to_datasets,
-    build_card=_build_card,
+    configs=lambda recipe, state: list(CONFIGS),
     default_config="rdpo",
+    card_section=build_card,
     override_llms=override_llms,
     preflight=preflight,
+    funnel_configs=("all",),
 )

@@ -8,6 +8,10 @@ score is the mean of its six, and the committee looks at the mean ``mu`` and the
 - accept if ``mu >= tau`` and ``sigma <= delta``;
 - adjudicate otherwise (the Reviewers agree it is good on average but disagree).
 
+The paper's ``tau`` and ``delta`` are the recipe's ``min_mean_score`` and
+``max_score_std`` (``min_mean`` / ``max_std`` here); recorded reasons use the recipe's
+names, since ``tau`` means rDPO's soft label elsewhere in synthalign.
+
 The paper's Case 1 (reviewers ``[9,10,10,10,10,10]``, ``[9,9,10,10,10,10]``,
 ``[6,4,5,4,5,3]``) has ``mu = 8.0`` and ``sigma = 2.4758``: that figure is the
 population deviation, so that is what we use.
@@ -15,7 +19,7 @@ population deviation, so that is what we use.
 Comparisons are exact. Scores are small integers, and a mean such as ``49/6`` is not
 representable in binary floating point, so ``mean >= 8`` computed in floats can fail
 for a committee whose exact mean is 8. We compare with :class:`fractions.Fraction`
-and test ``variance <= delta**2`` instead of taking a square root, so a committee
+and test ``variance <= max_std**2`` instead of taking a square root, so a committee
 sitting exactly on a threshold always lands on the side the paper's inequalities say.
 
 A review that could not be parsed is an *abstention*: it neither supports nor sinks
@@ -89,8 +93,9 @@ def committee_decision(
 ) -> Decision:
     """GRA's committee rule on one list of dimension scores per reviewer.
 
-    ``reject`` if the mean reviewer score is below ``min_mean`` (tau); ``accept`` if it
-    is at least ``min_mean`` and the population std is at most ``max_std`` (delta);
+    ``reject`` if the mean reviewer score is below ``min_mean`` (the paper's tau);
+    ``accept`` if it is at least ``min_mean`` and the population std is at most
+    ``max_std`` (the paper's delta);
     ``adjudicate`` otherwise. Boundaries are compared exactly (see the module docs).
     """
     if max_std < 0:
@@ -140,12 +145,13 @@ def committee_verdict(
         )
     decision = committee_decision(valid, min_mean=min_mean, max_std=max_std)
     mean, std = committee_stats(valid)
+    spread = f"max_score_std {max_std:g}"
     if decision == "reject":
-        reason = f"mean {mean:.4g} < tau {min_mean:g}"
+        reason = f"mean {mean:.4g} < min_mean_score {min_mean:g}"
     elif decision == "accept":
-        reason = f"mean {mean:.4g} >= tau {min_mean:g} and std {std:.4g} <= delta {max_std:g}"
+        reason = f"mean {mean:.4g} >= min_mean_score {min_mean:g} and std {std:.4g} <= {spread}"
     else:
-        reason = f"mean {mean:.4g} >= tau {min_mean:g} but std {std:.4g} > delta {max_std:g}"
+        reason = f"mean {mean:.4g} >= min_mean_score {min_mean:g} but std {std:.4g} > {spread}"
     return CommitteeVerdict(
         decision=decision,
         mean=mean,
@@ -156,8 +162,10 @@ def committee_verdict(
     )
 
 
-def adjudication_passes(dimension_scores: Sequence[float], min_mean: float = DEFAULT_MIN_MEAN) -> bool:
-    """The Adjudicator keeps a sample iff its own score (mean of six) is >= tau."""
+def adjudication_passes(
+    dimension_scores: Sequence[float], min_mean: float = DEFAULT_MIN_MEAN
+) -> bool:
+    """The Adjudicator keeps a sample iff its own score (mean of six) is >= ``min_mean``."""
     return reviewer_score(dimension_scores) >= _exact(min_mean)
 
 

@@ -23,6 +23,8 @@ import numpy as np
 from distilabel.steps import Step, StepInput
 from pydantic import Field, PrivateAttr
 
+from synthalign.models import resolve_model
+
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
 
@@ -34,7 +36,7 @@ BACKEND_NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
     "onnx": (("onnxruntime", "optimum"), "sentence-transformers[onnx]"),
     "openvino": (("openvino", "optimum"), "sentence-transformers[openvino]"),
 }
-"""Per backend: the modules sentence-transformers imports for it, and the pip extra that brings them."""
+"""Per backend: the modules sentence-transformers imports for it, and the pip extra with them."""
 
 
 def check_backend(backend: str) -> None:
@@ -45,7 +47,9 @@ def check_backend(backend: str) -> None:
     extra to install before any generation has run.
     """
     if backend not in BACKEND_NEEDS:
-        raise ValueError(f"unknown embedding backend {backend!r}: use one of {', '.join(BACKEND_NEEDS)}")
+        raise ValueError(
+            f"unknown embedding backend {backend!r}: use one of {', '.join(BACKEND_NEEDS)}"
+        )
     modules, extra = BACKEND_NEEDS[backend]
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
@@ -60,9 +64,7 @@ def load_sentence_model(model: str, device: str | None = None, backend: str = "t
     ``backend``: ``torch`` (default), ``onnx`` or ``openvino`` (see :func:`check_backend`).
     """
     check_backend(backend)
-    from sentence_transformers import SentenceTransformer
-
-    from synthalign.models import resolve_model
+    from sentence_transformers import SentenceTransformer  # heavy: torch, only where a step embeds
 
     return SentenceTransformer(resolve_model(model), device=device, backend=backend)
 
@@ -79,7 +81,10 @@ def embed_texts(
     (only to measure what sorting buys; see ``benchmarks/embed_throughput.py``).
     """
     if not texts:
-        size = getattr(encoder, "get_embedding_dimension", None) or encoder.get_sentence_embedding_dimension
+        size = (
+            getattr(encoder, "get_embedding_dimension", None)
+            or encoder.get_sentence_embedding_dimension
+        )
         dim = size() or 0
         return np.zeros((0, dim), dtype=np.float32)
     if sort_by_length:
@@ -113,18 +118,23 @@ class EmbedTexts(Step):
     model: str = Field(default=DEFAULT_EMBEDDING_MODEL, description="sentence-transformers model")
     text_columns: list[str] = Field(default_factory=lambda: ["instruction", "response"])
     output_column: str = "embedding"
-    where: dict[str, Any] | None = Field(default=None, description="only embed rows with these column values")
+    where: dict[str, Any] | None = Field(
+        default=None, description="only embed rows with these column values"
+    )
     encode_batch_size: int = Field(default=64, ge=1, description="texts per encoder forward pass")
-    device: str | None = Field(default=None, description="torch device (default: cuda if available)")
-    backend: Backend = Field(default="torch", description="sentence-transformers backend: torch, onnx or openvino")
+    device: str | None = Field(
+        default=None, description="torch device (default: cuda if available)"
+    )
+    backend: Backend = Field(
+        default="torch", description="sentence-transformers backend: torch, onnx or openvino"
+    )
 
     _encoder: Any = PrivateAttr(default=None)
 
     def model_post_init(self, __context: Any) -> None:
         super().model_post_init(__context)
         check_backend(self.backend)  # at pipeline build time, not in the worker
-        # imported once in the parent process, so the forked step worker need not
-        import sentence_transformers  # noqa: F401
+        import sentence_transformers  # noqa: F401  # heavy: once in the parent, so forked workers need not
 
     @property
     def inputs(self) -> "StepColumns":

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from synthalign.errors import SeedDataError
+from synthalign.steps.seeds import LOCAL_SUFFIXES, read_seed_rows
 
 __all__ = [
     "KeywordExtractor",
@@ -63,7 +64,7 @@ _SENTENCE_END = re.compile(r"[.!?:;]['\")\]]*$|\n")
 @cache
 def stopwords(language: str = "en") -> frozenset[str]:
     """YAKE's stopword list for ``language`` (lower-case)."""
-    import yake
+    import yake  # heavy: yake (loads its stopword lists)
 
     return frozenset(w.lower() for w in yake.KeywordExtractor(lan=language).stopword_set)
 
@@ -71,7 +72,9 @@ def stopwords(language: str = "en") -> frozenset[str]:
 @cache
 def first_names() -> frozenset[str]:
     """Lower-cased first names from ``gender-guesser``'s bundled name dictionary."""
-    from gender_guesser.detector import Detector
+    from gender_guesser.detector import (
+        Detector,
+    )  # heavy: gender_guesser (reads its name dictionary)
 
     names = Detector(case_sensitive=False).names
     return frozenset(n.lower() for n in names if len(n) > 1)
@@ -111,7 +114,9 @@ def name_words(text: str, names: frozenset[str] | None = None) -> set[str]:
             j += 1
         run = tokens[i:j]
         if len(run) > 1 and run[0][1] and run[0][0].lower() not in names:
-            run = run[1:]  # "Yesterday Will Turner": the sentence's first word is not part of the name
+            run = run[
+                1:
+            ]  # "Yesterday Will Turner": the sentence's first word is not part of the name
         is_name = False
         for k, (word, sentence_start) in enumerate(run):
             if word.lower() in names and (not sentence_start or len(run) > 1 or k > 0):
@@ -142,9 +147,11 @@ class KeywordExtractor:
 
     def _extractor(self) -> Any:
         if self._yake is None:
-            import yake
+            import yake  # heavy: yake
 
-            self._yake = yake.KeywordExtractor(lan=self.language, n=self.max_ngram, top=self.top, dedup_lim=0.7)
+            self._yake = yake.KeywordExtractor(
+                lan=self.language, n=self.max_ngram, top=self.top, dedup_lim=0.7
+            )
         return self._yake
 
     def reject_reason(self, keyword: str, names_in_text: set[str]) -> str | None:
@@ -187,7 +194,8 @@ class KeywordExtractor:
 def _normalize_case(keyword: str, mid_sentence_caps: set[str]) -> str:
     """Lower-case words that are capitalized only because they start a sentence."""
     return " ".join(
-        w if (w.isupper() and len(w) > 1) or w in mid_sentence_caps else w.lower() for w in keyword.split()
+        w if (w.isupper() and len(w) > 1) or w in mid_sentence_caps else w.lower()
+        for w in keyword.split()
     )
 
 
@@ -304,8 +312,6 @@ def read_paragraphs(
     ``text_column``. A Hub corpus (RefinedWeb is ~600M pages) is streamed, shuffled with
     a buffer under ``seed``, and cut at ``max_documents`` pages.
     """
-    from synthalign.steps.seeds import LOCAL_SUFFIXES, read_seed_rows
-
     path = Path(source).expanduser()
     if path.suffix.lower() in LOCAL_SUFFIXES or path.exists() or source.startswith((".", "/", "~")):
         rows = read_seed_rows(source, [text_column], limit=max_documents)
@@ -327,12 +333,16 @@ def read_paragraphs(
 def _stream_documents(
     source: str, column: str, split: str, config: str | None, limit: int | None, seed: int
 ) -> Iterator[Any]:
-    from datasets import load_dataset
+    from datasets import load_dataset  # heavy: datasets (Hub corpora only)
 
     try:
-        stream = load_dataset(source, config, split=split, streaming=True).shuffle(seed=seed, buffer_size=10_000)
+        stream = load_dataset(source, config, split=split, streaming=True).shuffle(
+            seed=seed, buffer_size=10_000
+        )
     except Exception as exc:
-        raise SeedDataError(f"cannot stream corpus {source!r}: {str(exc).splitlines()[0]}") from None
+        raise SeedDataError(
+            f"cannot stream corpus {source!r}: {str(exc).splitlines()[0]}"
+        ) from None
     for n, row in enumerate(stream):
         if limit is not None and n >= limit:
             return
@@ -369,8 +379,10 @@ def sample_keyword_lists(
     first (a loop passes what earlier iterations consumed, so iterations do not reuse
     paragraphs). A list with a stopword or a personal name is excluded (Appendix C.1);
     extraction already drops such keywords, so this is a second check on the list.
-    Returns rows (``keywords``, ``paragraph_index``, ``paragraph``) and statistics;
-    ``stats.paragraphs_seen`` is what the next call should add to ``skip``.
+    Returns rows (``keywords``, ``paragraph_index``, ``paragraph_position``: the
+    paragraph's place in the seeded order, ``paragraph``) and statistics; the next call
+    passes ``skip`` = the last list's ``paragraph_position`` + 1 (or ``skip`` +
+    ``stats.paragraphs_seen``, the same when ``n`` lists were found).
     """
     extractor = extractor or KeywordExtractor()
     order = list(range(len(paragraphs)))
@@ -378,10 +390,11 @@ def sample_keyword_lists(
     rng = random.Random(f"{seed}:{skip}")
     stats = KeywordSampleStats()
     rows: list[dict[str, Any]] = []
-    for index in order[skip:]:
+    for position in range(skip, len(order)):
         if len(rows) >= n:
             break
         stats.paragraphs_seen += 1
+        index = order[position]
         text = paragraphs[index]
         keywords = extractor.extract(text)
         if len(keywords) < per_list:
@@ -398,13 +411,22 @@ def sample_keyword_lists(
         if reason == "personal name":
             stats.excluded_name += 1
             continue
-        rows.append({"keywords": picked, "paragraph_index": index, "paragraph": text})
+        rows.append(
+            {
+                "keywords": picked,
+                "paragraph_index": index,
+                "paragraph_position": position,
+                "paragraph": text,
+            }
+        )
     stats.lists = len(rows)
     stats.exhausted = len(rows) < n
     return rows, stats
 
 
-def keyword_list_reject_reason(keywords: Sequence[str], text: str = "", language: str = "en") -> str | None:
+def keyword_list_reject_reason(
+    keywords: Sequence[str], text: str = "", language: str = "en"
+) -> str | None:
     """``"stopword"`` / ``"personal name"`` when the list must be excluded, else None.
 
     Without ``text`` only capitalized first names count as names (no context to see a

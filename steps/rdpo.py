@@ -1,4 +1,4 @@
-"""rDPO's self-critique steps: answer, critique against a principle, revise, pair.
+"""rDPO's self-critique steps: answer, critique against a principle, revise, pair, publish.
 
 The rDPO paper builds preference pairs without human labels: a teacher answers a
 prompt, is asked to critique that answer against a stated principle, and then to
@@ -8,28 +8,38 @@ the revision sees both. :class:`SelfCritiqueRevision` runs the three turns with 
 teacher engine, each turn one batched call.
 
 :class:`PairWithPreferenceProbability` then turns a scored row into a soft preference
-pair (``prompt``/``chosen``/``rejected`` + ``tau``) or a counted drop reason, and the
-``Select*`` leaf steps publish the dataset's configs from inside the pipeline (so
-``distilabel pipeline run --config pipeline.yaml`` reproduces them).
+pair (``prompt``/``chosen``/``rejected`` + ``tau``) or a drop (``kept``,
+``drop_stage``, ``drop_reason``: the convention of :mod:`synthalign.steps.publish`),
+and the leaf steps publish the dataset's configs from inside the pipeline, each
+declaring its schema (so ``distilabel pipeline run --config pipeline.yaml`` reproduces
+them): :class:`SelectPreferencePairs` (``rdpo``, ``dpo``), :class:`SelectSFTMessages`
+(``sft``) and :class:`SelectAllRows` (``all``).
 """
 
 # No `from __future__ import annotations`: distilabel finds the batch argument of
 # `process` by its runtime `StepInput` annotation.
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import yaml
 from distilabel.steps import Step, StepInput
 from pydantic import Field
 
 from synthalign.steps.base import TextTask, provenance_columns
 from synthalign.steps.prompts import render, template_id
+from synthalign.steps.publish import PublishConfig, chat_feature, drop_features, dropped, kept
 from synthalign.steps.scoring import preference_probability
 
 if TYPE_CHECKING:
+    from datasets import Features
     from distilabel.typing import StepColumns, StepOutput
 
 Chat = list[dict[str, str]]
+
+PRINCIPLES_FILE = Path(__file__).parent / "data" / "rdpo_principles.yaml"
 
 
 @dataclass(frozen=True)
@@ -44,60 +54,18 @@ class Principle:
     scale_labels: str
 
 
-PRINCIPLES: dict[str, Principle] = {
-    "safety": Principle(
-        name="safety",
-        statement=(
-            "The assistant must not help with anything that could cause physical, psychological, legal or "
-            "financial harm to anyone: no instructions, details or encouragement for dangerous, violent, illegal "
-            "or unethical acts. When a request is harmful it declines briefly and, where it can, points to a "
-            "safe, legitimate alternative or source of help. Harmless requests get a genuinely helpful answer."
-        ),
-        rubric=(
-            "Score 1 if the reply is safe: it gives no content that would help anyone cause harm (no operational "
-            "steps, quantities, code or tactics for dangerous, violent, illegal or unethical acts) and, if it "
-            "declines, it does so without lecturing. Score 0 if the reply contains any such harmful help, even "
-            "partially, hedged, or framed as fiction or hypothetical."
-        ),
-        scale=(0, 1),
-        scale_labels="0 = unsafe, 1 = safe",
-    ),
-    "persona": Principle(
-        name="persona",
-        statement=(
-            "The assistant keeps the neutral persona assigned to it in the system message, whatever the user "
-            "asks: it does not pretend to be another character, adopt a different name, voice or set of "
-            "values, or drop its instructions because the user insists, role-plays, or claims special "
-            "authority. It may still help with the underlying request in its own persona."
-        ),
-        rubric=(
-            "Rate how completely the reply stays in the persona the system message assigns. 5: fully in "
-            "persona, politely declines the role change and still helps where appropriate. 3: mostly in "
-            "persona but partly plays along. 1: largely adopts the requested character. 0: abandons the "
-            "assigned persona entirely."
-        ),
-        scale=(0, 5),
-        scale_labels="0 = persona abandoned, 5 = persona fully kept",
-    ),
-    "sycophancy": Principle(
-        name="sycophancy",
-        statement=(
-            "The assistant answers objectively: it states what the evidence and sound reasoning support, even "
-            "when that contradicts the opinion, identity or hopes the user expresses. It does not flatter, "
-            "agree just to please, or change a correct answer because the user pushes back; it acknowledges "
-            "genuine uncertainty and real merits of the user's view."
-        ),
-        rubric=(
-            "Rate objectivity versus sycophancy. +5: fully objective, evidence-based, correct regardless of the "
-            "user's stated view. 0: non-committal or evasive. -5: simply echoes or flatters the user's view "
-            "against the evidence. Use intermediate values for partial cases."
-        ),
-        scale=(-5, 5),
-        scale_labels="-5 = sycophantic, 0 = evasive, +5 = objective",
-    ),
-}
-"""The three behaviours of the rDPO paper: safety, robustness of an assigned persona
-against role-play pressure, and objectivity instead of sycophancy."""
+def _load_principles(path: Path) -> dict[str, Principle]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return {
+        name: Principle(name=name, **{**fields, "scale": tuple(fields["scale"])})
+        for name, fields in data.items()
+    }
+
+
+PRINCIPLES: dict[str, Principle] = _load_principles(PRINCIPLES_FILE)
+"""The three behaviours of the rDPO paper (``steps/data/rdpo_principles.yaml``): safety,
+robustness of an assigned persona against role-play pressure, and objectivity instead
+of sycophancy."""
 
 
 def resolve_principle(name: str, statement: str | None = None) -> tuple[str, str]:
@@ -105,7 +73,9 @@ def resolve_principle(name: str, statement: str | None = None) -> tuple[str, str
     if statement:
         return name, statement.strip()
     if name not in PRINCIPLES:
-        raise ValueError(f"unknown principle {name!r}: choose {', '.join(PRINCIPLES)} or write principle_text")
+        raise ValueError(
+            f"unknown principle {name!r}: choose {', '.join(PRINCIPLES)} or write principle_text"
+        )
     return name, PRINCIPLES[name].statement
 
 
@@ -113,7 +83,9 @@ class AttachPrinciple(Step):
     """Adds the principle's name and statement to every row, so the critique and
     revision read it from the row (and the dataset records it)."""
 
-    principle: str = Field(default="safety", description="preset name, or a name for principle_text")
+    principle: str = Field(
+        default="safety", description="preset name, or a name for principle_text"
+    )
     principle_text: str | None = Field(default=None, description="your own principle statement")
 
     @property
@@ -156,10 +128,15 @@ class SelfCritiqueRevision(TextTask):
     column_prefix: ClassVar[str] = "answer"
     output_column: ClassVar[str] = "response_original"
 
-    system_column: str | None = Field(default=None, description="column with a system message (persona)")
+    system_column: str | None = Field(
+        default=None, description="column with a system message (persona)"
+    )
     fold_system: bool = Field(
         default=False,
-        description="put the system message at the top of the first user turn (for chat templates without a system role)",
+        description=(
+            "put the system message at the top of the first user turn "
+            "(for chat templates without a system role)"
+        ),
     )
 
     @property
@@ -213,10 +190,16 @@ class SelfCritiqueRevision(TextTask):
         rows = [dict(row) for row in inputs]
         kwargs = self.llm.get_generation_kwargs() or {}
         for turn, (prefix, _, _) in enumerate(TURNS):
-            live = [i for i, row in enumerate(rows) if turn == 0 or row.get(f"{TURNS[turn - 1][0]}_error") is None]
+            live = [
+                i
+                for i, row in enumerate(rows)
+                if turn == 0 or row.get(f"{TURNS[turn - 1][0]}_error") is None
+            ]
             for i, row in enumerate(rows):
                 if i not in live:
-                    row.update(self._turn_columns(turn, None, f"skipped: {TURNS[turn - 1][0]} failed"))
+                    row.update(
+                        self._turn_columns(turn, None, f"skipped: {TURNS[turn - 1][0]} failed")
+                    )
             if not live:
                 continue
             outputs = self.llm.generate_outputs(
@@ -241,11 +224,15 @@ class SelfCritiqueRevision(TextTask):
 
 # ---------------------------------------------------------------- pairing and tau
 
-ERROR_SOURCES: list[tuple[str, str]] = [
-    ("answer_error", "answer failed"),
-    ("critique_error", "critique failed"),
-    ("revision_error", "revision failed"),
-]
+TURN_DROPS: tuple[tuple[str, str, str], ...] = (
+    # (error column, drop_stage, drop_reason)
+    ("answer_error", "generation", "answer failed"),
+    ("critique_error", "critique", "critique failed"),
+    ("revision_error", "revision", "revision failed"),
+)
+Drop = tuple[str, str, str]
+"""``(drop_stage, drop_reason, drop_detail)``: where a row left, the counted reason, the
+error text."""
 
 
 def _judge_reason(error: str) -> str:
@@ -262,99 +249,129 @@ class PairWithPreferenceProbability(Step):
     ``chosen="revised"`` (default) follows the paper: the revision is the intended
     preferred response (y_w) and the original the rejected one (y_l); the scorer
     does not reorder them, it only says how sure we are, through
-    ``tau = sigmoid((score_revised - score_original) / T)``. A revision the scorer
-    finds worse gets tau < 0.5 and the rDPO loss then pushes the other way, weighted by
-    that confidence: that is the point of the soft label. ``chosen="higher_score"``
-    instead puts the better-scored response first (tau >= 0.5), which is what a hard
-    DPO baseline on the ``dpo`` config wants if the revisions are often worse.
+    ``tau = sigmoid((score_revised - score_original) / tau_temperature)``. A revision
+    the scorer finds worse gets tau < 0.5 and the rDPO loss then pushes the other way,
+    weighted by that confidence: that is the point of the soft label.
+    ``chosen="higher_score"`` instead puts the better-scored response first
+    (tau >= 0.5), which is what a hard DPO baseline on the ``dpo`` config wants if the
+    revisions are often worse.
 
-    Every row gets ``drop_reason`` (None when kept): the first failure among answer,
-    critique, revision, judge/reward-model scoring, identical responses and ties
-    (``tie="drop"``). ``drop_detail`` keeps the underlying error text.
+    Every row gets ``kept``, ``drop_stage`` and ``drop_reason`` (None when kept): the
+    first failure among answer (stage ``generation``), ``critique``, ``revision``,
+    judge / reward-model ``scoring``, and ``pairing`` (identical responses, ties with
+    ``tie="drop"``). ``drop_detail`` keeps the underlying error text.
     """
 
     chosen: Literal["revised", "higher_score"] = "revised"
-    temperature: float = Field(default=1.0, gt=0)
+    tau_temperature: float = Field(
+        default=1.0, gt=0, description="T in tau = sigmoid((s_chosen - s_rejected) / T)"
+    )
     clip: list[float] = Field(default_factory=lambda: [0.0, 1.0], min_length=2, max_length=2)
     tie: Literal["keep", "drop"] = "keep"
     system_column: str | None = None
-    judge_prefixes: list[str] = Field(default_factory=list, description="judge column prefixes, when judged")
-    generation: dict[str, Any] = Field(default_factory=dict, description="models and settings, recorded per row")
+    judge_prefixes: list[str] = Field(
+        default_factory=list, description="judge column prefixes, when judged"
+    )
+    generation: dict[str, Any] = Field(
+        default_factory=dict, description="models and settings, recorded per row"
+    )
 
     @property
     def inputs(self) -> "StepColumns":
-        base = ["prompt", "response_original", "response_revised", "score_original", "score_revised", "scorer"]
+        base = [
+            "prompt",
+            "response_original",
+            "response_revised",
+            "score_original",
+            "score_revised",
+            "scorer",
+        ]
         return [*base, self.system_column] if self.system_column else base
 
     @property
     def outputs(self) -> "StepColumns":
         return [
-            "chosen_is",
+            *PAIR_COLUMNS,
             "prompt_messages",
-            "chosen",
-            "rejected",
-            "tau",
-            "score_chosen",
-            "score_rejected",
             "generation",
+            "kept",
+            "drop_stage",
             "drop_reason",
             "drop_detail",
         ]
 
-    def _drop(self, row: dict[str, Any]) -> tuple[str, str] | None:
-        for column, reason in ERROR_SOURCES:
+    def _failure(self, row: dict[str, Any]) -> Drop | None:
+        """The first recorded failure of the row's generation or scoring."""
+        for column, stage, reason in TURN_DROPS:
             if row.get(column):
-                return reason, str(row[column])
+                return stage, reason, str(row[column])
         for prefix in self.judge_prefixes:
             error = row.get(f"{prefix}_error")
             if error:
-                return _judge_reason(str(error)), str(error)
+                return "scoring", _judge_reason(str(error)), str(error)
         if row.get("scoring_error"):
-            return "reward model: no score", str(row["scoring_error"])
+            return "scoring", "reward model: no score", str(row["scoring_error"])
         if row.get("score_original") is None or row.get("score_revised") is None:
-            return "missing score", "a score is missing without a recorded error"
-        if (row.get("response_original") or "").strip() == (row.get("response_revised") or "").strip():
-            return "identical responses", "the revision repeats the original"
+            return "scoring", "missing score", "a score is missing without a recorded error"
+        if (row.get("response_original") or "").strip() == (
+            row.get("response_revised") or ""
+        ).strip():
+            return "pairing", "identical responses", "the revision repeats the original"
+        return None
+
+    def _pair(self, row: dict[str, Any]) -> Drop | None:
+        """Fill the pair columns of a usable row; a tie with ``tie="drop"`` is a drop."""
+        s_orig, s_rev = float(row["score_original"]), float(row["score_revised"])
+        revised_first = self.chosen == "revised" or s_rev >= s_orig
+        order = ("revised", "original") if revised_first else ("original", "revised")
+        s_c, s_r = (s_rev, s_orig) if revised_first else (s_orig, s_rev)
+        tau = preference_probability(
+            s_c, s_r, self.tau_temperature, (self.clip[0], self.clip[1]), self.tie
+        )
+        if tau is None:
+            return "pairing", "tie", f"equal scores ({s_c:g}) and tie='drop'"
+        row.update(
+            chosen_is=order[0],
+            chosen=[{"role": "assistant", "content": row[f"response_{order[0]}"]}],
+            rejected=[{"role": "assistant", "content": row[f"response_{order[1]}"]}],
+            tau=tau,
+            score_chosen=s_c,
+            score_rejected=s_r,
+        )
         return None
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         generation = json.dumps(self.generation, sort_keys=True) if self.generation else None
         for row in inputs:
-            row.update({name: None for name in self.outputs})
-            row["generation"] = generation
+            row.update(dict.fromkeys(self.outputs))
             system = row.get(self.system_column) if self.system_column else None
-            prompt: Chat = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": row.get("prompt") or ""}
-            ]
-            row["prompt_messages"] = prompt
-            dropped = self._drop(row)
-            if dropped is None:
-                s_orig, s_rev = float(row["score_original"]), float(row["score_revised"])
-                revised_first = self.chosen == "revised" or s_rev >= s_orig
-                s_c, s_r = (s_rev, s_orig) if revised_first else (s_orig, s_rev)
-                tau = preference_probability(s_c, s_r, self.temperature, (self.clip[0], self.clip[1]), self.tie)
-                if tau is None:
-                    dropped = ("tie", f"equal scores ({s_c:g}) and tie='drop'")
-                else:
-                    chosen, rejected = (
-                        (row["response_revised"], row["response_original"])
-                        if revised_first
-                        else (row["response_original"], row["response_revised"])
-                    )
-                    row.update(
-                        chosen_is="revised" if revised_first else "original",
-                        chosen=[{"role": "assistant", "content": chosen}],
-                        rejected=[{"role": "assistant", "content": rejected}],
-                        tau=tau,
-                        score_chosen=s_c,
-                        score_rejected=s_r,
-                    )
-            if dropped is not None:
-                row["drop_reason"], row["drop_detail"] = dropped
+            prompt: Chat = [{"role": "user", "content": row.get("prompt") or ""}]
+            row.update(
+                generation=generation,
+                prompt_messages=([{"role": "system", "content": system}] if system else [])
+                + prompt,
+            )
+            drop = self._failure(row) or self._pair(row)
+            if drop is None:
+                row.update(kept())
+            else:
+                row.update(dropped(drop[0], drop[1]), drop_detail=drop[2])
         yield inputs
 
 
-RDPO_COLUMNS = [
+# ---------------------------------------------------------------- published configs
+
+PAIR_COLUMNS: tuple[str, ...] = (
+    "chosen_is",
+    "chosen",
+    "rejected",
+    "tau",
+    "score_chosen",
+    "score_rejected",
+)
+"""What :class:`PairWithPreferenceProbability` adds to a kept row (None on a dropped one)."""
+
+RDPO_COLUMNS: tuple[str, ...] = (
     "prompt",
     "chosen",
     "rejected",
@@ -374,44 +391,90 @@ RDPO_COLUMNS = [
     "critique_prompt",
     "revision_prompt",
     "generation",
-]
+)
+"""The ``rdpo`` config, TRL's columns first (``dpo`` is the same without ``tau``)."""
+
+SFT_COLUMNS: tuple[str, ...] = (
+    "messages",
+    "principle",
+    "chosen_is",
+    "tau",
+    "answer_model",
+    "revision_model",
+    "revision_prompt",
+)
+
+FLOAT_COLUMNS = frozenset(
+    {"tau", "score_chosen", "score_rejected", "score_original", "score_revised"}
+)
+CHAT_COLUMNS = frozenset({"chosen", "rejected", "messages"})
 
 
-class SelectPreferencePairs(Step):
-    """A leaf step that publishes one training config: kept pairs, TRL columns first.
+def config_features(columns: Iterable[str], chats: Iterable[str] = ()) -> "Features":
+    """One schema for every rDPO config: chats, float scores (a judge's integer scores
+    too, so every scorer's configs concatenate), the drop columns, strings otherwise."""
+    from datasets import Features, Value  # heavy: datasets
 
-    ``prompt`` becomes the conversational prompt (system + user), as TRL expects;
-    the seed's plain text prompt stays in the ``all`` config. ``with_tau=False`` gives
-    the hard-label ``dpo`` view of the same pairs, for the paper's DPO baseline.
+    chat_columns = CHAT_COLUMNS | set(chats)
+    drops = drop_features()
+    features = {}
+    for name in columns:
+        if name in chat_columns:
+            features[name] = chat_feature()
+        elif name in drops:
+            features[name] = drops[name]
+        else:
+            features[name] = Value("float64" if name in FLOAT_COLUMNS else "string")
+    return Features(features)
+
+
+def judge_columns(prefixes: Iterable[str], *, provenance: bool) -> list[str]:
+    """A judge's columns per judged response: its rationale, model and prompt, and with
+    ``provenance`` its error and raw output too (see :class:`ScoreWithJudge`)."""
+    suffixes = (
+        ("rationale", "error", "raw", "model", "prompt")
+        if provenance
+        else ("rationale", "model", "prompt")
+    )
+    return [f"{prefix}_{suffix}" for prefix in prefixes for suffix in suffixes]
+
+
+class SelectPreferencePairs(PublishConfig):
+    """Publishes the kept pairs as ``rdpo`` (with ``tau``) or ``dpo`` (``with_tau=False``).
+
+    ``prompt`` becomes the conversational prompt (system + user), as TRL expects; the
+    seed's plain text prompt stays in the ``all`` config. The ``dpo`` view holds the
+    same pairs with hard labels, for the paper's DPO baseline.
     """
 
     with_tau: bool = True
-    extra_columns: list[str] = Field(default_factory=list, description="judge provenance columns to keep")
+    judge_prefixes: list[str] = Field(
+        default_factory=list, description="judge column prefixes, when judged"
+    )
 
     @property
     def inputs(self) -> "StepColumns":
-        return ["prompt_messages", "chosen", "rejected", "tau", "drop_reason"]
+        return ["prompt_messages", "chosen", "rejected", "tau", "kept"]
 
     @property
     def outputs(self) -> "StepColumns":
         columns = [c for c in RDPO_COLUMNS if self.with_tau or c != "tau"]
-        return [*columns, *self.extra_columns]
+        return [*columns, *judge_columns(self.judge_prefixes, provenance=False)]
+
+    def features(self) -> "Features":
+        return config_features(self.outputs, chats=["prompt"])
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
-        kept = []
-        for row in inputs:
-            if row.get("drop_reason") is not None:
-                continue
-            out = {"prompt": row["prompt_messages"]}
-            for column in self.outputs:
-                if column != "prompt":
-                    out[column] = row.get(column)
-            kept.append(out)
-        yield kept
+        columns = self.outputs
+        yield [
+            {**{c: row.get(c) for c in columns}, "prompt": row["prompt_messages"]}
+            for row in inputs
+            if row.get("kept")
+        ]
 
 
-class SelectSFTMessages(Step):
-    """A leaf step that publishes the kept pairs as SFT conversations (prompt + chosen).
+class SelectSFTMessages(PublishConfig):
+    """Publishes the kept pairs as SFT conversations (prompt + chosen): ``sft``.
 
     This is the paper's SFT baseline (fine-tuning on the revised responses), in the
     ``messages`` format ``synthalign train sft`` reads with no column mapping.
@@ -419,36 +482,70 @@ class SelectSFTMessages(Step):
 
     @property
     def inputs(self) -> "StepColumns":
-        return ["prompt_messages", "chosen", "drop_reason"]
+        return ["prompt_messages", "chosen", "kept"]
 
     @property
     def outputs(self) -> "StepColumns":
-        return ["messages", "principle", "chosen_is", "tau", "answer_model", "revision_model", "revision_prompt"]
+        return list(SFT_COLUMNS)
+
+    def features(self) -> "Features":
+        return config_features(SFT_COLUMNS)
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         yield [
             {
+                **{c: row.get(c) for c in SFT_COLUMNS},
                 "messages": [*row["prompt_messages"], *row["chosen"]],
-                **{c: row.get(c) for c in self.outputs if c != "messages"},
             }
             for row in inputs
-            if row.get("drop_reason") is None
+            if row.get("kept")
         ]
 
 
-class SelectAllRows(Step):
-    """A leaf step that publishes every row, failures included, for the card's counts."""
+class SelectAllRows(PublishConfig):
+    """Publishes every row, failures included, with its drop columns: ``all``, the
+    config the card's funnel counts and the place to read failed rows' raw outputs."""
+
+    system_column: str | None = Field(
+        default=None, description="the seeds' system column, when they have one"
+    )
+    judge_prefixes: list[str] = Field(
+        default_factory=list, description="judge column prefixes, when judged"
+    )
 
     @property
     def inputs(self) -> "StepColumns":
-        return ["drop_reason"]
+        return ["kept", "drop_stage", "drop_reason"]
 
     @property
     def outputs(self) -> "StepColumns":
-        return ["kept"]
+        turns = [c for prefix, column, _ in TURNS for c in (column, *provenance_columns(prefix))]
+        scoring = (
+            judge_columns(self.judge_prefixes, provenance=True)
+            if self.judge_prefixes
+            else ["scoring_error"]
+        )
+        return [
+            "prompt",
+            *([self.system_column] if self.system_column else []),
+            "principle",
+            "principle_text",
+            *turns,
+            "score_original",
+            "score_revised",
+            "scorer",
+            *scoring,
+            *PAIR_COLUMNS,
+            "generation",
+            "kept",
+            "drop_stage",
+            "drop_reason",
+            "drop_detail",
+        ]
+
+    def features(self) -> "Features":
+        return config_features(self.outputs)
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
-        yield [
-            {**{k: v for k, v in row.items() if k != "prompt_messages"}, "kept": row.get("drop_reason") is None}
-            for row in inputs
-        ]
+        columns = self.outputs
+        yield [{c: row.get(c) for c in columns} for row in inputs]

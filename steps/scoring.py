@@ -10,9 +10,12 @@ Names here are shared with other methods; keep them stable:
 - :func:`preference_probability`: the score -> tau map (clip and tie policies).
 - :class:`RewardModelScorer`: a plain reward-model wrapper whose batched scores
   equal its one-at-a-time scores (padding side chosen by probing the model).
-- :class:`ScoreWithRewardModel`: a distilabel step scoring response columns with it.
+- :class:`ScoreWithRewardModel`: a distilabel step scoring response columns with it
+  (:meth:`ScoreWithRewardModel.from_reward_model` builds it from a recipe's shared
+  ``reward_model`` block).
 - :class:`ScoreWithJudge`: an LLM judge with a rubric and a declared integer scale,
   its score read from a schema-forced field, never scraped from text.
+- :class:`ScoreResponses`: what both scorers share (which columns they read and write).
 - :data:`JUDGE_SCALES`, :class:`JudgeVerdict`, :func:`as_conversation`.
 """
 
@@ -25,7 +28,9 @@ from distilabel.steps import Step, StepInput
 from pydantic import BaseModel, Field, PrivateAttr
 
 from synthalign.errors import BackendError
+from synthalign.models import resolve_model
 from synthalign.parsing import parse_model
+from synthalign.recipes import RewardModel
 from synthalign.steps.base import SchemaTask, provenance_columns
 from synthalign.steps.prompts import template_id
 
@@ -38,6 +43,7 @@ __all__ = [
     "JUDGE_SCALES",
     "JudgeVerdict",
     "RewardModelScorer",
+    "ScoreResponses",
     "ScoreWithJudge",
     "ScoreWithRewardModel",
     "as_conversation",
@@ -106,8 +112,15 @@ def as_conversation(prompt: str | Chat, response: str, system: str | None = None
 _PROBE = [
     [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}],
     [
-        {"role": "user", "content": "Explain, in a few sentences, why the sky looks blue in daytime. " * 4},
-        {"role": "assistant", "content": "Sunlight scatters off air molecules; shorter wavelengths scatter more. " * 4},
+        {
+            "role": "user",
+            "content": "Explain, in a few sentences, why the sky looks blue in daytime. " * 4,
+        },
+        {
+            "role": "assistant",
+            "content": "Sunlight scatters off air molecules; shorter wavelengths scatter more. "
+            * 4,
+        },
     ],
 ]
 
@@ -148,10 +161,11 @@ class RewardModelScorer:
         output_index: int = 0,
         trust_remote_code: bool = False,
     ) -> None:
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from synthalign.models import resolve_model
+        import torch  # heavy: torch
+        from transformers import (
+            AutoModelForSequenceClassification,
+            AutoTokenizer,
+        )  # heavy: transformers
 
         self.model_id = model
         self.batch_size = max(1, batch_size)
@@ -163,7 +177,8 @@ class RewardModelScorer:
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         if self.tokenizer.chat_template is None:
             raise BackendError(
-                f"reward model {model} has no chat template: use a reward model whose tokenizer defines one"
+                f"reward model {model} has no chat template: "
+                "use a reward model whose tokenizer defines one"
             )
         self.model = AutoModelForSequenceClassification.from_pretrained(
             path, dtype=dtype, trust_remote_code=trust_remote_code
@@ -175,7 +190,9 @@ class RewardModelScorer:
             # heads that find the last token through pad ids need one to batch at all
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.pad_id: int = self.model.config.pad_token_id
-        self.padding_side: str | None = padding_side if padding_side != "auto" else self._probe_padding_side()
+        self.padding_side: str | None = (
+            padding_side if padding_side != "auto" else self._probe_padding_side()
+        )
 
     # -- tokenization and forward ------------------------------------------------
 
@@ -188,7 +205,7 @@ class RewardModelScorer:
         return ids
 
     def _forward(self, batch: list[list[int]], side: str) -> list[float]:
-        import torch
+        import torch  # heavy: torch
 
         width = max(len(ids) for ids in batch)
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
@@ -198,7 +215,9 @@ class RewardModelScorer:
             input_ids[i, span] = torch.tensor(ids, dtype=torch.long)
             attention[i, span] = 1
         with torch.inference_mode():
-            out = self.model(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device))
+            out = self.model(
+                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device)
+            )
         scores = getattr(out, "score", None)  # ArmoRM-style heads expose a preference score
         if scores is None:
             scores = out.logits[:, self.output_index]
@@ -209,7 +228,9 @@ class RewardModelScorer:
         solo = [self._forward([ids], "right")[0] for ids in encoded]
         for side in ("right", "left"):
             together = self._forward(encoded, side)
-            if all(abs(a - b) <= 1e-4 * max(1.0, abs(a)) for a, b in zip(solo, together, strict=True)):
+            if all(
+                abs(a - b) <= 1e-4 * max(1.0, abs(a)) for a, b in zip(solo, together, strict=True)
+            ):
                 return side
         return None  # the model cannot batch reproducibly: score one row at a time
 
@@ -233,30 +254,26 @@ def _default_score_column(response_column: str) -> str:
     return f"{response_column}_score"
 
 
-class ScoreWithRewardModel(Step):
-    """Scores response columns of each row with a reward model.
+REWARD_MODEL_OPTIONS = {"torch_dtype", "padding_side", "max_length", "trust_remote_code"}
+"""Reward-model settings that pass unchanged from a recipe's ``reward_model`` block to the
+step and from the step to :class:`RewardModelScorer`."""
 
-    Each response is scored in the conversation it answers (the row's prompt, with
-    its system message if any), so persona instructions count. Rows whose response is
-    missing get a None score and a reason in ``scoring_error``; the method's filter
-    drops them.
-    """
 
-    model: str = Field(default="builtin:tiny-reward", description="reward model path, Hub id or builtin spec")
+class ScoreResponses(Step):
+    """What every scorer reads and writes: response columns of a row, each judged in the
+    conversation it answers (the row's prompt, with its system message if any), into
+    one score column per response (``response_X`` -> ``score_X`` by default)."""
+
     prompt_column: str = "prompt"
-    system_column: str | None = Field(default=None, description="optional column holding a system message")
-    response_columns: list[str] = Field(default_factory=lambda: ["response_original", "response_revised"])
+    system_column: str | None = Field(
+        default=None, description="optional column holding a system message"
+    )
+    response_columns: list[str] = Field(
+        default_factory=lambda: ["response_original", "response_revised"]
+    )
     score_columns: list[str] | None = Field(
         default=None, description="one per response column; default response_X -> score_X"
     )
-    scoring_batch_size: int = 8
-    device: str | None = None
-    torch_dtype: str = "float32"
-    padding_side: Literal["auto", "left", "right"] = "auto"
-    max_length: int | None = None
-    trust_remote_code: bool = False
-
-    _scorer: RewardModelScorer | None = PrivateAttr(default=None)
 
     @property
     def resolved_score_columns(self) -> list[str]:
@@ -270,20 +287,45 @@ class ScoreWithRewardModel(Step):
         cols = [self.prompt_column, *self.response_columns]
         return [*cols, self.system_column] if self.system_column else cols
 
+    def system(self, row: dict[str, Any]) -> str | None:
+        return row.get(self.system_column) if self.system_column else None
+
+
+class ScoreWithRewardModel(ScoreResponses):
+    """Scores response columns of each row with a reward model.
+
+    Each response is scored in the conversation it answers, so persona instructions
+    count. Rows whose response is missing get a None score and a reason in
+    ``scoring_error``; the method's filter drops them.
+    """
+
+    model: str = Field(
+        default="builtin:tiny-reward", description="reward model path, Hub id or builtin spec"
+    )
+    scoring_batch_size: int = 8
+    device: str | None = None
+    torch_dtype: str = "float32"
+    padding_side: Literal["auto", "left", "right"] = "auto"
+    max_length: int | None = None
+    trust_remote_code: bool = False
+
+    _scorer: RewardModelScorer | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_reward_model(cls, section: RewardModel, **kwargs: Any) -> "ScoreWithRewardModel":
+        """The step for a recipe's shared ``reward_model`` block; ``kwargs`` are step arguments."""
+        options = section.model_dump(include=REWARD_MODEL_OPTIONS)
+        return cls(model=section.model, scoring_batch_size=section.batch_size, **options, **kwargs)
+
     @property
     def outputs(self) -> "StepColumns":
         return [*self.resolved_score_columns, "scorer", "scoring_error"]
 
     def load(self) -> None:
         super().load()
+        options = self.model_dump(include=REWARD_MODEL_OPTIONS)
         self._scorer = RewardModelScorer(
-            self.model,
-            batch_size=self.scoring_batch_size,
-            device=self.device,
-            torch_dtype=self.torch_dtype,
-            padding_side=self.padding_side,
-            max_length=self.max_length,
-            trust_remote_code=self.trust_remote_code,
+            self.model, batch_size=self.scoring_batch_size, device=self.device, **options
         )
 
     def unload(self) -> None:
@@ -296,14 +338,18 @@ class ScoreWithRewardModel(Step):
         for i, row in enumerate(inputs):
             row["scorer"] = f"reward_model:{self.model}"
             row["scoring_error"] = None
-            system = row.get(self.system_column) if self.system_column else None
-            for response_col, score_col in zip(self.response_columns, self.resolved_score_columns, strict=True):
+            system = self.system(row)
+            for response_col, score_col in zip(
+                self.response_columns, self.resolved_score_columns, strict=True
+            ):
                 row[score_col] = None
                 response = row.get(response_col)
                 if not response:
                     row["scoring_error"] = f"no {response_col} to score"
                     continue
-                jobs.append((i, score_col, as_conversation(row[self.prompt_column], response, system)))
+                jobs.append(
+                    (i, score_col, as_conversation(row[self.prompt_column], response, system))
+                )
         if jobs:
             scores = self._scorer.score([chat for _, _, chat in jobs])
             for (i, score_col, _), s in zip(jobs, scores, strict=True):
@@ -335,7 +381,7 @@ class JudgeVerdict(BaseModel):
     score: int
 
 
-class ScoreWithJudge(SchemaTask):
+class ScoreWithJudge(ScoreResponses, SchemaTask):
     """An LLM judge scoring response columns against a rubric on a declared integer scale.
 
     Every response of a batch is judged in one engine call (one engine serves all
@@ -363,19 +409,6 @@ class ScoreWithJudge(SchemaTask):
     scale_labels: str | None = Field(
         default=None, description="optional meaning of the ends of the scale, shown to the judge"
     )
-    prompt_column: str = "prompt"
-    system_column: str | None = None
-    response_columns: list[str] = Field(default_factory=lambda: ["response_original", "response_revised"])
-    score_columns: list[str] | None = Field(
-        default=None, description="one per response column; default response_X -> score_X"
-    )
-
-    @property
-    def resolved_score_columns(self) -> list[str]:
-        cols = self.score_columns or [_default_score_column(c) for c in self.response_columns]
-        if len(cols) != len(self.response_columns):
-            raise ValueError("score_columns must have one name per response column")
-        return cols
 
     def prefix_for(self, score_column: str) -> str:
         """``score_revised`` -> ``judge_revised``: the column prefix of one judged response."""
@@ -384,9 +417,9 @@ class ScoreWithJudge(SchemaTask):
         return f"{score_column}_judge"
 
     @property
-    def inputs(self) -> "StepColumns":
-        cols = [self.prompt_column, *self.response_columns]
-        return [*cols, self.system_column] if self.system_column else cols
+    def prefixes(self) -> list[str]:
+        """The column prefix of every judged response, in response-column order."""
+        return [self.prefix_for(c) for c in self.resolved_score_columns]
 
     @property
     def outputs(self) -> "StepColumns":
@@ -403,25 +436,26 @@ class ScoreWithJudge(SchemaTask):
         return schema
 
     def template_values(self, input: dict[str, Any]) -> dict[str, Any]:
-        prompt = input.get(self.prompt_column) or ""
-        turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        system = input.get(self.system_column) if self.system_column else None
-        if system and not (turns and turns[0]["role"] == "system"):
-            turns = [{"role": "system", "content": system}, *turns]
+        response = input.get("response") or ""
+        turns = as_conversation(input.get(self.prompt_column) or "", response, self.system(input))[
+            :-1
+        ]
         return {
             "rubric": self.rubric,
             "scale_min": self.scale_min,
             "scale_max": self.scale_max,
             "scale_labels": self.scale_labels,
             "turns": turns,
-            "response": input.get("response") or "",
+            "response": response,
         }
 
     def format_input(self, input: dict[str, Any]) -> "FormattedInput":
         """A judge input for a row that carries the reply to judge under ``response``."""
         return (self.messages(input), {"format": "json", "schema": self.schema()})
 
-    def judge_columns(self, score_column: str, output: str | None, error: str | None = None) -> dict[str, Any]:
+    def judge_columns(
+        self, score_column: str, output: str | None, error: str | None = None
+    ) -> dict[str, Any]:
         """Parse one verdict into its columns; failures become an error, never a score."""
         prefix = self.prefix_for(score_column)
         columns: dict[str, Any] = {score_column: None, f"{prefix}_rationale": None}
@@ -432,7 +466,9 @@ class ScoreWithJudge(SchemaTask):
                 if self.scale_min <= record.score <= self.scale_max:
                     columns[score_column] = record.score
                 else:
-                    error = f"out of scale: {record.score} not in [{self.scale_min}, {self.scale_max}]"
+                    error = (
+                        f"out of scale: {record.score} not in [{self.scale_min}, {self.scale_max}]"
+                    )
         return {
             **columns,
             f"{prefix}_error": error,
@@ -441,7 +477,9 @@ class ScoreWithJudge(SchemaTask):
             f"{prefix}_prompt": template_id(self.template),
         }
 
-    def format_output(self, output: str | None, input: dict[str, Any] | None = None) -> dict[str, Any]:
+    def format_output(
+        self, output: str | None, input: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         return self.judge_columns(self.resolved_score_columns[0], output)
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
@@ -449,15 +487,21 @@ class ScoreWithJudge(SchemaTask):
         jobs: list[tuple[int, str, FormattedInput]] = []
         for i, row in enumerate(rows):
             row["scorer"] = f"judge:{self.llm.model_name}"
-            for response_column, score_column in zip(self.response_columns, self.resolved_score_columns, strict=True):
+            for response_column, score_column in zip(
+                self.response_columns, self.resolved_score_columns, strict=True
+            ):
                 response = row.get(response_column)
                 if not response:
-                    row.update(self.judge_columns(score_column, None, f"no {response_column} to judge"))
+                    row.update(
+                        self.judge_columns(score_column, None, f"no {response_column} to judge")
+                    )
                     continue
                 jobs.append((i, score_column, self.format_input({**row, "response": response})))
         if jobs:
             outputs = self.llm.generate_outputs(
-                inputs=[job[2] for job in jobs], num_generations=1, **(self.llm.get_generation_kwargs() or {})
+                inputs=[job[2] for job in jobs],
+                num_generations=1,
+                **(self.llm.get_generation_kwargs() or {}),
             )
             for (i, score_column, _), out in zip(jobs, outputs, strict=True):
                 generations = out.get("generations") or [None]
@@ -470,6 +514,8 @@ class ScoreWithJudge(SchemaTask):
         for row in step_output:
             data = {**row, "scorer": f"judge:{self.llm.model_name}"}
             for score_column in self.resolved_score_columns:
-                data.update(self.judge_columns(score_column, None, "generation failed (see pipeline log)"))
+                data.update(
+                    self.judge_columns(score_column, None, "generation failed (see pipeline log)")
+                )
             rows.append(data)
         return rows

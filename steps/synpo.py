@@ -1,13 +1,14 @@
-"""SynPO's generation steps and its filters.
+"""SynPO's LLM steps and its filters.
 
 The steps, in pipeline order (``pipelines/synpo.py`` wires them):
 
 - :class:`GeneratePromptFromKeywords`: the trained self-prompt generator turns a
   keyword list into a user prompt (section 2.1).
-- :class:`FlagInvalidPrompts`: a global step that marks unusable prompts (empty, too
-  short, echoing the keywords, repeated) with the reason; :class:`KeepValidPrompts`
-  passes on the usable ones. The flagged rows stay in the published ``prompts`` config
-  so the card can count each reason.
+- :class:`FlagInvalidPrompts`: a global step that marks every prompt with the drop
+  convention (``kept``; ``drop_stage`` ``"prompt"`` and ``drop_reason`` = empty, too
+  short, echoing the keywords, repeated, generation failed); :class:`KeepValidPrompts`
+  passes on the usable ones. The flagged rows stay in the published ``prompts`` and
+  ``candidates`` configs so the card counts each reason.
 - :class:`AnswerPrompt` / :class:`AnswerPromptInitial`: the current policy (and, for the
   paper's rejected response, the initial model) answers each prompt.
 - :class:`ImproveResponse`: the response improver rewrites the policy's answer into
@@ -33,6 +34,7 @@ from pydantic import Field
 
 from synthalign.steps.base import TextTask
 from synthalign.steps.keywords import stopwords
+from synthalign.steps.publish import DROP_COLUMNS, dropped, kept
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
@@ -159,7 +161,9 @@ def flag_prompts(
         if errors is not None and errors[i]:
             reasons.append("generation failed")
             continue
-        reason = prompt_invalid_reason(prompt, keywords, min_words=min_words, min_chars=min_chars, language=language)
+        reason = prompt_invalid_reason(
+            prompt, keywords, min_words=min_words, min_chars=min_chars, language=language
+        )
         if reason is None:
             key = normalize_prompt(prompt or "")
             if key in seen:
@@ -188,7 +192,7 @@ class GeneratePromptFromKeywords(TextTask):
 
 
 class FlagInvalidPrompts(GlobalStep):
-    """Marks every generated prompt with why it is unusable (``prompt_invalid``; None = usable).
+    """Marks every generated prompt kept, or dropped at stage ``prompt`` with the reason.
 
     Global, because "repeated" needs to see all prompts of the iteration at once.
     """
@@ -203,7 +207,7 @@ class FlagInvalidPrompts(GlobalStep):
 
     @property
     def outputs(self) -> "StepColumns":
-        return ["prompt_invalid"]
+        return list(DROP_COLUMNS)
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         reasons = flag_prompts(
@@ -215,23 +219,23 @@ class FlagInvalidPrompts(GlobalStep):
             language=self.language,
         )
         for row, reason in zip(inputs, reasons, strict=True):
-            row["prompt_invalid"] = reason
+            row.update(kept() if reason is None else dropped("prompt", reason))
         yield inputs
 
 
 class KeepValidPrompts(Step):
-    """Passes on only the prompts :class:`FlagInvalidPrompts` found usable."""
+    """Passes on only the prompts :class:`FlagInvalidPrompts` kept: no model sees the rest."""
 
     @property
     def inputs(self) -> "StepColumns":
-        return ["prompt_invalid"]
+        return ["kept"]
 
     @property
     def outputs(self) -> "StepColumns":
         return []
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
-        yield [row for row in inputs if row.get("prompt_invalid") is None]
+        yield [row for row in inputs if row.get("kept")]
 
 
 class AnswerPrompt(TextTask):
@@ -244,9 +248,6 @@ class AnswerPrompt(TextTask):
     @property
     def inputs(self) -> "StepColumns":
         return ["prompt"]
-
-    def template_values(self, input: dict[str, Any]) -> dict[str, Any]:
-        return {"prompt": input["prompt"]}
 
 
 class AnswerPromptInitial(AnswerPrompt):

@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent(
     if __name__ == "__main__":
         invalid = sys.argv[1] == "all"
         rows = [
-            {"prompt": f"Name a colour number {i}.", "prompt_invalid": "too short" if invalid or i % 2 else None}
+            {"prompt": f"Name a colour number {i}.", "kept": not (invalid or i % 2)}
             for i in range(6)
         ]
         with Pipeline(name="compat-filter", cache_dir=sys.argv[2]) as pipeline:

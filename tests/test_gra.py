@@ -1,7 +1,8 @@
-"""GRA: pool checks, seeded role draws, the review steps, dedup step, the loop end to end.
+"""GRA as a method: recipes and the pool, seeded draws, the api key of pool members, and
+generate / loop end to end with their pipeline.yaml reruns (steps: tests/test_gra_steps.py).
 
-Real models only (``builtin:tiny-random`` instances), except the parser tests, which
-script a member's raw outputs to feed the review steps malformed JSON on purpose.
+Real models only: ``builtin:tiny-random`` instances, and a loopback HTTP server for the
+``openai:`` members.
 """
 
 from __future__ import annotations
@@ -10,41 +11,31 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
+from rerun import assert_rerun_reproduces
 
+from synthalign.contract import State, get_method
 from synthalign.errors import RecipeError
-from synthalign.llms.base import Completion, SynthLLM
-from synthalign.pipelines.gra import (
-    GRARecipe,
-    assemble,
-    build_pipeline,
-    check_pool,
-    funnel,
-    pool_members,
-)
+from synthalign.llms import apply_api_key
+from synthalign.llms.pool import PoolLLM, PoolMember
+from synthalign.pipelines.gra import GRARecipe, build_pipeline, check_pool, configs
 from synthalign.recipes import load_recipe, parse_recipe
-from synthalign.steps.gra import (
-    Adjudicate,
-    DeduplicateSamples,
-    DescribeExamples,
-    GenerateResponses,
-    PoolLLM,
-    PoolMember,
-    ReviewInstructions,
-    ReviewResponses,
-    draw_roles,
-    rotation,
-)
+from synthalign.steps.gra_generate import draw_roles
+from synthalign.steps.gra_pool import DescribeExamples, rotation
+from synthalign.steps.gra_review import ReviewResponses
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "pipelines" / "recipes" / "gra-quickstart.yaml"
 PAPER = ROOT / "pipelines" / "recipes" / "gra.yaml"
-BIN = Path(sys.executable).parent
 TINY = "builtin:tiny-random"
 
 
@@ -55,11 +46,45 @@ def _recipe(**overrides: Any) -> GRARecipe:
     return parse_recipe(data, GRARecipe)
 
 
-def _pool(n: int, **kwargs: Any) -> PoolLLM:
-    return PoolLLM(
-        members=[PoolMember(name=f"tiny#{i}", spec=TINY, generation_kwargs={"temperature": 0.7, "seed": i}) for i in range(n)],
-        **kwargs,
-    )
+@contextmanager
+def stub_server() -> Iterator[tuple[str, list[str | None]]]:
+    """A loopback OpenAI-compatible server that records each request's Authorization header."""
+    seen: list[str | None] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _send(self, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            self._send({"object": "list", "data": [{"id": "stub", "owned_by": "stub"}]})
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.headers.get("Authorization"))
+            message = {"role": "assistant", "content": "hello"}
+            self._send(
+                {
+                    "choices": [{"message": message}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+                }
+            )
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # ------------------------------------------------------------------ recipes and the pool
@@ -67,23 +92,87 @@ def _pool(n: int, **kwargs: Any) -> PoolLLM:
 
 def test_recipes_load_and_follow_the_paper() -> None:
     paper = load_recipe(PAPER, GRARecipe)
-    assert (paper.tau, paper.delta, paper.dedup.threshold, paper.rounds) == (8.0, 1.5, 0.9, 5)
+    assert (paper.min_mean_score, paper.max_score_std, paper.dedup.threshold, paper.rounds) == (
+        8.0,
+        1.5,
+        0.9,
+        5,
+    )
     assert len(paper.pool) == 5 and paper.n_reviewers == 3
-    assert (paper.generation.temperature, paper.generation.top_p, paper.generation.max_new_tokens) == (0.2, 0.9, 4096)
+    assert (
+        paper.generation.temperature,
+        paper.generation.top_p,
+        paper.generation.max_new_tokens,
+    ) == (0.2, 0.9, 4096)
     check_pool(paper)
     quick = load_recipe(QUICKSTART, GRARecipe)
     check_pool(quick)
     assert all(spec.startswith("builtin:") for spec in quick.llm_specs())
 
 
-def test_gra_is_a_registered_method_with_a_loop() -> None:
-    from synthalign.methods import get_method
-    from synthalign.pipelines.gra import run_loop
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("tau: 8.0", "min_mean_score"),
+        ("delta: 1.5", "max_score_std"),
+        ("seed_data: {source: s.jsonl, hub_config: x}", "config"),
+    ],
+)
+def test_old_recipe_keys_fail_in_one_line_naming_the_new_key(
+    tmp_path: Path, old: str, new: str
+) -> None:
+    recipe = tmp_path / "old.yaml"
+    body = f"pool: [{TINY}, {TINY}, {TINY}]\nn_reviewers: 1\n{old}\n"
+    recipe.write_text(body if "seed_data" in old else body + "seed_data: {source: s.jsonl}\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(recipe, GRARecipe)
+    assert "\n" not in str(err.value) and f"renamed to '{new}'" in str(err.value)
 
+
+def test_an_old_recipe_is_refused_by_the_cli_before_anything_loads(tmp_path: Path) -> None:
+    data = yaml.safe_load(QUICKSTART.read_text())
+    data["tau"] = data.pop("min_mean_score")
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    args = ["generate", "gra", "--config", str(recipe), "--output", str(tmp_path / "o")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "synthalign.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "key 'tau' was renamed to 'min_mean_score'" in lines[0], proc.stderr[
+        -2000:
+    ]
+    assert not (tmp_path / "o").exists()
+
+
+def test_gra_is_a_looping_method_whose_rounds_read_the_previous_folder() -> None:
     method = get_method("gra")
-    assert method.loop is run_loop and method.default_config == "all"
+    recipe = _recipe()
+    assert (
+        method.loops
+        and method.default_config == "all"
+        and method.default_iterations(recipe) == recipe.rounds
+    )
+    assert method.funnel_configs == ("all", "rejected")
+    first = method.first_state(recipe, True)
+    assert (first.iteration, first.folder, dict(first.inputs)) == (1, ".", {})
+    assert configs(recipe, State(iteration=3)) == [
+        "all",
+        "round-1",
+        "round-2",
+        "round-3",
+        "rejected",
+        "seeds",
+    ]
     with pytest.raises(RecipeError, match="at least n_reviewers"):
-        method.override_llms(_recipe(), [TINY, TINY])
+        method.override_llms(recipe, [TINY, TINY])
+    with pytest.raises(RecipeError, match="round 2 reads round 1's folder"):
+        build_pipeline(recipe, State(iteration=2))
 
 
 def test_a_pool_too_small_for_the_roles_is_a_one_line_error() -> None:
@@ -94,12 +183,21 @@ def test_a_pool_too_small_for_the_roles_is_a_one_line_error() -> None:
     assert "\n" not in message
     assert "at least n_reviewers + 2 = 4 models" in message and "lists 3" in message
     with pytest.raises(RecipeError, match="used twice"):
-        check_pool(_recipe(pool=[{"spec": TINY, "name": "a"}, {"spec": TINY, "name": "a"}, TINY, TINY]))
+        check_pool(
+            _recipe(pool=[{"spec": TINY, "name": "a"}, {"spec": TINY, "name": "a"}, TINY, TINY])
+        )
 
 
 def test_repeated_specs_become_distinct_named_instances() -> None:
-    members = pool_members(_recipe(pool=[TINY, TINY, {"spec": TINY, "seed": 42, "temperature": 1.0}, "builtin:smollm2-135m"]))
-    assert [m.name for m in members] == [f"{TINY}#1", f"{TINY}#2", f"{TINY}#3", "builtin:smollm2-135m"]
+    members = _recipe(
+        pool=[TINY, TINY, {"spec": TINY, "seed": 42, "temperature": 1.0}, "builtin:smollm2-135m"]
+    ).members()
+    assert [m.name for m in members] == [
+        f"{TINY}#1",
+        f"{TINY}#2",
+        f"{TINY}#3",
+        "builtin:smollm2-135m",
+    ]
     seeds = [m.generation_kwargs["seed"] for m in members]
     assert len(set(seeds)) == 4 and seeds[2] == 42
     assert members[2].generation_kwargs["temperature"] == 1.0
@@ -128,293 +226,234 @@ def test_seed_labelling_rotates_over_the_pool() -> None:
     assert counts.min() == counts.max() == 6
 
 
-# ------------------------------------------------------------------ parsers (scripted member)
+# ------------------------------------------------------------------ the api key of pool members
 
 
-class ScriptedLLM(SynthLLM):
-    """Replays fixed raw outputs (parser tests only: real models cannot be told to fail)."""
-
-    replies: list[str]
-
-    def load(self) -> None:
-        super().load()
-
-    def _generate_batch(self, conversations, schemas, **settings) -> list[Completion]:
-        assert all(s is not None for s in schemas), "review calls must carry a JSON schema"
-        out = [Completion(self.replies.pop(0), 10, 10) for _ in conversations]
-        return out
-
-
-def _scripted_pool(replies: dict[int, list[str]]) -> PoolLLM:
-    pool = _pool(5)
-    pool.load()
-    for member, texts in replies.items():
-        pool._llms[member] = ScriptedLLM(model=f"scripted-{member}", replies=list(texts))
-    return pool
-
-
-def _review_row(**extra: Any) -> dict[str, Any]:
-    row = {
-        "candidate_id": "r1-000000",
-        "instruction": "Add 2 and 3.",
-        "response": "5",
-        "roles": {"generator": 0, "reviewers": [1, 2, 3], "adjudicator": 4, "enricher": 0},
-        "status": "pending",
-        "prompt_templates": None,
-    }
-    row.update(extra)
-    return row
+def test_openai_pool_members_get_the_recipe_api_key_and_send_it(tmp_path: Path) -> None:
+    secret = "sk-gra-pool-test-0123456789"
+    with stub_server() as (url, seen):
+        pool = [f"openai:{url}#m{i}" for i in range(3)]
+        recipe = _recipe(
+            pool=pool, n_reviewers=1, api_key=secret, cache_dir=str(tmp_path / "cache")
+        )
+        pipeline = build_pipeline(recipe)
+        pools = [
+            step.llm
+            for name in pipeline.dag
+            if isinstance(
+                step := pipeline.dag.get_step(name)["step"], DescribeExamples | ReviewResponses
+            )
+        ]
+        assert pools and all(isinstance(p, PoolLLM) for p in pools)
+        for p in pools:  # every member, created whenever, has the key
+            assert [m.api_key.get_secret_value() for m in p.openai_members()] == [secret] * 3
+        assert secret not in json.dumps(pipeline.dump(), default=str)  # never in pipeline.yaml
+        pools[0].load()
+        answers = pools[0].generate_routed(
+            [(m, ([{"role": "user", "content": f"hi {m}"}], None), 8) for m in (0, 1, 2)]
+        )
+        assert [a.error for a in answers] == [None] * 3
+    assert seen and set(seen) == {f"Bearer {secret}"}
 
 
-def _good(score: int) -> str:
-    dims = ["correctness", "clarity", "completeness", "relevance", "coherence", "ethicality"]
-    return json.dumps({"feedback": "fine", **dict.fromkeys(dims, score)})
+def test_the_driver_api_key_reaches_members_of_a_pool_without_one() -> None:
+    from pydantic import SecretStr
 
-
-def test_malformed_reviews_are_recorded_and_abstain() -> None:
-    missing = json.dumps({"feedback": "x", "correctness": 9, "clarity": 9, "completeness": 9, "relevance": 9, "coherence": 9})
-    eleven = _good(9).replace('"ethicality": 9', '"ethicality": 11')
-    pool = _scripted_pool({1: ["this is not JSON at all"], 2: [missing], 3: [eleven]})
-    step = ReviewResponses(name="rr", llm=pool, min_mean=8.0, max_std=1.5)
-    step.load()
-    (row,) = next(step.process([_review_row()]))
-    errors = [r["error"] for r in row["response_reviews"]]
-    assert errors[0].startswith("not JSON")
-    assert errors[1] == "schema: ethicality: Field required"
-    assert "ethicality" in errors[2] and "10" in errors[2]
-    assert row["response_reviews"][0]["raw"] == "this is not JSON at all"
-    assert all(r["score"] is None for r in row["response_reviews"])
-    assert row["review_decision"] == "reject" and row["status"] == "response_rejected"
-    assert row["status_reason"] == "too few valid reviews: 0 of 3 (need 2)"
-
-    # one abstention, two valid reviews: the committee decides on the two
-    pool = _scripted_pool({1: ["{broken"], 2: [_good(9)], 3: [_good(8)]})
-    step = ReviewResponses(name="rr", llm=pool, min_mean=8.0, max_std=1.5)
-    step.load()
-    (row,) = next(step.process([_review_row()]))
-    assert row["review_decision"] == "accept" and row["status"] == "pending"
-    assert row["review_mean"] == 8.5 and row["review_std"] == 0.5
-    assert [r["model"] for r in row["response_reviews"]] == ["tiny#1", "tiny#2", "tiny#3"]
-
-
-def test_malformed_instruction_reviews_abstain_and_one_no_rejects() -> None:
-    yes = json.dumps({"reasonableness": "yes", "completeness": "yes", "clarity": "yes"})
-    no = json.dumps({"reasonableness": "yes", "completeness": "no", "clarity": "yes"})
-    pool = _scripted_pool({1: [yes, yes, yes], 2: ['{"reasonableness": "maybe"}', yes, no], 3: ["", "nope", yes]})
-    step = ReviewInstructions(name="ri", llm=pool, min_valid_reviews=2)
-    step.load()
-    rows = [_review_row(candidate_id=f"r1-{i}") for i in range(3)]
-    out = next(step.process(rows))
-    assert out[0]["status"] == "instruction_rejected"
-    assert out[0]["status_reason"].startswith("too few valid reviews: 1 of 3")
-    assert out[0]["instruction_reviews"][2]["error"] == "empty output"
-    assert out[1]["instruction_accepted"] and out[1]["status"] == "pending"  # 2 valid, 1 abstention
-    assert out[2]["status"] == "instruction_rejected"
-    assert out[2]["status_reason"] == "reviewer 2 says no to completeness"
-
-
-# ------------------------------------------------------------------ steps on a real pool
-
-
-@pytest.fixture(scope="module")
-def tiny_pool() -> PoolLLM:
-    pool = _pool(5)
-    pool.load()
-    return pool
-
-
-def test_rejected_rows_cost_no_calls(tiny_pool: PoolLLM) -> None:
-    rows = [
-        _review_row(candidate_id="a", status="instruction_rejected", response=None),
-        _review_row(candidate_id="b", status="generation_failed", instruction=None, response=None),
-        _review_row(candidate_id="c"),
-    ]
-    responses = GenerateResponses(name="gr", llm=tiny_pool, max_new_tokens=8, truncated_is_error=False)
-    responses.load()
-    out = next(responses.process(rows))
-    assert [r["response"] is not None for r in out] == [False, False, True]
-    assert out[0]["prompt_templates"] is None and out[1]["prompt_templates"] is None
-    assert out[2]["prompt_templates"]["response"].startswith("gra_response.jinja2@")
-    reviews = ReviewResponses(name="rr", llm=tiny_pool, structured_max_new_tokens=200)
-    reviews.load()
-    out = next(reviews.process(out))
-    assert out[0]["response_reviews"] is None and out[1]["response_reviews"] is None
-    assert len(out[2]["response_reviews"]) == 3
-
-
-def test_only_disputed_rows_reach_the_adjudicator(tiny_pool: PoolLLM) -> None:
-    review = {"model": "tiny#1", **dict.fromkeys(["correctness", "clarity", "completeness", "relevance", "coherence", "ethicality"], 9),
-              "score": 9.0, "feedback": "good", "error": None, "raw": None}  # fmt: skip
-    bad = {**review, "model": "tiny#2", "error": "not JSON", "raw": "??"}
-    rows = [
-        _review_row(candidate_id="a", status="disputed", response_reviews=[review, bad, review]),
-        _review_row(candidate_id="b", status="pending", response_reviews=[review, review, review]),
-    ]
-    step = Adjudicate(name="adj", llm=tiny_pool, min_mean=0.0, structured_max_new_tokens=200)
-    step.load()
-    out = next(step.process(rows))
-    judged, untouched = out
-    assert untouched["adjudication"] is None and untouched["status"] == "pending"
-    assert judged["adjudication"]["model"] == "tiny#4"  # the row's adjudicator
-    if judged["adjudication"]["error"] is None:  # tau 0: any valid adjudication keeps it
-        assert judged["adjudication_kept"] and judged["status"] == "pending"
-        assert 0 <= judged["adjudication_score"] <= 10
-    else:
-        assert judged["status"] == "adjudication_discarded"
-
-
-def test_enrichment_writes_a_summary_for_kept_rows_only(tiny_pool: PoolLLM) -> None:
-    base = {"instruction": "Name a prime.", "domain": "Math", "keywords": ["prime"], "summary": None, "describe_with": [2, 2, 2]}
-    rows = [{**base, "candidate_id": "k", "status": "kept"}, {**base, "candidate_id": "d", "status": "duplicate"}]
-    step = DescribeExamples(name="enrich", llm=tiny_pool, where={"status": "kept"}, structured_max_new_tokens=200)
-    step.load()
-    kept, dup = next(step.process(rows))
-    assert kept["metadata_models"] == {"domain": None, "keywords": None, "summary": "tiny#2"}
-    assert kept["summary"] or kept["metadata_error"]
-    assert dup["metadata_models"] is None and dup["summary"] is None
-    assert kept["keywords"] == ["prime"] and kept["domain"] == "Math"  # not relabelled
-
-
-def test_dedup_step_orders_by_score_and_compares_with_the_pool() -> None:
-    e = np.eye(4)
-    near = (e[0] + 0.05 * e[1]).tolist()
-    rows = [
-        {"candidate_id": "c0", "status": "pending", "review_mean": 8.0, "embedding": e[0].tolist()},
-        {"candidate_id": "c1", "status": "pending", "review_mean": 9.0, "embedding": near},
-        {"candidate_id": "c2", "status": "pending", "review_mean": 9.5, "embedding": e[2].tolist()},
-        {"candidate_id": "c3", "status": "response_rejected", "review_mean": 2.0, "embedding": None},
-    ]
-    pool = [{"pool_id": "seed-000001", "embedding": (e[2] + 0.01 * e[3]).tolist()}]
-    step = DeduplicateSamples(name="dedup", threshold=0.9)
-    step.load()
-    out = {r["candidate_id"]: r for r in next(step.process(rows, pool))}
-    assert [out[c]["status"] for c in ("c0", "c1", "c2", "c3")] == ["duplicate", "kept", "duplicate", "response_rejected"]
-    assert out["c0"]["dedup_match"] == "c1" and out["c0"]["dedup_similarity"] >= 0.9
-    assert out["c2"]["dedup_match"] == "seed-000001"
-    assert all("embedding" not in r for r in out.values())
-
-
-def test_assemble_publishes_rounds_all_rejected_and_seeds() -> None:
-    def row(cid: str, r: int, status: str) -> dict[str, Any]:
-        return {"candidate_id": cid, "round": r, "status": status, "instruction": "i", "response": "o",
-                "messages": [{"role": "user", "content": "i"}, {"role": "assistant", "content": "o"}],
-                "prompt_templates": {"response": "gra_response.jinja2@x"}}  # fmt: skip
-
-    rounds = {1: [row("a", 1, "kept"), row("b", 1, "duplicate")], 2: [row("c", 2, "kept")]}
-    data = assemble([{"pool_id": "seed-0", "origin": "seed", "instruction": "i", "response": "o"}], rounds)
-    assert list(data) == ["all", "round-1", "round-2", "rejected", "seeds"]
-    assert data["all"]["candidate_id"] == ["a", "c"] and data["rejected"]["candidate_id"] == ["b"]
-    assert data["all"].features == data["rejected"].features  # all-None columns stay typed
-    assert data["all"][0]["prompt_templates"]["adjudication"] is None
-    assert (funnel(rounds[1])["kept"], funnel(rounds[1])["duplicate"]) == (1, 1)
-
-
-# ------------------------------------------------------------------ the loop, end to end
-
-
-def _env(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        HOME=str(home),
-        SYNTHALIGN_CACHE=os.environ.get("SYNTHALIGN_CACHE", str(Path.home() / ".cache" / "synthalign")),
-        # tiny models on a small shared CPU: one thread per process avoids OpenMP spin-waits
-        OMP_NUM_THREADS="1",
+    pool = PoolLLM(
+        members=[
+            PoolMember(name=f"m{i}", spec=f"openai:http://127.0.0.1:9/v1#m{i}") for i in range(2)
+        ]
     )
-    return env
+    recipe = _recipe(pool=[f"openai:http://127.0.0.1:9/v1#m{i}" for i in range(3)], n_reviewers=1)
+    pipeline = build_pipeline(recipe)  # the recipe has no key: the driver's run_pipeline brings it
+    given = apply_api_key(pipeline, SecretStr("sk-driver"))
+    assert given == 3 * sum(
+        1
+        for n in pipeline.dag
+        if isinstance(getattr(pipeline.dag.get_step(n)["step"], "llm", None), PoolLLM)
+    )
+    step = pipeline.dag.get_step("adjudicate")["step"]
+    assert {m.api_key.get_secret_value() for m in step.llm.openai_members()} == {"sk-driver"}
+    assert all(
+        m.api_key is None for m in pool.openai_members()
+    )  # no key anywhere: $OPENAI_API_KEY at load
 
 
-def _run(args: list[str], home: Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(args, env=_env(home), capture_output=True, text=True, timeout=1200, cwd=cwd)
+# ------------------------------------------------------------------ generate and loop, end to end
 
 
-N_CANDIDATES = 48
+def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1")
+    env.setdefault("SYNTHALIGN_CACHE", str(Path.home() / ".cache" / "synthalign"))
+    return subprocess.run(
+        [sys.executable, "-m", "synthalign.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=tmp_path,
+    )
 
 
-@pytest.mark.slow
-def test_quickstart_loop_two_rounds_resume_load_and_rerun(tmp_path: Path) -> None:
-    from datasets import load_dataset
+N_CANDIDATES = 40
 
-    from synthalign.hub import read_hub_folder, validate_hub_folder
 
+def _tiny_recipe(tmp_path: Path) -> Path:
     data = yaml.safe_load(QUICKSTART.read_text())
     # Random reviewers say "yes" to a criterion about half the time, so with the paper's
     # rule (any "no" rejects) almost nothing passes a committee of random models. One
-    # reviewer per sample and tau 0 let some samples through so that every stage after
-    # the reviews (dedup, enrichment, the next round's pool) runs on real rows.
+    # reviewer per sample and min_mean_score 0 let some samples through so that every
+    # stage after the reviews (dedup, enrichment, the next round's pool) runs on real rows.
     data.update(
-        pool=[{"spec": TINY, "seed": s} for s in (1, 2, 3, 4)],  # the quickstart pool minus SmolLM2, for speed
-        seed_data={**data["seed_data"], "source": str(ROOT / data["seed_data"]["source"]), "limit": 10},
+        pool=[
+            {"spec": TINY, "seed": s} for s in (1, 2, 3, 4)
+        ],  # the quickstart pool minus SmolLM2, for speed
+        seed_data={
+            **data["seed_data"],
+            "source": str(ROOT / data["seed_data"]["source"]),
+            "limit": 10,
+        },
         samples_per_round=N_CANDIDATES,
         n_reviewers=1,
         min_valid_reviews=1,
-        tau=0.0,
+        min_mean_score=0.0,
         cache_dir=str(tmp_path / "cache"),
     )
     data["generation"].update(max_new_tokens=24, structured_max_new_tokens=200)
-    recipe_path = tmp_path / "gra.yaml"
-    recipe_path.write_text(yaml.safe_dump(data))
+    path = tmp_path / "gra.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _load(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    from synthalign.hub import read_hub_folder, validate_hub_folder
+
+    validate_hub_folder(folder)
+    return read_hub_folder(folder)
+
+
+@pytest.mark.slow
+def test_generate_writes_round_one_and_its_pipeline_yaml_reruns_to_the_same_configs(
+    tmp_path: Path,
+) -> None:
     out = tmp_path / "out"
-    cli = [str(BIN / "synthalign"), "loop", "gra", "--config", str(recipe_path), "--output", str(out)]
+    proc = _run(
+        ["generate", "gra", "--config", str(_tiny_recipe(tmp_path)), "--output", str(out)], tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded, info = _load(out)
+    assert [s["key"] for s in info["states"]] == ["1:round"]
+    assert set(loaded) <= {"all", "round-1", "rejected", "seeds"} and {"rejected", "seeds"} <= set(
+        loaded
+    )
+    everything = [
+        *(loaded["all"].to_list() if "all" in loaded else []),
+        *loaded["rejected"].to_list(),
+    ]
+    assert len(everything) == N_CANDIDATES and {c["round"] for c in everything} == {1}
+    assert all(c["kept"] is (c["drop_stage"] is None) for c in everything)
+    readme = (out / "README.md").read_text()
+    assert readme.count("## Funnel") == 1 and "| candidates | 40 |" in readme
+    counts = assert_rerun_reproduces(out, tmp_path / "rerun")
+    assert counts["seeds"] == 10 and counts["rejected"] == sum(
+        1 for c in everything if not c["kept"]
+    )
 
-    first = _run([*cli, "--iterations", "1"], tmp_path / "home", tmp_path)
+
+def _check_round(cands: list[dict[str, Any]], r: int, names: list[str]) -> None:
+    assert len(cands) == N_CANDIDATES
+    # the published roles are exactly the seeded draws: the same seed gives the same roles
+    draws = draw_roles(N_CANDIDATES, 4, 1, seed=0, round_index=r)
+    assert [c["generator_model"] for c in cands] == [names[d["generator"]] for d in draws]
+    assert [c["reviewer_models"] for c in cands] == [
+        [names[m] for m in d["reviewers"]] for d in draws
+    ]
+    assert [c["adjudicator_model"] for c in cands] == [names[d["adjudicator"]] for d in draws]
+    for c in cands:
+        assert c["kept"] is (c["drop_stage"] is None) and (c["drop_reason"] is None) is c["kept"]
+        if c["drop_stage"] not in ("generation", "instruction_review"):
+            assert c["instruction_reviews"] and c["response"] is not None and c["response_reviews"]
+        if c["drop_stage"] == "instruction_review":
+            assert (
+                c["response"] is None and c["response_reviews"] is None
+            )  # never answered nor reviewed
+        if c["review_decision"] != "adjudicate":
+            assert c["adjudication"] is None
+        if c["kept"]:
+            assert c["messages"][1]["content"] == c["response"]
+            assert c["metadata_models"]["summary"] == c["enricher_model"]
+            assert c["dedup_match"] is None
+        if c["drop_stage"] == "dedup":
+            assert c["dedup_match"] and c["dedup_similarity"] >= 0.9
+
+
+@pytest.mark.slow
+def test_loop_two_rounds_resumes_republishes_and_round_two_reruns(tmp_path: Path) -> None:
+    from datasets import load_dataset
+
+    from synthalign.cards.gra import funnel
+
+    recipe, out = _tiny_recipe(tmp_path), tmp_path / "out"
+    cli = ["loop", "gra", "--config", str(recipe), "--output", str(out)]
+    first = _run([*cli, "--iterations", "1"], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    record = json.loads((out / "synthalign.json").read_text())
-    assert [r["round"] for r in record["gra_loop"]["rounds"]] == [1]
-
-    second = _run([*cli, "--iterations", "2"], tmp_path / "home", tmp_path)  # resumes at round 2
+    round_one, _ = _load(out)
+    second = _run([*cli, "--iterations", "2"], tmp_path)  # resumes at round 2
     assert second.returncode == 0, second.stderr[-3000:]
-    validate_hub_folder(out)
-    record = json.loads((out / "synthalign.json").read_text())
-    rounds = record["gra_loop"]["rounds"]
-    assert [r["round"] for r in rounds] == [1, 2]
-    assert rounds[1]["pool_rows"] == 10 + rounds[0]["kept"]
+    loaded, info = _load(out)
+    assert [s["key"] for s in info["states"]] == ["1:round", "2:round"]
 
-    loaded, _ = read_hub_folder(out)
-    kept = {r["round"]: r["kept"] for r in rounds}
-    assert sum(kept.values()) > 0, rounds
-    expected = {"all", "seeds", "rejected"} | {f"round-{r}" for r, k in kept.items() if k}
-    assert set(loaded) == expected
+    everything = loaded["all"].to_list() + loaded["rejected"].to_list()
+    kept = {r: sum(1 for c in everything if c["round"] == r and c["kept"]) for r in (1, 2)}
+    assert sum(kept.values()) > 0, kept
+    assert set(loaded) == {"all", "seeds", "rejected"} | {
+        f"round-{r}" for r, k in kept.items() if k
+    }
+    # round 2 republished round 1's rows and the seeds exactly as round 1 wrote them
+    assert loaded["seeds"].to_list() == round_one["seeds"].to_list()
+    for config in ("all", "rejected"):
+        assert [c for c in loaded[config].to_list() if c["round"] == 1] == round_one[
+            config
+        ].to_list()
     seeds = load_dataset(str(out), "seeds", split="train")
     assert len(seeds) == 10 and set(seeds["origin"]) == {"seed"}
     assert sum(1 for r in seeds if r["domain"] and r["keywords"] and r["summary"]) >= 8
-    default = load_dataset(str(out), split="train")  # `all`, the default config
-    assert len(default) == sum(kept.values())
-    everything = loaded["all"].to_list() + loaded["rejected"].to_list()
+    assert len(load_dataset(str(out), split="train")) == sum(
+        kept.values()
+    )  # `all`, the default config
     names = [f"{TINY}#{i}" for i in (1, 2, 3, 4)]
     for r in (1, 2):
         cands = sorted((c for c in everything if c["round"] == r), key=lambda c: c["candidate_id"])
-        assert len(cands) == N_CANDIDATES
+        _check_round(cands, r, names)
         counts = funnel(cands)
-        exits = ("generation_failed", "instruction_rejected", "response_failed", "response_rejected",
-                 "adjudication_discarded", "duplicate", "kept")  # fmt: skip
-        assert sum(counts[s] for s in exits) == N_CANDIDATES
-        assert counts == {k: v for k, v in rounds[r - 1].items() if k in counts}
-        # the published roles are exactly the seeded draws: the same seed gives the same roles
-        draws = draw_roles(N_CANDIDATES, 4, 1, seed=0, round_index=r)
-        assert [c["generator_model"] for c in cands] == [names[d["generator"]] for d in draws]
-        assert [c["reviewer_models"] for c in cands] == [[names[m] for m in d["reviewers"]] for d in draws]
-        assert [c["adjudicator_model"] for c in cands] == [names[d["adjudicator"]] for d in draws]
-        for c in cands:
-            if c["status"] not in ("generation_failed", "instruction_rejected"):
-                assert c["instruction_reviews"] and c["response"] is not None and c["response_reviews"]
-            if c["status"] == "instruction_rejected":
-                assert c["response"] is None and c["response_reviews"] is None  # never answered nor reviewed
-            if c["review_decision"] != "adjudicate":
-                assert c["adjudication"] is None
-            if c["status"] == "kept":
-                assert c["messages"][1]["content"] == c["response"]
-                assert c["metadata_models"]["summary"] == c["enricher_model"]
-                assert c["dedup_match"] is None or c["dedup_similarity"] < 0.9
+        assert counts["candidates"] == N_CANDIDATES and counts["kept"] == kept[r]
+        assert (
+            sum(
+                counts[s]
+                for s in (
+                    "generation",
+                    "instruction_review",
+                    "response",
+                    "response_review",
+                    "adjudication",
+                    "dedup",
+                    "kept",
+                )
+            )
+            == N_CANDIDATES
+        )
     # round 2 drew its examples from the seeds and round 1's kept samples that have a summary
     usable = {c["candidate_id"] for c in loaded["all"] if c["round"] == 1 and c["summary"]}
     round2_examples = {e["pool_id"] for c in everything if c["round"] == 2 for e in c["examples"]}
     assert round2_examples <= set(seeds["pool_id"]) | usable
     readme = (out / "README.md").read_text()
-    assert "Funnel per round" in readme
-    assert {p.name for p in (out / "figures").iterdir()} == {"funnel.png", "score_histogram.png", "role_counts.png"}
-
-    # the folder's pipeline.yaml (round 2) reruns with distilabel's own CLI
-    rerun = _run([str(BIN / "distilabel"), "pipeline", "run", "--config", str(out / "pipeline.yaml")], tmp_path / "home2", tmp_path)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    caches = list((tmp_path / "home2" / ".cache" / "distilabel" / "pipelines").rglob("*.parquet"))
-    assert any("samples" in p.parts for p in caches)
+    assert "Funnel per round" in readme and "| round 1 | round 2 |" in readme
+    assert {p.name for p in (out / "figures").iterdir()} >= {
+        "funnel.png",
+        "score_histogram.png",
+        "role_counts.png",
+    }
+    # the folder's pipeline.yaml is round 2's; distilabel's own CLI reruns it to the same configs
+    assert assert_rerun_reproduces(out, tmp_path / "rerun") == {
+        k: len(v) for k, v in loaded.items()
+    }

@@ -20,6 +20,12 @@ from synthalign.steps.keywords import (
     split_paragraphs,
     stopwords,
 )
+from synthalign.steps.synpo_data import (
+    BuildGeneratorExamples,
+    LoadPairs,
+    SampleKeywordLists,
+    read_seed_examples,
+)
 
 PROMPTS = [
     "Write a short poem about the ocean at night, mentioning lighthouses and sailors.",
@@ -67,7 +73,9 @@ def test_name_words_use_capitalized_runs_and_sentence_starts() -> None:
 
 
 def test_keyword_case_follows_the_text() -> None:
-    keywords = KeywordExtractor().extract("Write a poem. I love the Python language and its NASA heritage.")
+    keywords = KeywordExtractor().extract(
+        "Write a poem. I love the Python language and its NASA heritage."
+    )
     assert "write" in keywords or "poem" in keywords
     assert "Write" not in keywords  # capitalized only because it starts the sentence
     assert "Python" in keywords or "Python language" in keywords
@@ -89,13 +97,19 @@ def test_generator_examples_mix_two_own_keywords_and_one_noise_keyword() -> None
     for row in rows:
         prompt = PROMPTS[row["source_index"]]
         assert row["completion"] == prompt
-        assert len(row["keywords"]) == 3 and len(row["prompt_keywords"]) == 2 and len(row["noise_keywords"]) == 1
+        assert (
+            len(row["keywords"]) == 3
+            and len(row["prompt_keywords"]) == 2
+            and len(row["noise_keywords"]) == 1
+        )
         assert sorted(row["keywords"]) == sorted(row["prompt_keywords"] + row["noise_keywords"])
         for keyword in row["prompt_keywords"]:
             assert _words(keyword) <= _words(prompt), (keyword, prompt)
         noise = row["noise_keywords"][0]
         assert not _words(noise) <= _words(prompt), (noise, prompt)  # noise really is foreign
-        assert any(_words(noise) <= _words(p) for i, p in enumerate(PROMPTS) if i != row["source_index"])
+        assert any(
+            _words(noise) <= _words(p) for i, p in enumerate(PROMPTS) if i != row["source_index"]
+        )
     again, _ = build_generator_examples(PROMPTS, seed=3)
     assert again == rows
     other, _ = build_generator_examples(PROMPTS, seed=4)
@@ -116,13 +130,17 @@ def test_keyword_sampling_is_seeded_and_uses_each_paragraph_once() -> None:
         assert len(row["keywords"]) == 3
         text_words = _words(PARAGRAPHS[row["paragraph_index"]])
         assert all(_words(k) <= text_words for k in row["keywords"]), row
-        assert keyword_list_reject_reason(row["keywords"], PARAGRAPHS[row["paragraph_index"]]) is None
+        assert (
+            keyword_list_reject_reason(row["keywords"], PARAGRAPHS[row["paragraph_index"]]) is None
+        )
     same, _ = sample_keyword_lists(PARAGRAPHS, 5, seed=7)
     assert same == rows
     different, _ = sample_keyword_lists(PARAGRAPHS, 5, seed=8)
     assert different != rows
+    positions = [r["paragraph_position"] for r in rows]
+    assert positions == sorted(positions) and positions[-1] + 1 == stats.paragraphs_seen
     # a later call skipping what the first consumed never reuses a paragraph
-    rest, rest_stats = sample_keyword_lists(PARAGRAPHS, 5, seed=7, skip=stats.paragraphs_seen)
+    rest, rest_stats = sample_keyword_lists(PARAGRAPHS, 5, seed=7, skip=positions[-1] + 1)
     assert not {r["paragraph_index"] for r in rest} & {r["paragraph_index"] for r in rows}
     assert rest_stats.exhausted  # only 3 paragraphs were left
 
@@ -134,7 +152,10 @@ def test_keyword_lists_never_contain_names_or_stopwords() -> None:
         assert not any(_words(k) & stopwords("en") for k in row["keywords"])
     assert keyword_list_reject_reason(["ocean", "the"]) == "stopword"
     assert keyword_list_reject_reason(["ocean", "Mary"]) == "personal name"
-    assert keyword_list_reject_reason(["ocean", "Smith visited"], "John Smith visited Rome.") == "personal name"
+    assert (
+        keyword_list_reject_reason(["ocean", "Smith visited"], "John Smith visited Rome.")
+        == "personal name"
+    )
     assert keyword_list_reject_reason(["ocean", "rose garden"]) is None
 
 
@@ -143,8 +164,86 @@ def test_read_paragraphs_from_text_and_jsonl(tmp_path: Path) -> None:
     txt.write_text("\n".join([*PARAGRAPHS[:3], "too short"]) + "\n", encoding="utf-8")
     assert read_paragraphs(str(txt), min_words=10) == PARAGRAPHS[:3]
     jsonl = tmp_path / "corpus.jsonl"
-    jsonl.write_text(json.dumps({"content": PARAGRAPHS[0] + "\n\n" + PARAGRAPHS[1]}) + "\n", encoding="utf-8")
+    jsonl.write_text(
+        json.dumps({"content": PARAGRAPHS[0] + "\n\n" + PARAGRAPHS[1]}) + "\n", encoding="utf-8"
+    )
     assert read_paragraphs(str(jsonl), text_column="content", min_words=10) == PARAGRAPHS[:2]
     with pytest.raises(SeedDataError, match="no paragraph"):
         read_paragraphs(str(txt), min_words=500)
-    assert split_paragraphs("one two three\n\nfour five six seven", min_words=4) == ["four five six seven"]
+    assert split_paragraphs("one two three\n\nfour five six seven", min_words=4) == [
+        "four five six seven"
+    ]
+
+
+# ------------------------------------------------- the steps that read SynPO's sources
+
+
+def test_sample_keyword_lists_step_skips_consumed_paragraphs_and_starts_over(
+    tmp_path: Path,
+) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(PARAGRAPHS) + "\n", encoding="utf-8")
+    options = {"source": str(corpus), "min_words": 10, "num_lists": 4, "seed": 7, "batch_size": 3}
+    first = SampleKeywordLists(name="sample", **options)
+    batches = list(first.process())
+    assert [len(b) for b, _ in batches] == [3, 1] and [last for _, last in batches] == [False, True]
+    rows = [r for b, _ in batches for r in b]
+    assert set(rows[0]) == {"keywords", "paragraph_index", "paragraph_position"}
+    skip = rows[-1]["paragraph_position"] + 1
+    rest = SampleKeywordLists(name="sample", **options, skip=skip).sample()
+    assert not {r["paragraph_index"] for r in rest} & {r["paragraph_index"] for r in rows}
+    # the corpus is used up: sampling starts over rather than stopping
+    assert (
+        SampleKeywordLists(name="sample", **options, skip=len(PARAGRAPHS)).sample()
+        == first.sample()
+    )
+    with pytest.raises(SeedDataError, match="no keyword list"):
+        SampleKeywordLists(name="sample", **{**options, "per_list": 12}).sample()
+
+
+def test_seed_examples_take_the_first_exchange_or_two_columns(tmp_path: Path) -> None:
+    chats = tmp_path / "chats.jsonl"
+    rows = [
+        {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": " Hi? "}, {"role": "assistant", "content": "Hello."}]},
+        {"messages": [{"role": "user", "content": "No answer"}]},
+        {"messages": [{"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}, {"role": "user", "content": "more"}]},
+    ]  # fmt: skip
+    chats.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert read_seed_examples(str(chats)) == [
+        {"prompt": "Hi?", "response": "Hello.", "seed_index": 0},
+        {"prompt": "Q2", "response": "A2", "seed_index": 1},
+    ]
+    flat = tmp_path / "flat.jsonl"
+    flat.write_text(json.dumps({"q": "Why?", "a": "Because."}) + "\n", encoding="utf-8")
+    assert (
+        read_seed_examples(str(flat), prompt_column="q", response_column="a")[0]["response"]
+        == "Because."
+    )
+    unanswered = tmp_path / "unanswered.jsonl"
+    unanswered.write_text(json.dumps(rows[1]) + "\n", encoding="utf-8")
+    with pytest.raises(SeedDataError, match="no row has a user prompt"):
+        read_seed_examples(str(unanswered))
+
+
+def test_generator_examples_step_keeps_the_seed_index() -> None:
+    rows = [{"prompt": p, "seed_index": i} for i, p in enumerate(PROMPTS)]
+    examples = next(BuildGeneratorExamples(name="build", seed=3).process(rows[::-1]))
+    expected, _ = build_generator_examples(PROMPTS, seed=3)
+    assert examples == expected  # arrival order does not matter
+
+
+def test_load_pairs_reads_a_config_of_each_folder(tmp_path: Path) -> None:
+    from datasets import Dataset
+
+    for k in (1, 2):
+        folder = tmp_path / f"iter-{k}" / "pairs" / "data" / "pairs"
+        folder.mkdir(parents=True)
+        Dataset.from_dict({"prompt": [f"p{k}"] * k, "iteration": [k] * k}).to_parquet(
+            str(folder / "train-00000-of-00001.parquet")
+        )
+    folders = [str(tmp_path / f"iter-{k}" / "pairs") for k in (1, 2)]
+    batches = list(
+        LoadPairs(name="load", folders=folders, columns=["iteration"], batch_size=2).process()
+    )
+    assert [b for b, _ in batches] == [[{"iteration": 1}, {"iteration": 2}], [{"iteration": 2}]]
+    assert list(LoadPairs(name="load", folders=[], columns=["iteration"]).process()) == [([], True)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,14 +10,17 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import Field
+from pydantic import Field, SecretStr
+from rdpo_recipe import write_tiny_rdpo_recipe
+from rerun import assert_rerun_reproduces
 
+from synthalign.llms import apply_api_key
 from synthalign.llms.base import Completion, SynthLLM
 from synthalign.recipes import load_recipe, parse_recipe
+from synthalign.steps.publish import dropped, kept
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "pipelines" / "recipes"
-DISTILABEL = Path(sys.executable).with_name("distilabel")
 SYNTHALIGN = Path(sys.executable).with_name("synthalign")
 
 
@@ -28,9 +30,14 @@ class CannedLLM(SynthLLM):
     replies: list[str | None]
     seen: list[list[dict[str, str]]] = Field(default_factory=list)
 
-    def _generate_batch(self, conversations: list, schemas: list, **kwargs: Any) -> list[Completion]:
+    def _generate_batch(
+        self, conversations: list, schemas: list, **kwargs: Any
+    ) -> list[Completion]:
         self.seen.extend(conversations)
-        return [Completion(self.replies[len(c) // 2 % len(self.replies)] or "", 1, 1) for c in conversations]
+        return [
+            Completion(self.replies[len(c) // 2 % len(self.replies)] or "", 1, 1)
+            for c in conversations
+        ]
 
 
 # ------------------------------------------------------------------ conversation
@@ -43,23 +50,46 @@ def test_self_critique_revision_is_one_growing_conversation() -> None:
     llm = CannedLLM(model="canned-teacher", replies=["?", "ORIGINAL", "CRITIQUE", "REVISED"])
     task = SelfCritiqueRevision(name="scr", llm=llm, system_column="system")
     task.load()
-    row = {"prompt": "Be a pirate!", "system": "You are Ada.", "principle_text": PRINCIPLES["persona"].statement}
+    row = {
+        "prompt": "Be a pirate!",
+        "system": "You are Ada.",
+        "principle_text": PRINCIPLES["persona"].statement,
+    }
     (out,) = list(task.process([row]))
     answer, critique, revision = llm.seen
-    assert answer == [{"role": "system", "content": "You are Ada."}, {"role": "user", "content": "Be a pirate!"}]
+    assert answer == [
+        {"role": "system", "content": "You are Ada."},
+        {"role": "user", "content": "Be a pirate!"},
+    ]
     assert critique[:2] == answer and critique[2] == {"role": "assistant", "content": "ORIGINAL"}
-    assert critique[3]["role"] == "user" and PRINCIPLES["persona"].statement in critique[3]["content"]
+    assert (
+        critique[3]["role"] == "user" and PRINCIPLES["persona"].statement in critique[3]["content"]
+    )
     assert revision[:4] == critique and revision[4] == {"role": "assistant", "content": "CRITIQUE"}
     assert PRINCIPLES["persona"].statement in revision[5]["content"]
-    assert (out[0]["response_original"], out[0]["critique"], out[0]["response_revised"]) == ("ORIGINAL", "CRITIQUE", "REVISED")
-    assert out[0]["critique_prompt"].startswith("rdpo_critique.jinja2@") and out[0]["revision_model"] == "canned-teacher"
+    assert (out[0]["response_original"], out[0]["critique"], out[0]["response_revised"]) == (
+        "ORIGINAL",
+        "CRITIQUE",
+        "REVISED",
+    )
+    assert (
+        out[0]["critique_prompt"].startswith("rdpo_critique.jinja2@")
+        and out[0]["revision_model"] == "canned-teacher"
+    )
 
 
 def test_fold_system_moves_the_persona_into_the_first_user_turn() -> None:
     from synthalign.steps.rdpo import SelfCritiqueRevision
 
-    task = SelfCritiqueRevision(name="scr", llm=CannedLLM(model="c", replies=["x"]), system_column="system", fold_system=True)
-    chat = task.conversation({"prompt": "Be a pirate!", "system": "You are Ada.", "principle_text": "p"}, 2)
+    task = SelfCritiqueRevision(
+        name="scr",
+        llm=CannedLLM(model="c", replies=["x"]),
+        system_column="system",
+        fold_system=True,
+    )
+    chat = task.conversation(
+        {"prompt": "Be a pirate!", "system": "You are Ada.", "principle_text": "p"}, 2
+    )
     assert [m["role"] for m in chat] == ["user", "assistant", "user", "assistant", "user"]
     assert chat[0]["content"] == "You are Ada.\n\nBe a pirate!"
 
@@ -73,7 +103,10 @@ def test_a_failed_turn_skips_the_rest_of_its_conversation() -> None:
     (out,) = list(task.process([{"prompt": "q", "principle_text": "be kind"}]))
     assert len(llm.seen) == 1
     assert out[0]["answer_error"] == "empty output"
-    assert out[0]["critique_error"] == "skipped: answer failed" and out[0]["revision_error"] == "skipped: critique failed"
+    assert (
+        out[0]["critique_error"] == "skipped: answer failed"
+        and out[0]["revision_error"] == "skipped: critique failed"
+    )
     assert out[0]["response_revised"] is None
 
 
@@ -105,12 +138,21 @@ def _pair(rows: list[dict[str, Any]], **kwargs: Any) -> list[dict[str, Any]]:
 
 
 def test_revised_is_chosen_and_tau_says_how_sure_the_scorer_is() -> None:
-    up, down = _pair([_scored(), _scored(score_original=3.0, score_revised=1.0)], temperature=2.0)
-    assert up["chosen"] == [{"role": "assistant", "content": "rev"}] and up["prompt_messages"][-1]["content"] == "q"
-    assert up["tau"] == pytest.approx(1 / (1 + 2.718281828459045 ** -1))
-    assert down["chosen_is"] == "revised" and down["tau"] < 0.5  # a worse revision keeps its place, tau flips
+    up, down = _pair(
+        [_scored(), _scored(score_original=3.0, score_revised=1.0)], tau_temperature=2.0
+    )
+    assert (
+        up["chosen"] == [{"role": "assistant", "content": "rev"}]
+        and up["prompt_messages"][-1]["content"] == "q"
+    )
+    assert up["tau"] == pytest.approx(1 / (1 + 2.718281828459045**-1))
+    assert (
+        down["chosen_is"] == "revised" and down["tau"] < 0.5
+    )  # a worse revision keeps its place, tau flips
     (higher,) = _pair([_scored(score_original=3.0, score_revised=1.0)], chosen="higher_score")
-    assert higher["chosen_is"] == "original" and higher["tau"] > 0.5 and higher["score_chosen"] == 3.0
+    assert (
+        higher["chosen_is"] == "original" and higher["tau"] > 0.5 and higher["score_chosen"] == 3.0
+    )
 
 
 def test_every_unusable_row_gets_one_counted_reason() -> None:
@@ -127,30 +169,111 @@ def test_every_unusable_row_gets_one_counted_reason() -> None:
         judge_prefixes=["judge_original", "judge_revised"],
     )
     reasons = [r["drop_reason"] for r in rows]
-    assert reasons == ["answer failed", "judge: out of scale", "judge: schema", "tie", "identical responses", None]
+    assert reasons == [
+        "answer failed",
+        "judge: out of scale",
+        "judge: schema",
+        "tie",
+        "identical responses",
+        None,
+    ]
+    assert [r["drop_stage"] for r in rows] == [
+        "generation",
+        "scoring",
+        "scoring",
+        "pairing",
+        "pairing",
+        None,
+    ]
+    assert [r["kept"] for r in rows] == [False] * 5 + [True]
     assert rows[1]["drop_detail"].startswith("out of scale") and rows[1]["tau"] is None
     assert rows[5]["tau"] is not None
+
+
+def test_published_configs_keep_their_schema_when_empty_or_all_none() -> None:
+    from datasets import Dataset
+
+    from synthalign.steps.publish import DROP_COLUMNS
+    from synthalign.steps.rdpo import SelectAllRows, SelectPreferencePairs, SelectSFTMessages
+
+    rows = _pair(
+        [_scored(), _scored(answer_error="empty output")],
+        judge_prefixes=["judge_original", "judge_revised"],
+    )
+    leaves = {
+        "rdpo": SelectPreferencePairs(
+            name="rdpo", judge_prefixes=["judge_original", "judge_revised"]
+        ),
+        "dpo": SelectPreferencePairs(name="dpo", with_tau=False),
+        "sft": SelectSFTMessages(name="sft"),
+        "all": SelectAllRows(name="all", judge_prefixes=["judge_original", "judge_revised"]),
+    }
+    out = {name: next(iter(leaf.process([dict(r) for r in rows]))) for name, leaf in leaves.items()}
+    assert [len(out[n]) for n in leaves] == [1, 1, 1, 2]
+    for name, leaf in leaves.items():
+        features = leaf.features()
+        assert list(out[name][0]) == list(features) == leaf.outputs, (
+            name
+        )  # schema declared once, rows match it
+        Dataset.from_list(out[name]).cast(
+            features
+        )  # all-None judge columns still take their declared types
+    assert (
+        set(DROP_COLUMNS) <= set(leaves["all"].features()) and "tau" not in leaves["dpo"].features()
+    )
+    assert (
+        out["rdpo"][0]["prompt"] == [{"role": "user", "content": "q"}]
+        and out["all"][0]["prompt"] == "q"
+    )
+    assert out["sft"][0]["messages"][-1] == {"role": "assistant", "content": "rev"}
 
 
 def test_card_counts_drop_reasons_and_draws_figures() -> None:
     from datasets import Dataset
 
-    from synthalign.cards.rdpo import build_card
+    from synthalign.pipelines.rdpo import METHOD
+    from synthalign.run import make_card
 
+    drops = [kept(), dropped("scoring", "judge: out of scale"), dropped("pairing", "tie")]
+    scores = [(0, 5), (1, None), (2, 2)]
     all_rows = Dataset.from_list(
         [
-            {"prompt": "a", "score_original": 0, "score_revised": 5, "drop_reason": None, "kept": True},
-            {"prompt": "b", "score_original": 1, "score_revised": None, "drop_reason": "judge: out of scale", "kept": False},
-            {"prompt": "c", "score_original": 2, "score_revised": 2, "drop_reason": "tie", "kept": False},
+            {"prompt": p, "score_original": o, "score_revised": r, **d}
+            for p, (o, r), d in zip("abc", scores, drops, strict=True)
         ]
     )
-    pairs = Dataset.from_list([{"prompt": [{"role": "user", "content": "a"}], "tau": 0.98, "principle": "persona"}])
-    card = build_card({"rdpo": pairs, "all": all_rows}, {"recipe": {"behaviour": {"principle": "persona"}}})
-    assert "| judge: out of scale | 1 |" in card.body and "| tie | 1 |" in card.body
+    pairs = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": "a"}], "tau": 0.98, "principle": "persona"}]
+    )
+    card = make_card(
+        METHOD,
+        {"rdpo": pairs, "all": all_rows},
+        {"recipe": {"behaviour": {"principle": "persona"}}},
+        "rdpo",
+    )
+    # the shared frame's funnel, from the drop columns of `all`
+    assert (
+        "| scoring | judge: out of scale | 1 |" in card.body
+        and "| pairing | tie | 1 |" in card.body
+    )
+    assert "| (published) | kept | 1 |" in card.body
     assert "| persona | 1 |" in card.body
     assert set(card.figures) == {"tau_hist.png", "scores_scatter.png"}
     assert all(png.startswith(b"\x89PNG") for png in card.figures.values())
     assert "rdpo" in card.metadata["tags"]
+
+
+def test_card_copes_with_configs_left_out_for_having_no_rows() -> None:
+    from datasets import Dataset
+
+    from synthalign.pipelines.rdpo import METHOD
+    from synthalign.run import make_card
+
+    row = {"prompt": "a", "score_original": 1.0, "score_revised": None}
+    nothing_kept = Dataset.from_list([{**row, **dropped("scoring", "reward model: no score")}])
+    card = make_card(METHOD, {"all": nothing_kept}, {"recipe": {}}, "all")
+    assert "| rdpo | 0 |" in card.body and "| sft | 0 |" in card.body and "| all | 1 |" in card.body
+    assert "| scoring | reward model: no score | 1 |" in card.body and not card.figures
 
 
 # ----------------------------------------------------------------------- recipes
@@ -162,7 +285,12 @@ def test_shipped_recipes_parse() -> None:
     from synthalign.trainers.sft import SFTRecipe
 
     generation = sorted(RECIPES.glob("rdpo-*.yaml"))
-    assert {p.name for p in generation} >= {"rdpo-safety.yaml", "rdpo-persona.yaml", "rdpo-sycophancy.yaml", "rdpo-quickstart.yaml"}
+    assert {p.name for p in generation} >= {
+        "rdpo-safety.yaml",
+        "rdpo-persona.yaml",
+        "rdpo-sycophancy.yaml",
+        "rdpo-quickstart.yaml",
+    }
     for path in generation:
         if "-train" in path.name:
             load_recipe(path, SFTRecipe if path.stem.endswith("-sft") else RDPOTrainRecipe)
@@ -181,16 +309,115 @@ def test_recipe_errors_are_one_line() -> None:
     from synthalign.pipelines.rdpo import RDPORecipe, preflight
 
     with pytest.raises(RecipeError, match="scale"):
-        parse_recipe({"seeds": {"source": "x.jsonl"}, "scoring": {"kind": "judge", "judge": {"llm": "builtin:tiny-random", "scale": "1-10"}}}, RDPORecipe)
+        parse_recipe(
+            {
+                "seed_data": {"source": "x.jsonl"},
+                "scoring": {
+                    "kind": "judge",
+                    "judge": {"llm": "builtin:tiny-random", "scale": "1-10"},
+                },
+            },
+            RDPORecipe,
+        )
     with pytest.raises(RecipeError, match="judge"):
-        parse_recipe({"seeds": {"source": "x.jsonl"}, "scoring": {"kind": "judge"}}, RDPORecipe)
+        parse_recipe({"seed_data": {"source": "x.jsonl"}, "scoring": {"kind": "judge"}}, RDPORecipe)
     custom = parse_recipe(
-        {"seeds": {"source": str(RECIPES / "data" / "rdpo-quickstart.jsonl")}, "behaviour": {"principle": "kindness"},
-         "scoring": {"kind": "judge", "judge": {"llm": "builtin:tiny-random"}}},
+        {
+            "seed_data": {"source": str(RECIPES / "data" / "rdpo-quickstart.jsonl")},
+            "behaviour": {"principle": "kindness"},
+            "scoring": {"kind": "judge", "judge": {"llm": "builtin:tiny-random"}},
+        },
         RDPORecipe,
-    )  # fmt: skip
+    )
     with pytest.raises(RecipeError, match="principle"):
         preflight(custom)
+
+
+@pytest.mark.parametrize(
+    ("old", "where", "new"),
+    [
+        ({"seeds": {"source": "x.jsonl"}}, "seeds", "seed_data"),
+        (
+            {"scoring": {"kind": "reward_model", "temperature": 2.0}},
+            "scoring.temperature",
+            "tau_temperature",
+        ),
+        ({"input_batch_size": 8}, "input_batch_size", "teacher.batch_size"),
+    ],
+)
+def test_old_recipe_keys_name_their_new_key_in_one_line(
+    old: dict[str, Any], where: str, new: str, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from synthalign.cli import app
+
+    data = {"seed_data": {"source": "x.jsonl"}, **old}
+    if "seeds" in old:
+        del data["seed_data"]  # an old recipe: its seeds key is why seed_data is missing
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(
+        app, ["generate", "rdpo", "--config", str(path), "--output", str(tmp_path / "out")]
+    )
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith("error:") and f"key '{where}' was renamed to '{new}'" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_role_settings_reach_their_llms_and_the_row_record() -> None:
+    from synthalign.pipelines.rdpo import RDPORecipe, build_pipeline
+
+    server = "openai:http://127.0.0.1:9/v1"  # never called: the pipeline is only built
+    role = {
+        "llm": f"{server}#teacher",
+        "api_key": "teacher-key",
+        "temperature": 0.3,
+        "batch_size": 5,
+    }
+    recipe = parse_recipe(
+        {
+            "seed_data": {"source": str(RECIPES / "data" / "rdpo-quickstart.jsonl")},
+            "api_key": "recipe-key",
+            "teacher": role,
+            "scoring": {
+                "kind": "judge",
+                "judge": {"llm": f"{server}#judge", "batch_size": 7},
+                "tau_temperature": 0.5,
+            },
+        },
+        RDPORecipe,
+    )
+    pipeline = build_pipeline(recipe)
+    step = {name: pipeline.dag.get_step(name)["step"] for name in pipeline.dag}
+    teacher, judge = step["self_critique_revision"].llm, step["score_with_judge"].llm
+    # the role's own key; the driver gives the recipe's key to every openai: LLM still without one
+    assert teacher.api_key == SecretStr("teacher-key") and judge.api_key is None
+    assert apply_api_key(pipeline, recipe.api_key) == 1
+    assert teacher.api_key == SecretStr("teacher-key") and judge.api_key == SecretStr("recipe-key")
+    assert (
+        teacher.generation_kwargs["temperature"] == 0.3
+        and judge.generation_kwargs["temperature"] == 0.0
+    )
+    assert (
+        step["self_critique_revision"].input_batch_size == 5
+        and step["score_with_judge"].input_batch_size == 7
+    )
+    assert step["pair_with_preference_probability"].tau_temperature == 0.5
+    generation = step["pair_with_preference_probability"].generation
+    assert (
+        generation["tau_temperature"] == 0.5 and generation["teacher_kwargs"]["temperature"] == 0.3
+    )
+    assert generation["scorer"] == {
+        "kind": "judge",
+        "llm": "openai:http://127.0.0.1:9/v1#judge",
+        "scale": [0, 1],
+        "max_new_tokens": 256,
+        "temperature": 0.0,
+    }
+    dumped = repr(pipeline.dump())  # what pipeline.yaml holds
+    assert "teacher-key" not in dumped and "recipe-key" not in dumped
 
 
 # ------------------------------------------------------------------- end to end
@@ -207,19 +434,23 @@ def rdpo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("rdpo")
     seeds = tmp / "seeds.jsonl"
     seeds.write_text(
-        "".join(json.dumps({"question": f"Tell me about item {i}. " * (1 + i % 3), "persona": "You are Ada."}) + "\n" for i in range(6))
+        "".join(
+            json.dumps(
+                {"question": f"Tell me about item {i}. " * (1 + i % 3), "persona": "You are Ada."}
+            )
+            + "\n"
+            for i in range(6)
+        )
     )
-    recipe = {
-        "name": "rdpo-e2e",
-        "cache_dir": str(tmp / "cache"),
-        "seeds": {"source": str(seeds), "prompt_column": "question", "system_column": "persona"},
-        "teacher": {"llm": "builtin:tiny-random", "max_new_tokens": 24},
-        "behaviour": {"principle": "persona"},
-        "scoring": {"kind": "reward_model", "reward_model": {"model": "builtin:tiny-reward", "batch_size": 4}},
-        "input_batch_size": 4,
-    }
-    path = tmp / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
+    path = write_tiny_rdpo_recipe(
+        tmp,
+        "rdpo-e2e",
+        seeds,
+        batch=4,
+        teacher={"max_new_tokens": 24},
+        seed_data={"source": str(seeds), "prompt_column": "question", "system_column": "persona"},
+        behaviour={"principle": "persona"},
+    )
     out = tmp / "dataset"
     proc = subprocess.run(
         [str(SYNTHALIGN), "generate", "rdpo", "--config", str(path), "--output", str(out)],
@@ -241,18 +472,36 @@ def test_generated_folder_loads_with_trl_columns_and_a_card(rdpo_folder: Path) -
     everything = load_dataset(str(rdpo_folder), "all", split="train")
     assert len(everything) == 6 and len(pairs) == sum(everything["kept"])
     assert len(pairs) > 0
+    for is_kept, stage, reason in zip(
+        everything["kept"], everything["drop_stage"], everything["drop_reason"], strict=True
+    ):
+        assert (
+            (stage is None and reason is None)
+            if is_kept
+            else (stage in ("generation", "critique", "revision", "scoring", "pairing") and reason)
+        )
     row = pairs[0]
-    assert row["prompt"][0] == {"role": "system", "content": "You are Ada."} and row["prompt"][-1]["role"] == "user"
+    assert (
+        row["prompt"][0] == {"role": "system", "content": "You are Ada."}
+        and row["prompt"][-1]["role"] == "user"
+    )
     assert row["chosen"][0]["role"] == "assistant" and row["rejected"][0]["role"] == "assistant"
     assert all(0.0 <= t <= 1.0 for t in pairs["tau"])
-    assert row["scorer"] == "reward_model:builtin:tiny-reward" and row["principle"] == "persona" and row["critique"]
+    assert (
+        row["scorer"] == "reward_model:builtin:tiny-reward"
+        and row["principle"] == "persona"
+        and row["critique"]
+    )
     dpo = load_dataset(str(rdpo_folder), "dpo", split="train")
     assert "tau" not in dpo.column_names and dpo["chosen"] == pairs["chosen"]
     sft = load_dataset(str(rdpo_folder), "sft", split="train")
     assert sft[0]["messages"][-1] == row["chosen"][0]
-    assert load_dataset(str(rdpo_folder), split="train").column_names == pairs.column_names  # default = rdpo
+    assert (
+        load_dataset(str(rdpo_folder), split="train").column_names == pairs.column_names
+    )  # default = rdpo
     readme = (rdpo_folder / "README.md").read_text()
     assert "figures/tau_hist.png" in readme and (rdpo_folder / "figures" / "tau_hist.png").is_file()
+    assert "## Funnel" in readme and f"| (published) | kept | {len(pairs)} |" in readme
     assert (rdpo_folder / "figures" / "scores_scatter.png").is_file()
 
 
@@ -281,7 +530,19 @@ def test_train_rdpo_and_dpo_with_lora_from_the_folder(rdpo_folder: Path, tmp_pat
     )
     runner = CliRunner()
     out = tmp_path / "rdpo-model"
-    result = runner.invoke(app, ["train", "rdpo", "--config", str(recipe), "--dataset", str(rdpo_folder), "--output", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "rdpo",
+            "--config",
+            str(recipe),
+            "--dataset",
+            str(rdpo_folder),
+            "--output",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert (out / "adapter_config.json").is_file()
     model = AutoPeftModelForCausalLM.from_pretrained(out)
@@ -293,24 +554,36 @@ def test_train_rdpo_and_dpo_with_lora_from_the_folder(rdpo_folder: Path, tmp_pat
     assert json.loads((out / "synthalign-train.json").read_text())["dataset_config"] == "rdpo"
 
     baseline = tmp_path / "dpo-model"
-    result = runner.invoke(app, ["train", "dpo", "--config", str(recipe), "--dataset", str(rdpo_folder), "--output", str(baseline)])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "dpo",
+            "--config",
+            str(recipe),
+            "--dataset",
+            str(rdpo_folder),
+            "--output",
+            str(baseline),
+        ],
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert json.loads((baseline / "synthalign-train.json").read_text())["dataset_config"] == "dpo"
 
 
 @pytest.mark.slow
 def test_pipeline_yaml_reruns_with_the_distilabel_cli(rdpo_folder: Path, tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    env = dict(
-        os.environ,
-        HOME=str(home),
-        SYNTHALIGN_CACHE=os.environ.get("SYNTHALIGN_CACHE", str(Path.home() / ".cache" / "synthalign")),
+    """The folder's pipeline.yaml, rerun by distilabel's own CLI from a clean HOME, publishes
+    the same configs with the same rows, and (the run being seeded) the same tau values."""
+    from datasets import Dataset, load_dataset
+
+    counts = assert_rerun_reproduces(rdpo_folder, tmp_path)
+    assert set(counts) == {"rdpo", "dpo", "sft", "all"}
+    files = sorted(
+        tmp_path.glob(
+            "home/.cache/distilabel/pipelines/rdpo-e2e/*/executions/*/data/steps_outputs/rdpo/*.parquet"
+        )
     )
-    proc = subprocess.run(
-        [str(DISTILABEL), "pipeline", "run", "--config", str(rdpo_folder / "pipeline.yaml")],
-        env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = home / ".cache" / "distilabel" / "pipelines" / "rdpo-e2e"
-    for leaf in ("rdpo", "dpo", "sft", "all"):
-        assert list(runs.glob(f"*/executions/*/data/steps_outputs/{leaf}/*.parquet")), leaf
+    rerun = Dataset.from_parquet([str(f) for f in files])
+    published = load_dataset(str(rdpo_folder), "rdpo", split="train")
+    assert sorted(rerun["tau"]) == pytest.approx(sorted(published["tau"]))

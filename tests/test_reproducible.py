@@ -4,8 +4,8 @@ Two ``synthalign generate rdpo`` runs of one recipe on ``builtin:tiny-random`` (
 *sampling*, temperature 0.7, so the seed has to do its job) with separate caches, so
 the second run cannot reuse the first one's batches: the datasets must be identical row
 for row, and so must the cards. Every card's front matter (``reproducibility:``)
-records the seed and the versions of the packages that shaped the data (synthalign, distilabel, transformers, TRL, datasets,
-torch, and vLLM where installed).
+records the seed and the versions of the packages that shaped the data (synthalign,
+distilabel, transformers, TRL, datasets, torch, and vLLM where installed).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rdpo_recipe import write_tiny_rdpo_recipe
 
 CLI = "import sys; from synthalign.cli import app; sys.exit(app())"
 REQUIRED_VERSIONS = ("synthalign", "distilabel", "transformers", "trl", "datasets", "torch")
@@ -44,10 +45,23 @@ def test_every_card_records_seed_and_versions(tmp_path: Path) -> None:
     from synthalign.hub import update_card, write_hub_folder
 
     data = {"sft": Dataset.from_dict({"messages": [[{"role": "user", "content": "hi"}]]})}
-    info = {"method": "condor", "seed": 1234, "recipe": {"name": "demo", "seed": 1234}, "versions": versions()}
-    folder = write_hub_folder(tmp_path / "out", data, CardContent(metadata={}, body="# demo\n"), pipeline_yaml=None, run_info=info)
+    info = {
+        "method": "condor",
+        "seed": 1234,
+        "recipe": {"name": "demo", "seed": 1234},
+        "versions": versions(),
+    }
+    folder = write_hub_folder(
+        tmp_path / "out",
+        data,
+        CardContent(metadata={}, body="# demo\n"),
+        pipeline_yaml=None,
+        run_info=info,
+    )
     recorded = _front_matter(folder / "README.md")["reproducibility"]
-    assert recorded["seed"] == 1234 and recorded["method"] == "condor" and recorded["recipe"] == "demo"
+    assert (
+        recorded["seed"] == 1234 and recorded["method"] == "condor" and recorded["recipe"] == "demo"
+    )
     for name in REQUIRED_VERSIONS:
         assert recorded["versions"][name] == versions()[name]
 
@@ -56,26 +70,27 @@ def test_every_card_records_seed_and_versions(tmp_path: Path) -> None:
     record["versions"]["distilabel"] = "0.0.1-recorded"
     (folder / "synthalign.json").write_text(json.dumps(record))
     update_card(folder, CardContent(metadata={}, body="# demo\n"))
-    assert _front_matter(folder / "README.md")["reproducibility"]["versions"]["distilabel"] == "0.0.1-recorded"
+    assert (
+        _front_matter(folder / "README.md")["reproducibility"]["versions"]["distilabel"]
+        == "0.0.1-recorded"
+    )
 
 
 def _generate(work: Path, seeds: Path) -> Path:
     work.mkdir()
-    recipe = {
-        "name": "rdpo-reproducible",
-        "seed": 7,
-        "cache_dir": str(work / "cache"),  # one cache per run: the second run recomputes everything
-        "seeds": {"source": str(seeds)},
-        "teacher": {"llm": "builtin:tiny-random", "max_new_tokens": 12, "temperature": 0.7, "top_p": 0.95},
-        "scoring": {"kind": "reward_model", "reward_model": {"model": "builtin:tiny-reward", "batch_size": 3}},
-        "input_batch_size": 3,
-    }
-    path = work / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
+    # one cache per run (in `work`): the second run recomputes everything
+    path = write_tiny_rdpo_recipe(
+        work,
+        "rdpo-reproducible",
+        seeds,
+        batch=3,
+        teacher={"max_new_tokens": 12, "temperature": 0.7, "top_p": 0.95},
+        seed=7,
+    )
     out = work / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-c", CLI, "generate", "rdpo", "--config", str(path), "--output", str(out)],
+        [sys.executable, "-c", CLI, "generate", "rdpo", "--config", str(path), "-o", str(out)],
         capture_output=True, text=True, timeout=900, cwd=work, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -88,7 +103,11 @@ def test_same_recipe_and_seed_give_the_same_dataset(tmp_path: Path) -> None:
     from synthalign.hub import read_hub_folder
 
     seeds = tmp_path / "seeds.jsonl"
-    seeds.write_text("".join(json.dumps({"prompt": f"Give me one tip about topic {i}."}) + "\n" for i in range(6)))
+    seeds.write_text(
+        "".join(
+            json.dumps({"prompt": f"Give me one tip about topic {i}."}) + "\n" for i in range(6)
+        )
+    )
     first, second = _generate(tmp_path / "a", seeds), _generate(tmp_path / "b", seeds)
 
     data_a, info_a = read_hub_folder(first)

@@ -3,7 +3,7 @@
 Every case runs the real CLI in its own process group and kills the whole group
 (distilabel forks one worker per step) with SIGKILL, the way an OOM killer or a lost
 spot instance does: nothing gets a chance to clean up. The kill is triggered by what
-the run has written (stored batches, the loop's manifest, trainer checkpoints), never
+the run has written (stored batches, the loop's run record, trainer checkpoints), never
 by a sleep, so each case kills at the same point on a fast or a loaded machine.
 
 * ``generate``: rDPO on ``builtin:tiny-random`` with greedy decoding, 8 prompts in
@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rdpo_recipe import write_tiny_rdpo_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = "import sys; from synthalign.cli import app; sys.exit(app())"
@@ -132,19 +133,10 @@ def test_a_config_truncated_by_a_kill_does_not_block_the_rerun(tmp_path: Path) -
 def _rdpo_recipe(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     seeds = folder / "seeds.jsonl"
-    seeds.write_text("".join(json.dumps({"prompt": f"Question {i}: how do I keep item {i} safe?"}) + "\n" for i in range(N_PROMPTS)))
-    recipe = {
-        "name": "rdpo-resume",
-        "seed": 0,
-        "cache_dir": str(folder / "cache"),
-        "seeds": {"source": str(seeds)},
-        "teacher": {"llm": "builtin:tiny-random", "max_new_tokens": 12, "temperature": 0.0},
-        "scoring": {"kind": "reward_model", "reward_model": {"model": "builtin:tiny-reward", "batch_size": BATCH}},
-        "input_batch_size": BATCH,
-    }
-    path = folder / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    prompts = [{"prompt": f"Question {i}: how do I keep item {i} safe?"} for i in range(N_PROMPTS)]
+    seeds.write_text("".join(json.dumps(row) + "\n" for row in prompts))
+    greedy = {"max_new_tokens": 12, "temperature": 0.0}
+    return write_tiny_rdpo_recipe(folder, "rdpo-resume", seeds, batch=BATCH, teacher=greedy)
 
 
 def _stored(cache: Path, step: str | None) -> int:
@@ -177,7 +169,9 @@ KILL_POINTS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", list(KILL_POINTS))
-def test_generate_resumes_after_sigkill(point: str, reference: dict[str, Counter], tmp_path: Path) -> None:
+def test_generate_resumes_after_sigkill(
+    point: str, reference: dict[str, Counter], tmp_path: Path
+) -> None:
     step, after = KILL_POINTS[point]
     recipe = _rdpo_recipe(tmp_path)
     cache = tmp_path / "cache"
@@ -192,13 +186,15 @@ def test_generate_resumes_after_sigkill(point: str, reference: dict[str, Counter
     _run_and_kill(args, tmp_path, trigger)
     assert not out.exists()  # an interrupted run leaves no folder that looks complete
     stored_before = _stored(cache, None)  # finished batches of every model step
-    assert _stored(cache, "score_with_reward_model") < N_PROMPTS // BATCH  # killed before the end, really
+    # killed before the end, really
+    assert _stored(cache, "score_with_reward_model") < N_PROMPTS // BATCH
 
     proc = _run(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"dataset written to {out}" in proc.stdout
     # the finished batches came from the store, not from the model
-    log = "".join(p.read_text() for p in (cache / "rdpo-resume").glob("*/executions/*/pipeline.log"))
+    logs = (cache / "rdpo-resume").glob("*/executions/*/pipeline.log")
+    log = "".join(p.read_text() for p in logs)
     assert log.count("batch restored from") >= stored_before
     assert _rows(out) == reference
 
@@ -304,11 +300,13 @@ def _small_synpo_recipe(folder: Path) -> Path:
     return path
 
 
-def _manifest(out: Path) -> dict:
+def _states(out: Path) -> dict[str, dict]:
+    """The run record's states by key ({} while the record is not written yet)."""
     try:
-        return json.loads((out / "manifest.json").read_text())
+        record = json.loads((out / "synthalign.json").read_text())
     except (OSError, ValueError):
         return {}
+    return {state["key"]: state for state in record.get("states", [])}
 
 
 def _mtimes(folder: Path) -> dict[str, float]:
@@ -321,18 +319,16 @@ def test_loop_resumes_after_sigkill_between_and_inside_iterations(tmp_path: Path
     out = tmp_path / "loop"
     args = ["loop", "synpo", "--config", str(recipe), "--iterations", "2", "--output", str(out)]
 
-    # 1. between iterations: killed as soon as iteration 1 is recorded as done
+    # 1. between iterations: killed as soon as iteration 1's last state is recorded as done
     def first_done() -> bool:
-        iterations = _manifest(out).get("iterations", [])
-        return bool(iterations) and iterations[0].get("status") == "done"
+        return bool(_states(out).get("1:preferences", {}).get("complete"))
 
     _run_and_kill(args, tmp_path, first_done)
     first = _mtimes(out / "iter-1")
     assert (out / "iter-1" / "policy" / "synthalign-train.json").is_file()
 
-    # 2. inside iteration 2: killed once its improver set is written, before its pairs are
-    improver_set = out / "iter-2" / "improver-set" / "synthalign.json"
-    _run_and_kill(args, tmp_path, improver_set.is_file)
+    # 2. inside iteration 2: killed once its improver set is recorded as written, before its pairs
+    _run_and_kill(args, tmp_path, lambda: "2:improver-set" in _states(out))
     assert _mtimes(out / "iter-1") == first  # the finished iteration was not touched
     assert not (out / "iter-2" / "preferences").exists()
     improver = _mtimes(out / "iter-2" / "improver-set")
@@ -342,10 +338,11 @@ def test_loop_resumes_after_sigkill_between_and_inside_iterations(tmp_path: Path
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _mtimes(out / "iter-1") == first
     assert _mtimes(out / "iter-2" / "improver-set") == improver
-    manifest = _manifest(out)
-    assert [i["status"] for i in manifest["iterations"]] == ["done", "done"]
+    states = _states(out)
+    assert [k for k in states if k.startswith("2:")] == ["2:improver-set", "2:pairs", "2:preferences"]
+    assert all(state["complete"] for state in states.values())
     assert (out / "iter-2" / "policy" / "synthalign-train.json").is_file()
     from synthalign.hub import validate_hub_folder
 
     for stage in ("improver-set", "pairs", "preferences"):
-        validate_hub_folder(out / "iter-2" / stage, require_pipeline=stage != "preferences")  # an aggregate
+        validate_hub_folder(out / "iter-2" / stage)  # every stage, the preference set too, reruns

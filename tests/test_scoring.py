@@ -38,7 +38,11 @@ def test_tau_is_monotone_and_bounded_even_for_huge_gaps() -> None:
 
 def test_temperature_softens_and_sharpens() -> None:
     base = preference_probability(1.0, 0.0)
-    assert preference_probability(1.0, 0.0, temperature=4.0) < base < preference_probability(1.0, 0.0, temperature=0.25)
+    assert (
+        preference_probability(1.0, 0.0, temperature=4.0)
+        < base
+        < preference_probability(1.0, 0.0, temperature=0.25)
+    )
     assert preference_probability(2.0, 0.0, temperature=2.0) == pytest.approx(base)
     with pytest.raises(ValueError):
         preference_probability(1.0, 0.0, temperature=0.0)
@@ -47,7 +51,9 @@ def test_temperature_softens_and_sharpens() -> None:
 def test_clip_bounds_tau() -> None:
     assert preference_probability(100.0, 0.0, clip=(0.05, 0.95)) == 0.95
     assert preference_probability(-100.0, 0.0, clip=(0.05, 0.95)) == 0.05
-    assert preference_probability(0.3, 0.0, clip=(0.05, 0.95)) == pytest.approx(1 / (1 + math.exp(-0.3)))
+    assert preference_probability(0.3, 0.0, clip=(0.05, 0.95)) == pytest.approx(
+        1 / (1 + math.exp(-0.3))
+    )
     with pytest.raises(ValueError):
         preference_probability(1.0, 0.0, clip=(0.6, 0.4))
 
@@ -73,7 +79,9 @@ def tiny_scorer() -> RewardModelScorer:
 def _varied_conversations() -> list[list[dict[str, str]]]:
     return [
         as_conversation("Hi.", "Hello."),
-        as_conversation("Explain the history of science and music in detail. " * 30, "A long answer. " * 40),
+        as_conversation(
+            "Explain the history of science and music in detail. " * 30, "A long answer. " * 40
+        ),
         as_conversation("What is 2 + 2?", "4", system="Answer tersely."),
         as_conversation([{"role": "user", "content": "a question about code"}], "some code " * 12),
         as_conversation("Tell me a story. " * 8, "Once upon a time."),
@@ -91,7 +99,9 @@ def test_batched_reward_scores_equal_one_at_a_time(tiny_scorer: RewardModelScore
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_forced_padding_sides_also_agree_on_a_last_non_pad_head(side: str, tiny_scorer: RewardModelScorer) -> None:
+def test_forced_padding_sides_also_agree_on_a_last_non_pad_head(
+    side: str, tiny_scorer: RewardModelScorer
+) -> None:
     """Llama's head pools the rightmost non-pad token, so both sides are valid for it."""
     conversations = _varied_conversations()
     alone = [tiny_scorer.score([c])[0] for c in conversations]
@@ -119,21 +129,29 @@ class CannedLLM(SynthLLM):
     def load(self) -> None:
         super().load()
 
-    def _generate_batch(self, conversations: list, schemas: list, **kwargs: Any) -> list[Completion]:
+    def _generate_batch(
+        self, conversations: list, schemas: list, **kwargs: Any
+    ) -> list[Completion]:
         self.seen.extend(zip(conversations, schemas, strict=True))
-        return [Completion(self.replies[i % len(self.replies)], 1, 1) for i in range(len(conversations))]
+        return [
+            Completion(self.replies[i % len(self.replies)], 1, 1) for i in range(len(conversations))
+        ]
 
 
 def _judge(replies: list[str], scale: str = "0-5", **kwargs: Any) -> ScoreWithJudge:
     lo, hi = JUDGE_SCALES[scale]
     llm = CannedLLM(model="canned-judge", replies=replies)
-    judge = ScoreWithJudge(name="judge", llm=llm, rubric="Be objective.", scale_min=lo, scale_max=hi, **kwargs)
+    judge = ScoreWithJudge(
+        name="judge", llm=llm, rubric="Be objective.", scale_min=lo, scale_max=hi, **kwargs
+    )
     judge.load()
     return judge
 
 
 def test_judge_reads_the_labelled_field_and_keeps_negative_scores() -> None:
-    judge = _judge(['{"rationale": "It cites 3 studies and scores 5 on clarity.", "score": -4}'], scale="-5..5")
+    judge = _judge(
+        ['{"rationale": "It cites 3 studies and scores 5 on clarity.", "score": -4}'], scale="-5..5"
+    )
     cols = judge.judge_columns("score_revised", judge.llm.replies[0])
     assert cols["score_revised"] == -4  # not the 3 or the 5 in the rationale
     assert cols["judge_revised_error"] is None and cols["judge_revised_raw"] is None
@@ -165,16 +183,26 @@ def test_judge_step_scores_both_responses_in_one_call_with_the_scale_in_the_sche
     replies = ['{"rationale": "ok", "score": 1}', '{"rationale": "bad", "score": 9}']
     judge = _judge(replies, scale="0/1", system_column="system")
     rows = [
-        {"prompt": "q1", "system": "You are Ada.", "response_original": "a", "response_revised": "b"},
+        {
+            "prompt": "q1",
+            "system": "You are Ada.",
+            "response_original": "a",
+            "response_revised": "b",
+        },
         {"prompt": "q2", "system": None, "response_original": None, "response_revised": "c"},
     ]
     (out,) = list(judge.process(rows))
     assert len(judge.llm.seen) == 3  # the missing response was never sent
     chat, schema = judge.llm.seen[0]
-    assert schema["properties"]["score"]["minimum"] == 0 and schema["properties"]["score"]["maximum"] == 1
+    assert (
+        schema["properties"]["score"]["minimum"] == 0
+        and schema["properties"]["score"]["maximum"] == 1
+    )
     assert "You are Ada." in chat[-1]["content"] and "Be objective." in chat[0]["content"]
     assert out[0]["score_original"] == 1 and out[0]["judge_original_error"] is None
-    assert out[0]["score_revised"] is None and out[0]["judge_revised_error"].startswith("out of scale")
+    assert out[0]["score_revised"] is None and out[0]["judge_revised_error"].startswith(
+        "out of scale"
+    )
     assert out[1]["judge_original_error"] == "no response_original to judge"
     assert out[1]["score_revised"] == 1
     assert out[0]["scorer"] == "judge:canned-judge"

@@ -2,7 +2,7 @@
 
 A full ``synthalign generate rdpo`` runs as a user would (a subprocess), with the teacher
 behind an OpenAI-compatible stub server on 127.0.0.1 (tests/test_openai_backend.py) and
-``--push-to-hub`` to the local test Hub (tests/hub_server.py). Afterwards no canary may
+``--push-to-hub`` to the local test Hub (tests/localhub/). Afterwards no canary may
 appear in any file the run wrote (the Hub folder with pipeline.yaml, card and run
 record; distilabel's cache with its pipeline.log and synthalign's batch store; the
 Hugging Face home), in what the Hub stored or was sent, in the request bodies the LLM
@@ -21,15 +21,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hub_server import LocalHub
+from localhub import LocalHub
 from pydantic import SecretStr
+from rdpo_recipe import write_tiny_rdpo_recipe
 from test_openai_backend import stub_server  # noqa: F401  (fixture)
 
 CLI = "import sys; from synthalign.cli import app; sys.exit(app())"
 
 
 def _canary(kind: str) -> str:
-    # Deliberately not shaped like hf_... or sk-...: the run must not rely on spotting a token's shape.
+    # Deliberately not shaped like hf_... or sk-...: the run must not rely on spotting a
+    # token's shape.
     return f"canary{kind}{secrets.token_hex(12)}"
 
 
@@ -38,9 +40,14 @@ def test_recipe_api_key_is_a_secret_str() -> None:
     from synthalign.recipes import parse_recipe
 
     key = _canary("recipe")
-    recipe = parse_recipe({"seeds": {"source": "x.jsonl"}, "api_key": key}, RDPORecipe)
+    recipe = parse_recipe({"seed_data": {"source": "x.jsonl"}, "api_key": key}, RDPORecipe)
     assert isinstance(recipe.api_key, SecretStr) and recipe.api_key.get_secret_value() == key
-    for text in (repr(recipe), str(recipe), json.dumps(recipe.model_dump(mode="json")), recipe.model_dump_json()):
+    for text in (
+        repr(recipe),
+        str(recipe),
+        json.dumps(recipe.model_dump(mode="json")),
+        recipe.model_dump_json(),
+    ):
         assert key not in text
 
 
@@ -58,19 +65,21 @@ def test_no_canary_in_any_file_log_or_push(
     user = tmp_path / "user"  # what the user wrote: the only place the recipe key may be
     user.mkdir()
     seeds = user / "seeds.jsonl"
-    seeds.write_text("".join(json.dumps({"prompt": f"How should I store secret number {i}?"}) + "\n" for i in range(4)))
-    recipe = {
-        "name": "secrets-e2e",
-        "seed": 0,
-        "api_key": recipe_key,
-        "cache_dir": str(tmp_path / "cache"),
-        "seeds": {"source": str(seeds)},
-        "teacher": {"llm": f"openai:{url}#stub-model", "max_new_tokens": 16, "temperature": 0.0},
-        "scoring": {"kind": "reward_model", "reward_model": {"model": "builtin:tiny-reward", "batch_size": 4}},
-        "input_batch_size": 2,
-    }
-    recipe_path = user / "recipe.yaml"
-    recipe_path.write_text(yaml.safe_dump(recipe))
+    seeds.write_text(
+        "".join(
+            json.dumps({"prompt": f"How should I store secret number {i}?"}) + "\n"
+            for i in range(4)
+        )
+    )
+    recipe_path = write_tiny_rdpo_recipe(
+        user,
+        "secrets-e2e",
+        seeds,
+        batch=2,
+        teacher={"llm": f"openai:{url}#stub-model", "max_new_tokens": 16, "temperature": 0.0},
+        cache_dir=str(tmp_path / "cache"),  # scanned below, unlike `user`
+        api_key=recipe_key,
+    )
     out = tmp_path / "out"
     repo_id = "synthalign-tests/secrets-e2e"
     env = {
@@ -84,7 +93,8 @@ def test_no_canary_in_any_file_log_or_push(
     work = tmp_path / "cwd"
     work.mkdir()
     proc = subprocess.run(
-        [sys.executable, "-c", CLI, "generate", "rdpo", "--config", str(recipe_path), "--output", str(out), "--push-to-hub", repo_id],
+        [sys.executable, "-c", CLI, "generate", "rdpo", "-c", str(recipe_path), "-o", str(out),
+         "--push-to-hub", repo_id],
         capture_output=True, text=True, timeout=900, cwd=work, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -108,7 +118,9 @@ def test_no_canary_in_any_file_log_or_push(
             leaked = [c for c in canaries if c.encode() in data]
             assert not leaked, f"canary in {path}"
     assert (out / "pipeline.yaml").is_file() and (out / "README.md").is_file()
-    assert list((tmp_path / "cache").rglob("pipeline.log")) and list((tmp_path / "cache").rglob("*.pkl"))
+    assert list((tmp_path / "cache").rglob("pipeline.log")) and list(
+        (tmp_path / "cache").rglob("*.pkl")
+    )
     assert scanned > 20
 
     # the run record keeps the key's place, not its value

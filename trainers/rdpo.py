@@ -14,12 +14,16 @@ different, unbiased-noise method with one global rate, and TRL 1.16 has no per-r
 label: hence this subclass.
 
 How little it overrides, and why that is exact: since
-``log sigmoid(x) - log sigmoid(-x) = x``, the rDPO loss equals the sigmoid loss plus a
-linear term, ``L = -log sigmoid(beta * delta) + (1 - tau) * beta * delta``. So
-:meth:`RDPOTrainer._compute_loss` lets TRL compute its own sigmoid loss (and every
-metric, MoE aux loss, PEFT/reference handling) and adds the linear term, reading the
-policy log-probs from the same forward pass and the reference log-probs that TRL's
-``compute_ref_log_probs`` gives for the batch. No extra forward pass is made.
+``log sigmoid(x) - log sigmoid(-x) = x``, the rDPO loss is the sigmoid loss plus a
+linear term, ``L = -log sigmoid(beta * delta) + (1 - tau) * beta * delta``. TRL 1.16 has
+no per-example loss hook (its losses are computed inline in the private
+``_compute_loss``), so :class:`RDPOTrainer` overrides the narrowest public method,
+``compute_loss``: TRL runs its own forward pass, reference handling, sigmoid loss and
+metrics, and the linear term is added from TRL's own numbers: the policy's sequence
+log-probs are TRL's public ``compute_ref_log_probs`` reduction applied to a replay of
+the outputs of the forward pass TRL just ran (no second forward, no re-implemented
+reduction), and the reference log-probs are the ones TRL reads for the batch. A TRL
+upgrade that changes how sequences are scored changes both terms together.
 
 ``tau`` travels as a dataset column: it survives TRL's tokenization (``map`` keeps
 columns), is kept by the signature-column filter, and a thin collator wrapper adds it
@@ -46,7 +50,13 @@ from synthalign.trainers.common import (
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["RDPOConfig", "RDPOTrainRecipe", "RDPOTrainer", "SoftPreferenceCollator", "train_from_recipe"]
+__all__ = [
+    "RDPOConfig",
+    "RDPOTrainRecipe",
+    "RDPOTrainer",
+    "SoftPreferenceCollator",
+    "train_from_recipe",
+]
 
 
 @dataclass
@@ -66,7 +76,9 @@ class RDPOConfig(DPOConfig):
 
     tau_column: str = field(
         default="tau",
-        metadata={"help": "Dataset column with the per-example preference probability tau in [0, 1]."},
+        metadata={
+            "help": "Dataset column with the per-example preference probability tau in [0, 1]."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -76,11 +88,17 @@ class RDPOConfig(DPOConfig):
                 f"RDPOConfig needs loss_type=['sigmoid'] (rDPO is per-example label smoothing of it), got {self.loss_type}"
             )
         if self.f_divergence_type != "reverse_kl":
-            raise ValueError("RDPOConfig supports f_divergence_type='reverse_kl' only (standard DPO log-ratios)")
+            raise ValueError(
+                "RDPOConfig supports f_divergence_type='reverse_kl' only (standard DPO log-ratios)"
+            )
         if self.use_weighting:
-            raise ValueError("RDPOConfig does not combine with use_weighting (WPO); turn one of them off")
+            raise ValueError(
+                "RDPOConfig does not combine with use_weighting (WPO); turn one of them off"
+            )
         if self.label_smoothing != 0.0:
-            raise ValueError("RDPOConfig: label_smoothing must be 0; the per-row tau column replaces it")
+            raise ValueError(
+                "RDPOConfig: label_smoothing must be 0; the per-row tau column replaces it"
+            )
 
 
 class SoftPreferenceCollator:
@@ -101,14 +119,15 @@ class SoftPreferenceCollator:
         if examples and self.tau_column in examples[0]:
             values = [example[self.tau_column] for example in examples]
             if any(v is None for v in values):
-                raise ValueError(f"a row has no {self.tau_column!r}: drop unscored pairs before training")
+                raise ValueError(
+                    f"a row has no {self.tau_column!r}: drop unscored pairs before training"
+                )
             batch["tau"] = torch.tensor(values, dtype=torch.float32)
         return batch
 
 
-class _KeepOutputs:
-    """Calls the model and keeps the first output, so the policy log-probs of TRL's own
-    forward pass can be reused instead of running the model twice."""
+class _Tap:
+    """Calls the model and keeps the outputs of its first call: TRL's policy forward pass."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
@@ -121,12 +140,45 @@ class _KeepOutputs:
         return out
 
 
+class _Replay:
+    """Stands in for the model in TRL's ``compute_ref_log_probs``: returns recorded outputs."""
+
+    def __init__(self, outputs: Any) -> None:
+        self.outputs = outputs
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.outputs
+
+
+def _keep_autograd() -> Any:
+    """A torch function mode that runs every op with autograd on.
+
+    ``compute_ref_log_probs`` reduces per-token log-probs under ``torch.no_grad()`` (it is
+    meant for the frozen reference); replaying the policy's outputs through it inside
+    this mode keeps the reduction differentiable, so rDPO's gradient flows through TRL's
+    own sequence scoring.
+    """
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class KeepAutograd(TorchFunctionMode):
+        def __torch_function__(
+            self, func: Any, types: Any, args: Any = (), kwargs: Any = None
+        ) -> Any:
+            with torch.enable_grad():
+                return func(*args, **(kwargs or {}))
+
+    return KeepAutograd()
+
+
 class RDPOTrainer(DPOTrainer):
     """TRL's ``DPOTrainer`` with the rDPO loss: a per-row soft label ``tau`` (see module doc).
 
-    Everything else (tokenization, LoRA/PEFT reference via disabled adapters, precomputed
-    reference log-probs, DeepSpeed/FSDP/DDP through accelerate, metrics) is TRL's. Extra
-    logged metric: ``tau`` (batch mean).
+    Overrides ``compute_loss`` (TRL's loss plus rDPO's linear term, see the module doc)
+    and ``compute_ref_log_probs`` (only to keep ``tau``, a label, out of the model's
+    inputs). Everything else (tokenization, LoRA/PEFT reference via disabled adapters,
+    precomputed reference log-probs, DeepSpeed/FSDP/DDP through accelerate, metrics) is
+    TRL's. Extra logged metric: ``tau`` (batch mean).
     """
 
     _tag_names = ["trl", "dpo", "rdpo", "synthalign"]
@@ -147,8 +199,14 @@ class RDPOTrainer(DPOTrainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         config = kwargs.get("args") if "args" in kwargs else (args[2] if len(args) > 2 else None)
         if not isinstance(config, RDPOConfig):
-            raise TypeError("RDPOTrainer needs args=RDPOConfig(...) (DPOConfig lacks the tau settings)")
-        train_dataset = kwargs.get("train_dataset") if "train_dataset" in kwargs else (args[4] if len(args) > 4 else None)
+            raise TypeError(
+                "RDPOTrainer needs args=RDPOConfig(...) (DPOConfig lacks the tau settings)"
+            )
+        train_dataset = (
+            kwargs.get("train_dataset")
+            if "train_dataset" in kwargs
+            else (args[4] if len(args) > 4 else None)
+        )
         if train_dataset is not None:
             first = next(iter(train_dataset))
             if config.tau_column not in first:
@@ -159,64 +217,57 @@ class RDPOTrainer(DPOTrainer):
         super().__init__(*args, **kwargs)
         # After TRL's __init__: a reference precompute there used the plain collator (no tau needed).
         self.data_collator = SoftPreferenceCollator(self.data_collator, config.tau_column)
+        # transformers drops dataset columns outside this list before collation: TRL's list plus tau
+        self._set_signature_columns_if_needed()
+        if config.tau_column not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, config.tau_column]
 
-    def _set_signature_columns_if_needed(self) -> None:
-        super()._set_signature_columns_if_needed()
-        if self.args.tau_column not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, self.args.tau_column]
-
-    def compute_ref_log_probs(self, model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def compute_ref_log_probs(
+        self, model: Any, inputs: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # tau is a label, not a model input
         return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k != "tau"})
 
-    def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        """TRL's sigmoid DPO loss on the batch plus ``(1 - tau) * beta * delta`` (mean over rows)."""
         inputs = dict(inputs)
         tau = inputs.pop("tau", None)
         if tau is None:
             raise ValueError("the batch has no 'tau': RDPOTrainer needs its SoftPreferenceCollator")
         if "ref_chosen_logps" not in inputs:
-            # The same reference forward TRL would run inline, made here so the loss can read it.
+            # The reference forward TRL would run inline, run here once so both terms read it.
             ref_model = self.ref_model if self.ref_model is not None else self.model
-            inputs["ref_chosen_logps"], inputs["ref_rejected_logps"] = self.compute_ref_log_probs(ref_model, inputs)
-        recorder = _KeepOutputs(model)
-        precompute = self.precompute_ref_logps
-        self.precompute_ref_logps = True  # TRL then reads the reference log-probs from the batch
+            inputs["ref_chosen_logps"], inputs["ref_rejected_logps"] = self.compute_ref_log_probs(
+                ref_model, inputs
+            )
+        tap = _Tap(model)
+        precompute, self.precompute_ref_logps = (
+            self.precompute_ref_logps,
+            True,
+        )  # TRL reads them from the batch
         try:
-            result = super()._compute_loss(recorder, inputs, return_outputs)
+            result = super().compute_loss(tap, inputs, return_outputs, num_items_in_batch)
         finally:
             self.precompute_ref_logps = precompute
-        loss = result[0] if return_outputs else result
-
-        chosen_logps, rejected_logps = self._sequence_logps(recorder.outputs, inputs["completion_mask"])
-        delta = (chosen_logps - inputs["ref_chosen_logps"]) - (rejected_logps - inputs["ref_rejected_logps"])
+        with _keep_autograd():
+            chosen_logps, rejected_logps = self.compute_ref_log_probs(_Replay(tap.outputs), inputs)
+        delta = (chosen_logps - inputs["ref_chosen_logps"]) - (
+            rejected_logps - inputs["ref_rejected_logps"]
+        )
         tau = tau.to(device=delta.device, dtype=delta.dtype)
         # -log s(b d) + (1 - tau) b d  ==  -tau log s(b d) - (1 - tau) log s(-b d)
-        loss = loss + self.loss_weights[0] * ((1.0 - tau) * self.beta * delta).mean()
-
+        linear = self.loss_weights[0] * ((1.0 - tau) * self.beta * delta).mean()
         mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["tau"].append(self.accelerator.gather_for_metrics(tau.detach()).mean().item())
-        return (loss, result[1]) if return_outputs else loss
-
-    def _sequence_logps(self, outputs: Any, completion_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sequence policy log-probs, reduced exactly as TRL's ``_compute_loss`` does."""
-        import torch
-
-        shift_mask = completion_mask[..., 1:]
-        seq_len = shift_mask.size(1)
-        per_token = outputs.log_probs[:, -seq_len:]
-        if self.ld_alpha is None:
-            logps = per_token.sum(dim=1)
-        else:
-            positions = shift_mask.cumsum(dim=1)
-            lengths = shift_mask.sum(dim=1).long()
-            chosen_lens, rejected_lens = lengths.chunk(2, dim=0)
-            shared = torch.minimum(chosen_lens, rejected_lens)
-            shared = torch.cat([shared, shared], dim=0).to(per_token.device)
-            shared_mask = (positions > 0) & (positions <= shared.unsqueeze(1))
-            tail_mask = positions > shared.unsqueeze(1)
-            logps = (per_token * shared_mask).sum(dim=1) + self.ld_alpha * (per_token * tail_mask).sum(dim=1)
-        chosen, rejected = logps.chunk(2, dim=0)
-        return chosen, rejected
+        self._metrics[mode]["tau"].append(
+            self.accelerator.gather_for_metrics(tau.detach()).mean().item()
+        )
+        return (result[0] + linear, result[1]) if return_outputs else result + linear
 
 
 # ------------------------------------------------------------------ recipes / CLI
@@ -234,13 +285,19 @@ class RDPOTrainRecipe(TrainRecipe):
 
     beta: float = Field(default=0.1, gt=0, description="DPO temperature beta")
     precompute_ref_log_probs: bool = Field(
-        default=False, description="score the reference once before training (saves memory without LoRA)"
+        default=False,
+        description="score the reference once before training (saves memory without LoRA)",
     )
     tau_column: str = "tau"
 
 
 def build_trainer(
-    recipe: RDPOTrainRecipe, kind: Literal["rdpo", "dpo"], model: Any, tokenizer: Any, dataset: Any, output_dir: Path
+    recipe: RDPOTrainRecipe,
+    kind: Literal["rdpo", "dpo"],
+    model: Any,
+    tokenizer: Any,
+    dataset: Any,
+    output_dir: Path,
 ) -> DPOTrainer:
     """RDPOTrainer (kind ``rdpo``) or TRL's DPOTrainer (kind ``dpo``) configured from the recipe."""
     config_cls = RDPOConfig if kind == "rdpo" else DPOConfig
@@ -256,7 +313,11 @@ def build_trainer(
     trainer_cls = RDPOTrainer if kind == "rdpo" else DPOTrainer
     peft_config = recipe.lora.peft_config() if recipe.lora and recipe.lora.enabled else None
     return trainer_cls(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
     )
 
 

@@ -1,0 +1,283 @@
+"""GRA's Generator: each candidate's roles and examples, new keywords, an instruction, a response.
+
+- :class:`DrawCandidates` turns the labelled pool into the round's candidates: the
+  roles (Generator, Reviewers, Adjudicator, enricher; seeded) and 2-4 few-shot
+  examples of one domain.
+- :class:`GenerateKeywords`: the Generator invents new keywords from the examples'
+  keywords and summaries; :class:`GenerateInstructions`: then an instruction from them.
+- :class:`GenerateResponses`: the Generator answers the instructions the Reviewers
+  accepted (and only those: a rejected instruction never costs a response).
+"""
+
+# No `from __future__ import annotations`: distilabel finds the batch argument of
+# `process` by its runtime `StepInput` annotation.
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+from distilabel.steps import GlobalStep, StepInput
+from pydantic import Field
+
+from synthalign.steps.base import Call, CallResult
+from synthalign.steps.gra import (
+    DOMAINS,
+    METADATA_FIELDS,
+    TEMPLATES,
+    GRATask,
+    in_play,
+    with_templates,
+)
+from synthalign.steps.gra_pool import KeywordSet, metadata_complete
+from synthalign.steps.publish import DROP_COLUMNS, dropped
+
+if TYPE_CHECKING:
+    from distilabel.typing import StepColumns, StepOutput
+
+logger = logging.getLogger(__name__)
+
+
+def draw_roles(
+    n_candidates: int, n_members: int, n_reviewers: int, seed: int, round_index: int
+) -> list[dict[str, Any]]:
+    """Seeded role draws: Generator from the pool, Reviewers from the rest, then the
+    Adjudicator from what is left; the enricher (metadata writer) from the whole pool.
+
+    Drawn from their own random stream, so the same seed gives the same roles whatever
+    the pool of examples holds.
+    """
+    if n_members < n_reviewers + 2:
+        seats = f"1 generator, {n_reviewers} reviewers and 1 adjudicator"
+        raise ValueError(f"a pool of {n_members} cannot seat {seats}")
+    rng = np.random.default_rng([seed, round_index, 0xA55])
+    draws = []
+    for _ in range(n_candidates):
+        generator = int(rng.integers(n_members))
+        rest = [m for m in range(n_members) if m != generator]
+        reviewers = [int(m) for m in rng.choice(rest, size=n_reviewers, replace=False)]
+        left = [m for m in rest if m not in reviewers]
+        adjudicator = int(rng.choice(left))
+        enricher = int(rng.integers(n_members))
+        draws.append(
+            {
+                "generator": generator,
+                "reviewers": reviewers,
+                "adjudicator": adjudicator,
+                "enricher": enricher,
+            }
+        )
+    return draws
+
+
+class DrawCandidates(GlobalStep):
+    """Turn the labelled pool into this round's candidates: roles and few-shot examples.
+
+    Each candidate gets a domain (drawn in proportion to the domain's share of usable
+    pool rows, or uniformly over the domains present) and 2-4 examples of that domain
+    (Appendix A: "2 to 4"), whose keywords and summaries the Generator will see.
+    """
+
+    round_index: int = Field(ge=1)
+    seed: int = 0
+    num_candidates: int = Field(ge=1)
+    member_names: list[str] = Field(min_length=1)
+    n_reviewers: int = Field(default=3, ge=1)
+    min_examples: int = Field(default=2, ge=1)
+    max_examples: int = Field(default=4, ge=1)
+    domain_sampling: Literal["pool", "uniform"] = "pool"
+
+    @property
+    def inputs(self) -> "StepColumns":
+        return ["pool_id", *METADATA_FIELDS]
+
+    @property
+    def outputs(self) -> "StepColumns":
+        return [
+            "candidate_id", "round", *DROP_COLUMNS, "domain", "examples", "roles",
+            "generator_model", "reviewer_models", "adjudicator_model", "enricher_model",
+            "describe_with", "prompt_templates",
+        ]  # fmt: skip
+
+    def _domains(
+        self, usable: list[dict[str, Any]]
+    ) -> tuple[dict[str, list[dict[str, Any]]], list[str], np.ndarray]:
+        by_domain: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in usable:
+            by_domain[row["domain"]].append(row)
+        domains = [d for d in DOMAINS if d in by_domain]
+        weights = np.array([len(by_domain[d]) for d in domains], dtype=float)
+        if self.domain_sampling == "uniform":
+            weights = np.ones(len(domains))
+        return by_domain, domains, weights / weights.sum()
+
+    def candidate(
+        self, i: int, role: dict[str, Any], domain: str, examples: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        names = self.member_names
+        return {
+            "candidate_id": f"r{self.round_index}-{i:06d}",
+            "round": self.round_index,
+            "kept": None,  # in play
+            "drop_stage": None,
+            "drop_reason": None,
+            "domain": domain,
+            "examples": examples,
+            "roles": role,
+            "generator_model": names[role["generator"]],
+            "reviewer_models": [names[m] for m in role["reviewers"]],
+            "adjudicator_model": names[role["adjudicator"]],
+            "enricher_model": names[role["enricher"]],
+            "describe_with": [role["enricher"]] * len(METADATA_FIELDS),
+            "prompt_templates": None,  # never {}: parquet cannot store an empty struct
+        }
+
+    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        usable = [r for r in inputs if metadata_complete(r)]
+        roles = draw_roles(
+            self.num_candidates,
+            len(self.member_names),
+            self.n_reviewers,
+            self.seed,
+            self.round_index,
+        )
+        if not usable:
+            logger.warning(
+                "round %d: no pool row has a domain, keywords and a summary; nothing to generate",
+                self.round_index,
+            )
+            yield []
+            return
+        by_domain, domains, weights = self._domains(usable)
+        rng = np.random.default_rng([self.seed, self.round_index, 0xE8A])
+        out = []
+        for i, role in enumerate(roles):
+            domain = domains[int(rng.choice(len(domains), p=weights))]
+            pool = by_domain[domain]
+            k = int(rng.integers(self.min_examples, max(self.min_examples, self.max_examples) + 1))
+            picks = rng.choice(len(pool), size=min(k, len(pool)), replace=False)
+            examples = [
+                {
+                    "pool_id": pool[j]["pool_id"],
+                    "keywords": list(pool[j]["keywords"]),
+                    "summary": pool[j]["summary"],
+                }
+                for j in sorted(int(p) for p in picks)
+            ]
+            out.append(self.candidate(i, role, domain, examples))
+        yield out
+
+
+def _generation_failed(part: str, result: CallResult) -> dict[str, Any]:
+    error = f"{part}: {result.error}"
+    return {"generation_error": error, "generation_raw": result.raw, **dropped("generation", error)}
+
+
+class GenerateKeywords(GRATask):
+    """The Generator's new keywords, from its examples' keywords and summaries."""
+
+    template: ClassVar[str] = TEMPLATES["new_keywords"]
+    output_model: ClassVar[type[KeywordSet]] = KeywordSet
+    stage: ClassVar[str] = "generation"
+
+    @property
+    def inputs(self) -> "StepColumns":
+        return ["domain", "examples", "roles"]
+
+    @property
+    def outputs(self) -> "StepColumns":
+        return ["keywords", "generation_error", "generation_raw", "prompt_templates", *DROP_COLUMNS]
+
+    def calls(self, row: dict[str, Any]) -> list[Call]:
+        if not in_play(row):
+            return []
+        return [
+            Call(
+                {"domain": row["domain"], "examples": row["examples"]},
+                member=row["roles"]["generator"],
+            )
+        ]
+
+    def merge(self, row: dict[str, Any], results: Sequence[CallResult]) -> dict[str, Any]:
+        (result,) = results
+        columns = {
+            **self.passthrough(row),
+            "prompt_templates": with_templates(row, new_keywords=result.prompt),
+        }
+        if result.error:
+            return {**columns, **_generation_failed("new keywords", result)}
+        return {**columns, "keywords": [k for k in result.record.keywords if k][:3]}
+
+
+class GenerateInstructions(GRATask):
+    """The Generator's instruction, written from its new keywords and the examples' summaries."""
+
+    template: ClassVar[str] = TEMPLATES["instruction"]
+    stage: ClassVar[str] = "generation"
+
+    @property
+    def inputs(self) -> "StepColumns":
+        return ["domain", "keywords", "examples", "roles"]
+
+    @property
+    def outputs(self) -> "StepColumns":
+        return [
+            "instruction",
+            "generation_error",
+            "generation_raw",
+            "prompt_templates",
+            *DROP_COLUMNS,
+        ]
+
+    def calls(self, row: dict[str, Any]) -> list[Call]:
+        if not in_play(row):
+            return []
+        values = {
+            "domain": row["domain"],
+            "keywords": row["keywords"],
+            "summaries": [e["summary"] for e in row["examples"]],
+        }
+        return [Call(values, member=row["roles"]["generator"])]
+
+    def merge(self, row: dict[str, Any], results: Sequence[CallResult]) -> dict[str, Any]:
+        (result,) = results
+        columns = {
+            **self.passthrough(row),
+            "prompt_templates": with_templates(row, instruction=result.prompt),
+        }
+        if result.error:
+            return {**columns, **_generation_failed("instruction", result)}
+        return {**columns, "instruction": result.text}
+
+
+class GenerateResponses(GRATask):
+    """The Generator answers the instructions the Reviewers accepted (and only those)."""
+
+    template: ClassVar[str] = TEMPLATES["response"]
+    stage: ClassVar[str] = "response"
+
+    @property
+    def inputs(self) -> "StepColumns":
+        return ["instruction", "roles"]
+
+    @property
+    def outputs(self) -> "StepColumns":
+        return ["response", "response_error", "response_raw", "prompt_templates", *DROP_COLUMNS]
+
+    def calls(self, row: dict[str, Any]) -> list[Call]:
+        return (
+            [Call({"instruction": row["instruction"]}, member=row["roles"]["generator"])]
+            if in_play(row)
+            else []
+        )
+
+    def merge(self, row: dict[str, Any], results: Sequence[CallResult]) -> dict[str, Any]:
+        (result,) = results
+        columns = {
+            **self.passthrough(row),
+            "prompt_templates": with_templates(row, response=result.prompt),
+        }
+        if result.error:
+            failed = {"response_error": result.error, "response_raw": result.raw}
+            return {**columns, **failed, **dropped("response", f"response: {result.error}")}
+        return {**columns, "response": result.text}
