@@ -18,6 +18,11 @@ from typing import Any
 
 import numpy as np
 
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # optional: without it BLAS keeps its own setting
+    threadpool_limits = None
+
 STREAM_ROWS = 4096
 """Rows read from the input at a time in streaming passes (a 384-d float64 chunk is 12 MiB)."""
 _U32 = 2.0**-24
@@ -211,9 +216,7 @@ def true_float32(ops: NumpyOps) -> Iterator[None]:
 def one_blas_thread() -> contextlib.AbstractContextManager[Any]:
     """Small products on one BLAS thread: waking the others costs more than they save
     (ten times more on a busy machine), and the caller runs its own threads instead."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional: without it BLAS keeps its own setting
+    if threadpool_limits is None:  # optional: without it BLAS keeps its own setting
         return contextlib.nullcontext()
     return threadpool_limits(limits=1, user_api="blas")
 

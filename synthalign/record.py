@@ -28,7 +28,17 @@ if TYPE_CHECKING:
 RUN_RECORD = "synthalign.json"
 
 # Keys that say how or where to run, never what to make: a resume may change them.
-_RUN_ONLY_KEYS = frozenset({"cache_dir", "resources", "rounds", "api_key", "batch_size"})
+_RUN_ONLY_KEYS = frozenset(
+    {
+        "cache_dir",
+        "resources",
+        "rounds",
+        "api_key",
+        "batch_size",
+        "stall_timeout",
+        "max_failed_fraction",
+    }
+)
 
 
 def _without_run_only(value: Any) -> Any:
@@ -61,7 +71,9 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 class RunRecord:
     """The finished states of one run folder, and the facts every card and rerun needs."""
 
-    def __init__(self, output: Path, method: Method, recipe: Recipe, data: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, output: Path, method: Method, recipe: Recipe, data: dict[str, Any] | None = None
+    ) -> None:
         self.output = output
         self.data = data or {
             "method": method.name,
@@ -86,12 +98,13 @@ class RunRecord:
             raise OutputError(f"{path} is unreadable: pass --overwrite to start over") from None
         if data.get("method") != method.name:
             raise OutputError(
-                f"{output} holds a {data.get('method')!r} run, not {method.name!r}: choose another --output"
+                f"{output} holds a {data.get('method')!r} run, not {method.name!r}: "
+                "choose another --output"
             )
         if data.get("fingerprint") != recipe_fingerprint(recipe):
             raise OutputError(
-                f"{output} was made with a different {method.name} recipe: use that recipe to resume, "
-                "or pass --overwrite to start over"
+                f"{output} was made with a different {method.name} recipe: "
+                "use that recipe to resume, or pass --overwrite to start over"
             )
         data.setdefault("states", [])
         return cls(output, method, recipe, data)
@@ -138,18 +151,36 @@ class RunRecord:
         The output folder itself carries the whole record (the states too: that is
         what a resume reads); a subfolder carries the run's facts and its own state.
         """
-        info = dict(self.data) if state.folder == "." else {k: v for k, v in self.data.items() if k != "states"}
-        return {**info, "iteration": state.iteration, "stage": state.stage, "counts": counts, **dict(state.data)}
+        info = (
+            dict(self.data)
+            if state.folder == "."
+            else {k: v for k, v in self.data.items() if k != "states"}
+        )
+        return {
+            **info,
+            "iteration": state.iteration,
+            "stage": state.stage,
+            "counts": counts,
+            **dict(state.data),
+        }
 
     def save(self) -> None:
-        """Write the record into the output folder (atomically, keeping a Hub folder's ``rows``)."""
+        """Write the record into the output folder, atomically.
+
+        When the output folder is itself a state's Hub folder, its ``synthalign.json``
+        also holds what the card shows (``rows``, ``counts``, ``iteration``...): those
+        keys are kept, the record's own keys are updated.
+        """
         path = self.output / RUN_RECORD
-        data = dict(self.data)
+        existing: dict[str, Any] = {}
         if path.is_file():
             try:
-                rows = json.loads(path.read_text(encoding="utf-8")).get("rows")
+                existing = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError):
-                rows = None
-            if rows is not None:
-                data["rows"] = rows
-        write_json_atomic(path, data)
+                existing = {}
+        kept = (
+            {k: v for k, v in existing.items() if k not in self.data}
+            if isinstance(existing, dict)
+            else {}
+        )
+        write_json_atomic(path, {**kept, **self.data})

@@ -26,12 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 from synthalign.cards.frame import frame_card
 from synthalign.contract import METHOD_MODULES, Method, State, get_method
-from synthalign.errors import OutputError, RecipeError
+from synthalign.errors import OutputError, RecipeError, RunFailed
 from synthalign.execute import leaf_datasets, pipeline_yaml_path, run_pipeline
 from synthalign.hub import push_hub_folder, read_hub_folder, update_card, write_hub_folder
 from synthalign.llms import check_spec
+from synthalign.outcome import Funnel
+from synthalign.preflight import preflight as run_checks
 from synthalign.recipes import Recipe, load_recipe
 from synthalign.record import RUN_RECORD, RunRecord
+from synthalign.signals import critical, stop_guard
 from synthalign.training_jobs import run_train_job
 
 if TYPE_CHECKING:
@@ -57,15 +60,6 @@ def prepare_recipe(method: Method, config: str | Path, llms: list[str] | None) -
     return recipe
 
 
-def check_push_token(push_to_hub: str | None) -> None:
-    if not push_to_hub:
-        return
-    from huggingface_hub import get_token  # heavy: huggingface_hub
-
-    if not get_token():
-        raise OutputError("--push-to-hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
-
-
 def _is_synthalign_output(output: Path) -> bool:
     return (output / RUN_RECORD).is_file()
 
@@ -84,20 +78,67 @@ def check_output(output: Path, *, overwrite: bool, resumable: bool) -> bool:
         return False
     if resumable and _is_synthalign_output(output):
         return True
-    raise OutputError(f"output folder {output} already exists: pass --overwrite or choose another --output")
+    raise OutputError(
+        f"output folder {output} already exists: pass --overwrite or choose another --output"
+    )
 
 
-def preflight(method: Method, recipe: Recipe, output: Path, *, overwrite: bool, resumable: bool, push_to_hub: str | None) -> bool:
-    """Everything checkable without loading a model; returns whether the run resumes."""
+def preflight(
+    method: Method,
+    recipe: Recipe,
+    output: Path,
+    *,
+    overwrite: bool,
+    resumable: bool,
+    push_to_hub: str | None,
+) -> bool:
+    """Everything checkable without loading a model; returns whether the run resumes.
+
+    Specs, the method's own checks, the output folder, then what every run needs
+    (:mod:`synthalign.preflight`: every seed row, writable folders with room, servers
+    and their keys, model folders, the repo id and token).
+    """
     for spec in recipe.llm_specs():
         check_spec(spec)
     if method.preflight:
         method.preflight(recipe)
-    check_push_token(push_to_hub)
-    return check_output(output, overwrite=overwrite, resumable=resumable)
+    resume = check_output(output, overwrite=overwrite, resumable=resumable)
+    run_checks(recipe, output, push_to_hub)
+    return resume
 
 
 # ------------------------------------------------------------------ one state
+
+
+def check_outcome(
+    method: Method, recipe: Recipe, state: State, datasets: dict[str, Dataset], order: list[str]
+) -> Funnel:
+    """Refuse to publish a state whose default config is empty or whose rows failed past
+    ``max_failed_fraction`` (one line with the funnel); warn about a partial failure."""
+    funnel = Funnel.of(datasets, [c for c in method.funnel_configs if c in order])
+    what = f"{method.name} {state.key}"
+    nothing = "nothing was written or pushed: see the log for the failures, fix the cause and rerun"
+    if method.default_config in order and not len(datasets.get(method.default_config, ())):
+        counts = ", ".join(f"{name}: {len(datasets.get(name, ()))}" for name in order)
+        raise RunFailed(
+            f"{what}: the default config '{method.default_config}' came out empty "
+            f"({funnel.line()}; {counts}); {nothing}"
+        )
+    if funnel.failed_fraction > recipe.max_failed_fraction:
+        failed = sum(funnel.failed.values())
+        raise RunFailed(
+            f"{what}: {failed} of {funnel.considered} rows failed ({funnel.failed_fraction:.0%} > "
+            f"max_failed_fraction {recipe.max_failed_fraction:g}; {funnel.line()}); {nothing}"
+        )
+    if funnel.lost:
+        logger.warning(
+            "%s: %d of %d rows published; lost per stage: %s",
+            what,
+            funnel.kept,
+            funnel.considered,
+            funnel.stages(),
+        )
+    return funnel
 
 
 def choose_default(method: Method, datasets: dict[str, Dataset], order: list[str]) -> str | None:
@@ -111,11 +152,16 @@ def _clear(output: Path) -> None:
     """``--overwrite``: remove an earlier synthalign output (never anything else)."""
     if output.is_dir() and any(output.iterdir()):
         if not _is_synthalign_output(output):
-            raise OutputError(f"{output} is not a synthalign output; refusing to delete it: choose another --output")
+            raise OutputError(
+                f"{output} is not a synthalign output; refusing to delete it: "
+                "choose another --output"
+            )
         shutil.rmtree(output)
 
 
-def make_card(method: Method, datasets: dict[str, Dataset], info: dict[str, Any], default: str | None) -> Any:
+def make_card(
+    method: Method, datasets: dict[str, Dataset], info: dict[str, Any], default: str | None
+) -> Any:
     """The method's card section in the shared frame."""
     section = method.card_section(datasets, info)
     return frame_card(method.name, section, datasets, info, default, method.funnel_configs)
@@ -124,7 +170,9 @@ def make_card(method: Method, datasets: dict[str, Dataset], info: dict[str, Any]
 class Driver:
     """One run: the method, its recipe, the output folder and its record."""
 
-    def __init__(self, method: Method, recipe: Recipe, output: Path, *, use_ray: bool, resume: bool) -> None:
+    def __init__(
+        self, method: Method, recipe: Recipe, output: Path, *, use_ray: bool, resume: bool
+    ) -> None:
         self.method = method
         self.recipe = recipe
         self.output = output
@@ -140,9 +188,20 @@ class Driver:
         models = {}
         for job in state.train:
             if not counts.get(job.config):
-                logger.info("%s: nothing to train %s on (config %r is empty); skipped", state.key, job.name, job.config)
+                logger.info(
+                    "%s: nothing to train %s on (config %r is empty); skipped",
+                    state.key,
+                    job.name,
+                    job.config,
+                )
                 continue
-            trained = run_train_job(job, dataset=target, root=self.output, seed=self.recipe.seed)
+            trained = run_train_job(
+                job,
+                dataset=target,
+                root=self.output,
+                seed=self.recipe.seed,
+                stall_timeout=self.recipe.stall_timeout,
+            )
             models[job.name] = trained["model"]
         self.record.complete(state, models)
         self.record.save()
@@ -154,29 +213,39 @@ class Driver:
             use_ray=self.use_ray,
             api_key=self.recipe.api_key,
             sequential=self.method.sequential(self.recipe),
+            stall_timeout=self.recipe.stall_timeout,
         )
         order = self.method.configs(self.recipe, state)
         datasets = leaf_datasets(ran, order)
         counts = {name: len(data) for name, data in datasets.items()}
+        check_outcome(self.method, self.recipe, state, datasets, order)
         default = choose_default(self.method, datasets, order)
         if default is None:
-            raise OutputError(
-                f"{self.method.name} {state.stage} produced no rows in any config ({counts}): "
-                "see the log for the failures, fix the cause and rerun"
+            raise RunFailed(
+                f"{self.method.name} {state.key} produced no rows in any config ({counts}): "
+                "nothing was written or pushed: see the log for the failures, "
+                "fix the cause and rerun"
             )
         self.record.begin(state, target, counts)
         info = self.record.state_info(state, counts)
         card = make_card(self.method, datasets, info, default)
-        write_hub_folder(
+        with critical():  # a stop waits for the folder to be in place, whole
+            write_hub_folder(
+                target,
+                datasets,
+                card,
+                pipeline_yaml=pipeline_yaml_path(ran),
+                run_info=info,
+                default_config=default,
+                overwrite=True,
+            )
+        logger.info(
+            "%s: wrote %s (%s)",
+            state.key,
             target,
-            datasets,
-            card,
-            pipeline_yaml=pipeline_yaml_path(ran),
-            run_info=info,
-            default_config=default,
-            overwrite=True,
+            ", ".join(f"{k}: {v}" for k, v in counts.items()),
         )
-        logger.info("%s: wrote %s (%s)", state.key, target, ", ".join(f"{k}: {v}" for k, v in counts.items()))
+        self.record.save()  # a kill while training resumes at the training, not the pipeline
 
     def states(self, iterations: int, loop: bool) -> list[State]:
         """Run states in order until the method stops or iteration ``iterations`` ends."""
@@ -214,24 +283,38 @@ def run(
     ``method_name`` is a registered method's name or a :class:`Method` of your own
     (see docs/architecture.md: a fifth method needs no change here).
     """
-    method = method_name if isinstance(method_name, Method) else get_method(method_name)
-    if loop and not method.loops:
-        raise RecipeError(f"{method.name} has no rounds or iterations: use `synthalign generate {method.name}`")
-    recipe = prepare_recipe(method, config, llms)
-    total = iterations if iterations is not None else method.default_iterations(recipe)
-    if isinstance(total, bool) or total < 1:
+    with stop_guard():  # Ctrl-C / SIGTERM: every phase, every child, one way out
+        method = method_name if isinstance(method_name, Method) else get_method(method_name)
+        if loop and not method.loops:
+            raise RecipeError(
+                f"{method.name} has no rounds or iterations: "
+                f"use `synthalign generate {method.name}`"
+            )
+        if iterations is not None:
+            _check_iterations(iterations)
+        recipe = prepare_recipe(method, config, llms)
+        total = iterations if iterations is not None else method.default_iterations(recipe)
+        _check_iterations(total)
+        out = Path(output).expanduser().absolute()
+        resume = preflight(
+            method, recipe, out, overwrite=overwrite, resumable=loop, push_to_hub=push_to_hub
+        )
+        if overwrite:
+            _clear(out)
+        if resume:
+            logger.warning(
+                "resuming the %s run in %s after its last finished state", method.name, out
+            )
+        driver = Driver(method, recipe, out, use_ray=use_ray, resume=resume)
+        driver.states(total, loop)
+        if push_to_hub:
+            push_hub_folder(out, push_to_hub)
+        return out
+
+
+def _check_iterations(total: object) -> None:
+    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
         raise RecipeError(f"--iterations must be a whole number >= 1, got {total}")
-    out = Path(output).expanduser().absolute()
-    resume = preflight(method, recipe, out, overwrite=overwrite, resumable=loop, push_to_hub=push_to_hub)
-    if overwrite:
-        _clear(out)
-    if resume:
-        logger.info("resuming the %s run in %s after its last finished state", method.name, out)
-    driver = Driver(method, recipe, out, use_ray=use_ray, resume=resume)
-    driver.states(total, loop)
-    if push_to_hub:
-        push_hub_folder(out, push_to_hub)
-    return out
 
 
 def generate(method_name: str | Method, config: str | Path, **kwargs: Any) -> Path:
@@ -248,11 +331,16 @@ def rewrite_card(folder: str | Path) -> Path:
     """Rebuild a folder's card from its data and ``synthalign.json`` (``synthalign card DIR``)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise OutputError(f"{folder} is not a folder: pass a folder written by `synthalign generate`")
+        raise OutputError(
+            f"{folder} is not a folder: pass a folder written by `synthalign generate`"
+        )
     datasets, info = read_hub_folder(folder)
     method_name = info.get("method")
     if method_name not in METHOD_MODULES:
-        raise OutputError(f"{folder}/{RUN_RECORD} names no known method ({method_name!r}); was it written by synthalign?")
+        raise OutputError(
+            f"{folder}/{RUN_RECORD} names no known method ({method_name!r}); "
+            "was it written by synthalign?"
+        )
     method = get_method(method_name)
     order = list(datasets)
     default = choose_default(method, datasets, order)

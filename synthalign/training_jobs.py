@@ -5,20 +5,30 @@ forks its step workers from the driver's process, and a process that has run tor
 threads (training) hangs forked children on their first torch call. The recipe is
 written beside the model (``OUTPUT.recipe.yaml``), so the exact training can be rerun
 by hand, and a model folder that already holds a finished training is reused.
+
+The training process has its own process group and dies with the driver
+(:mod:`synthalign.signals`): Ctrl-C ends it with the run, and its checkpoints make the
+rerun resume. It touches a heartbeat file at every optimizer step
+(:data:`synthalign.trainers.common.HEARTBEAT_ENV`); no beat for the recipe's
+``stall_timeout`` ends the run with one line.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from synthalign.contract import TrainJob
-from synthalign.errors import OutputError
-from synthalign.trainers.common import RECIPE_FILENAME, read_training_record
+from synthalign.errors import RESUME_HINT, RunFailed
+from synthalign.signals import PARENT_ENV, wait_child
+from synthalign.trainers.common import HEARTBEAT_ENV, RECIPE_FILENAME, read_training_record
+from synthalign.watchdog import DEFAULT_STALL_TIMEOUT, exit_description
 
 __all__ = ["model_done", "run_train_job"]
 
@@ -31,25 +41,68 @@ def model_done(path: Path) -> bool:
 def _recipe(job: TrainJob, dataset: Path, output: Path, seed: int) -> dict[str, Any]:
     data = dict(job.recipe)
     if data.get("lora"):
-        data["lora"] = {**data["lora"], "merge": True}  # every backend (vLLM too) must load the result directly
+        data["lora"] = {
+            **data["lora"],
+            "merge": True,
+        }  # every backend (vLLM too) must load the result directly
     data.setdefault("seed", seed)
-    data.update(model=job.model, dataset=str(dataset), dataset_config=job.config, output_dir=str(output))
+    data.update(
+        model=job.model, dataset=str(dataset), dataset_config=job.config, output_dir=str(output)
+    )
     return data
 
 
-def run_train_job(job: TrainJob, *, dataset: Path, root: Path, seed: int) -> dict[str, Any]:
+def _stall_check(heartbeat: Path, output: Path, stall_timeout: float) -> Any:
+    def check() -> None:
+        idle = time.time() - heartbeat.stat().st_mtime
+        if idle > stall_timeout:
+            raise RunFailed(
+                f"training for {output} made no progress for {idle:.0f}s "
+                f"(stall_timeout: {stall_timeout:g}s); "
+                f"its checkpoints are kept: {RESUME_HINT}, or raise stall_timeout in the recipe"
+            )
+
+    return check
+
+
+def run_train_job(
+    job: TrainJob,
+    *,
+    dataset: Path,
+    root: Path,
+    seed: int,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+) -> dict[str, Any]:
     """Train ``job`` on ``dataset`` into ``root / job.output``, unless already trained."""
     output = root / job.output
     if not model_done(output):
         output.parent.mkdir(parents=True, exist_ok=True)
         recipe_file = output.with_name(f"{output.name}.recipe.yaml")
-        recipe_file.write_text(yaml.safe_dump(_recipe(job, dataset, output, seed), sort_keys=False), encoding="utf-8")
+        recipe_file.write_text(
+            yaml.safe_dump(_recipe(job, dataset, output, seed), sort_keys=False), encoding="utf-8"
+        )
+        heartbeat = output.with_name(f".{output.name}.heartbeat")
+        heartbeat.touch()
+        env = {**os.environ, PARENT_ENV: str(os.getpid()), HEARTBEAT_ENV: str(heartbeat)}
         code = "import sys; from synthalign.cli import app; sys.exit(app())"
-        proc = subprocess.run([sys.executable, "-c", code, "train", job.kind, "--config", str(recipe_file)], check=False)
-        if proc.returncode != 0 or not model_done(output):
-            raise OutputError(
-                f"{job.kind} training for {output} failed (exit {proc.returncode}; see the log above): "
-                "fix the cause and rerun the same command to resume"
+        command = [sys.executable, "-c", code, "train", job.kind, "--config", str(recipe_file)]
+        proc = subprocess.Popen(command, env=env, start_new_session=True)
+        try:
+            returncode = wait_child(
+                proc.pid, poll=proc.poll, check=_stall_check(heartbeat, output, stall_timeout)
+            )
+        finally:
+            heartbeat.unlink(missing_ok=True)
+        if returncode != 0 or not model_done(output):
+            raise RunFailed(
+                f"{job.kind} training for {output} failed "
+                f"({exit_description(returncode)}; see the log above): "
+                f"fix the cause and {RESUME_HINT}"
             )
     record = read_training_record(output)
-    return {"model": str(output), "base_model": job.model, "rows": record.get("rows"), "metrics": record.get("metrics", {})}
+    return {
+        "model": str(output),
+        "base_model": job.model,
+        "rows": record.get("rows"),
+        "metrics": record.get("metrics", {}),
+    }

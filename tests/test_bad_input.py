@@ -68,42 +68,46 @@ def _generate(method: str, recipe: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_seed_file_missing(tmp_path: Path) -> None:
-    recipe = _recipe(tmp_path, "rdpo-quickstart.yaml", **{"seeds.source": str(tmp_path / "nope.jsonl")})
+    recipe = _recipe(
+        tmp_path, "rdpo-quickstart.yaml", **{"seed_data.source": str(tmp_path / "nope.jsonl")}
+    )
     _fail(_generate("rdpo", recipe, tmp_path / "o"), "not found", "nope.jsonl")
 
 
 def test_seed_file_empty(tmp_path: Path) -> None:
-    recipe = _recipe(tmp_path, "rdpo-quickstart.yaml", **{"seeds.source": _seeds(tmp_path, b"")})
+    recipe = _recipe(
+        tmp_path, "rdpo-quickstart.yaml", **{"seed_data.source": _seeds(tmp_path, b"")}
+    )
     _fail(_generate("rdpo", recipe, tmp_path / "o"), "empty")
 
 
 def test_seed_wrong_columns(tmp_path: Path) -> None:
     seeds = _seeds(tmp_path, b'{"question": "hi"}\n')
-    recipe = _recipe(tmp_path, "rdpo-quickstart.yaml", **{"seeds.source": seeds})
+    recipe = _recipe(tmp_path, "rdpo-quickstart.yaml", **{"seed_data.source": seeds})
     _fail(_generate("rdpo", recipe, tmp_path / "o"), "lacks column", "prompt", "question")
 
 
 def test_seed_wrong_types(tmp_path: Path) -> None:
     seeds = _seeds(tmp_path, b'{"prompt": "fine"}\n{"prompt": 42}\n')
-    recipe = _recipe(tmp_path, "rdpo-quickstart.yaml", **{"seeds.source": seeds})
+    recipe = _recipe(tmp_path, "rdpo-quickstart.yaml", **{"seed_data.source": seeds})
     _fail(_generate("rdpo", recipe, tmp_path / "o"), "row 2", "prompt", "str", "int")
 
 
 def test_seed_malformed_jsonl_line_reports_line_number(tmp_path: Path) -> None:
     seeds = _seeds(tmp_path, b'{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "c"\n')
-    recipe = _recipe(tmp_path, "rdpo-quickstart.yaml", **{"seeds.source": seeds})
+    recipe = _recipe(tmp_path, "rdpo-quickstart.yaml", **{"seed_data.source": seeds})
     _fail(_generate("rdpo", recipe, tmp_path / "o"), "seeds.jsonl:3", "malformed JSON")
 
 
 def test_seed_not_utf8(tmp_path: Path) -> None:
     seeds = _seeds(tmp_path, '{"prompt": "caf\u00e9"}\n'.encode("latin-1"))
-    recipe = _recipe(tmp_path, "rdpo-quickstart.yaml", **{"seeds.source": seeds})
+    recipe = _recipe(tmp_path, "rdpo-quickstart.yaml", **{"seed_data.source": seeds})
     _fail(_generate("rdpo", recipe, tmp_path / "o"), "not UTF-8", ":1")
 
 
 def test_seed_unsupported_format(tmp_path: Path) -> None:
     seeds = _seeds(tmp_path, b"a,b", name="seeds.xlsx")
-    recipe = _recipe(tmp_path, "rdpo-quickstart.yaml", **{"seeds.source": seeds})
+    recipe = _recipe(tmp_path, "rdpo-quickstart.yaml", **{"seed_data.source": seeds})
     _fail(_generate("rdpo", recipe, tmp_path / "o"), "unsupported seed format")
 
 
@@ -128,12 +132,20 @@ def test_recipe_not_a_mapping(tmp_path: Path) -> None:
 
 def test_recipe_unknown_key_suggests_the_close_match(tmp_path: Path) -> None:
     recipe = _recipe(tmp_path, "condor-quickstart.yaml", num_sampels=3)
-    _fail(_generate("condor", recipe, tmp_path / "o"), "unknown key 'num_sampels'", "did you mean 'num_samples'")
+    _fail(
+        _generate("condor", recipe, tmp_path / "o"),
+        "unknown key 'num_sampels'",
+        "did you mean 'num_samples'",
+    )
 
 
 def test_recipe_unknown_nested_key_suggests(tmp_path: Path) -> None:
     recipe = _recipe(tmp_path, "rdpo-quickstart.yaml", **{"teacher.max_new_token": 12})
-    _fail(_generate("rdpo", recipe, tmp_path / "o"), "teacher.max_new_token", "did you mean 'max_new_tokens'")
+    _fail(
+        _generate("rdpo", recipe, tmp_path / "o"),
+        "teacher.max_new_token",
+        "did you mean 'max_new_tokens'",
+    )
 
 
 def test_recipe_threshold_out_of_range(tmp_path: Path) -> None:
@@ -147,7 +159,9 @@ def test_recipe_negative_count(tmp_path: Path) -> None:
 
 
 def test_recipe_pool_too_small_for_the_roles(tmp_path: Path) -> None:
-    recipe = _recipe(tmp_path, "gra-quickstart.yaml", pool=["builtin:tiny-random", "builtin:tiny-random"])
+    recipe = _recipe(
+        tmp_path, "gra-quickstart.yaml", pool=["builtin:tiny-random", "builtin:tiny-random"]
+    )
     _fail(_generate("gra", recipe, tmp_path / "o"), "pool")
 
 
@@ -162,12 +176,19 @@ def test_unknown_method(tmp_path: Path) -> None:
 
 def test_unknown_backend_scheme(tmp_path: Path) -> None:
     recipe = _recipe(tmp_path, "condor-quickstart.yaml")
-    _fail(_generate("condor", recipe, tmp_path / "o", "--llm", "ollama:llama3"), "unknown LLM spec", "ollama:llama3")
+    _fail(
+        _generate("condor", recipe, tmp_path / "o", "--llm", "ollama:llama3"),
+        "unknown LLM spec",
+        "ollama:llama3",
+    )
 
 
 def test_model_path_missing(tmp_path: Path) -> None:
     recipe = _recipe(tmp_path, "condor-quickstart.yaml")
-    _fail(_generate("condor", recipe, tmp_path / "o", "--llm", "transformers:/models/none/here"), "does not exist")
+    _fail(
+        _generate("condor", recipe, tmp_path / "o", "--llm", "transformers:/models/none/here"),
+        "does not exist",
+    )
 
 
 def test_model_spec_in_recipe_unknown_builtin(tmp_path: Path) -> None:
@@ -179,7 +200,9 @@ def test_server_unreachable_is_one_line_after_bounded_retries() -> None:
     from synthalign.errors import BackendError
     from synthalign.llms import load_llm
 
-    llm = load_llm("openai:http://127.0.0.1:9/v1#some-model", engine_kwargs={"max_retries": 1, "timeout": 2})
+    llm = load_llm(
+        "openai:http://127.0.0.1:9/v1#some-model", engine_kwargs={"max_retries": 1, "timeout": 2}
+    )
     with pytest.raises(BackendError) as info:
         llm.load()
     assert "\n" not in str(info.value) and "127.0.0.1:9" in str(info.value)
@@ -202,7 +225,11 @@ def test_push_without_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))
     monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
     recipe = _recipe(tmp_path, "condor-quickstart.yaml")
-    _fail(_generate("condor", recipe, tmp_path / "o", "--push-to-hub", "me/data"), "token", "hf auth login")
+    _fail(
+        _generate("condor", recipe, tmp_path / "o", "--push-to-hub", "me/data"),
+        "token",
+        "hf auth login",
+    )
     assert not (tmp_path / "o").exists()
 
 

@@ -24,7 +24,12 @@ SEEDS = Path(__file__).parent / "data" / "instructions.jsonl"
 
 def _recipe(tmp_path: Path, **extra: object) -> Path:
     path = tmp_path / "echo.yaml"
-    data = {"name": "echo-test", "seed_data": {"source": str(SEEDS)}, "cache_dir": str(tmp_path / "cache"), **extra}
+    data = {
+        "name": "echo-test",
+        "seed_data": {"source": str(SEEDS)},
+        "cache_dir": str(tmp_path / "cache"),
+        **extra,
+    }
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -33,7 +38,9 @@ def _record(folder: Path) -> dict:
     return json.loads((folder / "synthalign.json").read_text())
 
 
-def test_generate_writes_one_state_as_a_hub_folder_with_the_shared_card_frame(tmp_path: Path) -> None:
+def test_generate_writes_one_state_as_a_hub_folder_with_the_shared_card_frame(
+    tmp_path: Path,
+) -> None:
     from datasets import load_dataset
 
     out = generate(ECHO, _recipe(tmp_path, min_chars=30), output=tmp_path / "out")
@@ -48,13 +55,17 @@ def test_generate_writes_one_state_as_a_hub_folder_with_the_shared_card_frame(tm
     assert {"synthetic", "distilabel", "synthalign", "echo"} <= set(front["tags"])
     assert front["reproducibility"]["method"] == "echo"
     short = sum(1 for r in rows if not r["kept"])
-    assert short and f"| length | too short | {short} |" in readme  # the funnel, from the drop columns
+    assert (
+        short and f"| length | too short | {short} |" in readme
+    )  # the funnel, from the drop columns
     assert "distilabel pipeline run --config pipeline.yaml" in readme
 
 
 def test_generate_pipeline_yaml_reruns_to_the_same_configs(tmp_path: Path) -> None:
     out = generate(ECHO, _recipe(tmp_path), output=tmp_path / "out")
-    assert assert_rerun_reproduces(out, tmp_path / "rerun") == {"rows": sum(1 for _ in SEEDS.open())}
+    assert assert_rerun_reproduces(out, tmp_path / "rerun") == {
+        "rows": sum(1 for _ in SEEDS.open())
+    }
 
 
 def test_loop_runs_states_wires_outputs_and_resumes_after_the_last_finished(tmp_path: Path) -> None:
@@ -65,7 +76,9 @@ def test_loop_runs_states_wires_outputs_and_resumes_after_the_last_finished(tmp_
     from datasets import load_dataset
 
     second = load_dataset(str(out / "round-2"), "rows", split="train")
-    assert set(second["previous"]) == {str(out / "round-1")}  # read by path, the folder state 1 wrote
+    assert set(second["previous"]) == {
+        str(out / "round-1")
+    }  # read by path, the folder state 1 wrote
     first_mtime = (out / "round-1" / "README.md").stat().st_mtime_ns
     loop(ECHO, recipe, iterations=3, output=out)  # resumes: rounds 1-2 untouched, round 3 added
     assert (out / "round-1" / "README.md").stat().st_mtime_ns == first_mtime

@@ -10,6 +10,11 @@ the LoRA adapter, plus the tokenizer, ``train_results.json`` and the recipe used
 
 Each method-specific trainer (``sft.py``, ``simpo.py``, ``rdpo.py``) supplies its
 recipe subclass, the columns it needs, and the TRL config/trainer classes.
+
+An output folder belongs to one kind of training (``synthalign-train-run.json``, written
+before the first checkpoint): ``train dpo`` into a folder holding ``rdpo`` checkpoints
+would resume from them and train zero steps, so it refuses in one line, or starts
+afresh with ``--overwrite``. A resume is announced with the step it resumes from.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -39,6 +46,10 @@ T = TypeVar("T", bound="TrainRecipe")
 
 RECIPE_FILENAME = "synthalign-train.json"
 """Written into every saved model folder: the recipe, dataset and metrics that made it."""
+RUN_FILENAME = "synthalign-train-run.json"
+"""Written when a training starts in a folder: which kind of training its checkpoints are."""
+HEARTBEAT_ENV = "SYNTHALIGN_HEARTBEAT"
+"""A file the training touches at every optimizer step (the run driver's stall check)."""
 
 
 class LoraOptions(StrictModel):
@@ -79,20 +90,34 @@ class TrainRecipe(StrictModel):
     """
 
     model: str = Field(description="model to train: builtin:NAME, a local folder or a Hub id")
-    dataset: RecipePath | None = Field(default=None, description="Hub-layout folder (relative to the recipe) or Hub dataset id")
-    dataset_config: str | None = Field(default=None, description="config (subset) of the dataset, e.g. 'refined'")
+    dataset: RecipePath | None = Field(
+        default=None, description="Hub-layout folder (relative to the recipe) or Hub dataset id"
+    )
+    dataset_config: str | None = Field(
+        default=None, description="config (subset) of the dataset, e.g. 'refined'"
+    )
     dataset_split: str = "train"
-    max_samples: int | None = Field(default=None, ge=1, description="train on the first N rows only")
-    output_dir: str = Field(default="outputs/model", description="where the model and checkpoints go")
+    max_samples: int | None = Field(
+        default=None, ge=1, description="train on the first N rows only"
+    )
+    output_dir: str = Field(
+        default="outputs/model", description="where the model and checkpoints go"
+    )
     seed: int = 42
     learning_rate: float = Field(default=2e-5, gt=0)
     num_train_epochs: float = Field(default=1.0, gt=0)
-    max_steps: int = Field(default=-1, description="stop after this many optimizer steps (-1: use epochs)")
+    max_steps: int = Field(
+        default=-1, description="stop after this many optimizer steps (-1: use epochs)"
+    )
     per_device_train_batch_size: int = Field(default=8, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
-    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0, description="share of steps spent warming up")
+    warmup_ratio: float = Field(
+        default=0.1, ge=0.0, lt=1.0, description="share of steps spent warming up"
+    )
     lr_scheduler_type: str = "cosine"
-    max_length: int | None = Field(default=2048, ge=8, description="tokens per example; longer ones are truncated")
+    max_length: int | None = Field(
+        default=2048, ge=8, description="tokens per example; longer ones are truncated"
+    )
     gradient_checkpointing: bool = False
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         default="auto", description="auto: bf16 on a GPU that supports it, else fp32 (CPU)"
@@ -120,7 +145,9 @@ class TrainRecipe(StrictModel):
     @model_validator(mode="after")
     def _check_length(self) -> TrainRecipe:
         if self.max_steps == 0 or self.max_steps < -1:
-            raise ValueError("max_steps must be -1 (train for num_train_epochs) or a positive number")
+            raise ValueError(
+                "max_steps must be -1 (train for num_train_epochs) or a positive number"
+            )
         return self
 
     def trainer_kwargs(self, model: Any, tokenizer: Any, dataset: Any, args: Any) -> dict[str, Any]:
@@ -162,7 +189,9 @@ def load_train_recipe(
     if updates:
         recipe = parse_recipe({**recipe.model_dump(), **updates}, cls)
     if not recipe.dataset:
-        raise RecipeError("no training dataset: set 'dataset' in the recipe or pass --dataset DIR_OR_REPO_ID")
+        raise RecipeError(
+            "no training dataset: set 'dataset' in the recipe or pass --dataset DIR_OR_REPO_ID"
+        )
     return recipe
 
 
@@ -174,12 +203,18 @@ def load_training_dataset(recipe: TrainRecipe, required: list[str]) -> Dataset:
     path = Path(source).expanduser()
     target = str(path) if path.exists() else source
     if source.startswith((".", "/", "~")) and not path.exists():
-        raise SeedDataError(f"training dataset {source} not found: pass a Hub-layout folder or a Hub dataset id")
+        raise SeedDataError(
+            f"training dataset {source} not found: pass a Hub-layout folder or a Hub dataset id"
+        )
+    if path.is_dir() and recipe.dataset_config:
+        _check_config_has_rows(path, recipe.dataset_config)
     try:
         data = load_dataset(target, recipe.dataset_config, split=recipe.dataset_split)
     except Exception as exc:  # datasets raises many types; the first line says what happened
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SeedDataError(f"cannot load training dataset {source!r} (config {recipe.dataset_config!r}): {message}") from None
+        raise SeedDataError(
+            f"cannot load training dataset {source!r} (config {recipe.dataset_config!r}): {message}"
+        ) from None
     missing = [c for c in required if c not in data.column_names]
     if missing:
         raise SeedDataError(
@@ -187,10 +222,33 @@ def load_training_dataset(recipe: TrainRecipe, required: list[str]) -> Dataset:
             "pick the config that holds TRL-format columns (dataset_config)"
         )
     if len(data) == 0:
-        raise SeedDataError(f"training dataset {source!r} (config {recipe.dataset_config!r}) has no rows to train on")
+        raise SeedDataError(
+            f"training dataset {source!r} (config {recipe.dataset_config!r}) "
+            "has no rows to train on"
+        )
     if recipe.max_samples is not None:
         data = data.select(range(min(recipe.max_samples, len(data))))
     return data.select_columns(required)
+
+
+def _check_config_has_rows(folder: Path, config: str) -> None:
+    """A config the run published no rows for is absent from its folder (a zero-row
+    config cannot load): say so, instead of datasets' "BuilderConfig not found"."""
+    record_path = folder / "synthalign.json"
+    if (folder / "data" / config).is_dir() or not record_path.is_file():
+        return
+    try:
+        counts = json.loads(record_path.read_text(encoding="utf-8")).get("counts") or {}
+    except (OSError, ValueError):
+        counts = {}
+    with_rows = sorted(name for name, n in counts.items() if n) or sorted(
+        p.name for p in (folder / "data").iterdir() if p.is_dir()
+    )
+    raise SeedDataError(
+        f"training dataset {folder} has no rows in config '{config}' (the run published none; "
+        f"configs with rows: {', '.join(with_rows) or 'none'}): "
+        "see its card's funnel, or set dataset_config"
+    )
 
 
 def precision_flags(precision: str) -> dict[str, bool]:
@@ -198,7 +256,9 @@ def precision_flags(precision: str) -> dict[str, bool]:
     import torch
 
     if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+        precision = (
+            "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+        )
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
@@ -216,13 +276,14 @@ def load_model_and_tokenizer(spec: str) -> tuple[PreTrainedModel, PreTrainedToke
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
         raise RecipeError(
-            f"model {spec!r} has no chat template: start from an instruct/SFT model or add one to its tokenizer"
+            f"model {spec!r} has no chat template: "
+            "start from an instruct/SFT model or add one to its tokenizer"
         )
     return model, tokenizer
 
 
 def trl_config_kwargs(recipe: TrainRecipe, config_cls: type, output_dir: Path) -> dict[str, Any]:
-    """The common TrainingArguments, plus the recipe's ``trainer_args`` checked against ``config_cls``."""
+    """The common TrainingArguments, plus ``trainer_args`` checked against ``config_cls``."""
     known = set(getattr(config_cls, "__dataclass_fields__", {}))
     unknown = sorted(set(recipe.trainer_args) - known)
     if unknown:
@@ -268,8 +329,70 @@ def checkpoint_to_resume(recipe: TrainRecipe, output_dir: Path) -> str | None:
         return None
     last = last_complete_checkpoint(output_dir)
     if last:
-        logger.info("resuming from %s", last)
+        step = _checkpoint_step(last)
+        print(f"resuming training from {last} (step {step})", file=sys.stderr, flush=True)
     return last
+
+
+def _checkpoint_step(checkpoint: str) -> int | None:
+    try:
+        return int(
+            json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))[
+                "global_step"
+            ]
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def training_owner(output_dir: Path) -> str | None:
+    """The kind of training whose checkpoints or model ``output_dir`` holds, if any."""
+    for name in (RUN_FILENAME, RECIPE_FILENAME):
+        try:
+            kind = json.loads((output_dir / name).read_text(encoding="utf-8")).get("kind")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if kind:
+            return str(kind)
+    return None
+
+
+def claim_output(output_dir: Path, kind: str, *, overwrite: bool) -> bool:
+    """Make ``output_dir`` this training's; returns whether it starts afresh.
+
+    Another kind's checkpoints are refused (they would be resumed as this kind's),
+    unless ``overwrite``: then they, and every earlier training file, are removed.
+    """
+    owner = training_owner(output_dir)
+    if owner is not None and owner != kind and not overwrite:
+        raise RecipeError(
+            f"{output_dir} holds a {owner} training: "
+            f"choose another --output, or pass --overwrite to train {kind} afresh"
+        )
+    if overwrite and output_dir.is_dir():
+        for checkpoint in output_dir.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint, ignore_errors=True)
+        for name in (RUN_FILENAME, RECIPE_FILENAME):
+            (output_dir / name).unlink(missing_ok=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / RUN_FILENAME).write_text(json.dumps({"kind": kind}) + "\n", encoding="utf-8")
+    return overwrite
+
+
+def heartbeat_callback() -> Any:
+    """A TrainerCallback touching :data:`HEARTBEAT_ENV`'s file at every step, when set."""
+    from transformers import TrainerCallback  # heavy: transformers
+
+    path = os.environ.get(HEARTBEAT_ENV)
+    if not path:
+        return None
+
+    class Heartbeat(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            Path(path).touch()
+
+    Path(path).touch()
+    return Heartbeat()
 
 
 def last_complete_checkpoint(output_dir: Path) -> str | None:
@@ -297,7 +420,9 @@ def last_complete_checkpoint(output_dir: Path) -> str | None:
     return None
 
 
-def save_trained(trainer: Trainer, recipe: TrainRecipe, output_dir: Path, info: dict[str, Any]) -> Path:
+def save_trained(
+    trainer: Trainer, recipe: TrainRecipe, output_dir: Path, info: dict[str, Any]
+) -> Path:
     """Save what ``from_pretrained`` loads back: model or adapter (or merged), tokenizer, record.
 
     A LoRA run saves the adapter (peft's layout; ``from_pretrained`` on the folder loads
@@ -315,7 +440,8 @@ def save_trained(trainer: Trainer, recipe: TrainRecipe, output_dir: Path, info: 
         trainer.save_model(str(output_dir))
     tokenizer.save_pretrained(output_dir)
     (output_dir / RECIPE_FILENAME).write_text(
-        json.dumps({"recipe": recipe.model_dump(mode="json"), **info}, indent=2, default=str) + "\n",
+        json.dumps({"recipe": recipe.model_dump(mode="json"), **info}, indent=2, default=str)
+        + "\n",
         encoding="utf-8",
     )
     if recipe.delete_checkpoints:
@@ -330,6 +456,7 @@ def run_training(
     kind: str,
     required_columns: list[str],
     build_trainer: Callable[[Any, Any, Dataset, Path], Trainer],
+    overwrite: bool = False,
 ) -> Path:
     """Shared body of every ``train_from_recipe``: data, model, train (resumable), save.
 
@@ -338,12 +465,18 @@ def run_training(
     from transformers import set_seed  # heavy: transformers
 
     output_dir = Path(recipe.output_dir).expanduser()
+    owner = training_owner(output_dir)
+    if owner is not None and owner != kind and not overwrite:
+        claim_output(output_dir, kind, overwrite=False)  # one line, before any data or model loads
     dataset = load_training_dataset(recipe, required_columns)
     set_seed(recipe.seed)
     model, tokenizer = load_model_and_tokenizer(recipe.model)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    fresh = claim_output(output_dir, kind, overwrite=overwrite)
     trainer = build_trainer(model, tokenizer, dataset, output_dir)
-    resume = checkpoint_to_resume(recipe, output_dir)
+    beat = heartbeat_callback()
+    if beat is not None:
+        trainer.add_callback(beat)
+    resume = None if fresh else checkpoint_to_resume(recipe, output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(result.metrics)
     metrics["train_samples"] = len(dataset)
@@ -365,7 +498,9 @@ def run_training(
 TrainerBuilder = Callable[[Any, Any, Any, Any, Path], "Trainer"]
 
 
-def recipe_trainer(recipe_cls: type[T], required_columns: list[str], build_trainer: TrainerBuilder) -> Callable[..., Path]:
+def recipe_trainer(
+    recipe_cls: type[T], required_columns: list[str], build_trainer: TrainerBuilder
+) -> Callable[..., Path]:
     """A trainer module's ``train_from_recipe``: read the recipe, then :func:`run_training`.
 
     ``build_trainer(recipe, model, tokenizer, dataset, output_dir)`` returns the TRL trainer.
@@ -378,6 +513,7 @@ def recipe_trainer(recipe_cls: type[T], required_columns: list[str], build_train
         dataset: str | None = None,
         model: str | None = None,
         output: str | Path | None = None,
+        overwrite: bool = False,
     ) -> Path:
         recipe = load_train_recipe(config, recipe_cls, dataset=dataset, model=model, output=output)
         return run_training(
@@ -385,9 +521,12 @@ def recipe_trainer(recipe_cls: type[T], required_columns: list[str], build_train
             kind=kind,
             required_columns=required_columns,
             build_trainer=lambda m, t, d, o: build_trainer(recipe, m, t, d, o),
+            overwrite=overwrite,
         )
 
-    train_from_recipe.__doc__ = f"Train from a {recipe_cls.__name__} and return the saved model folder."
+    train_from_recipe.__doc__ = (
+        f"Train from a {recipe_cls.__name__} and return the saved model folder."
+    )
     return train_from_recipe
 
 

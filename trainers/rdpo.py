@@ -328,6 +328,7 @@ def train_from_recipe(
     dataset: str | None = None,
     model: str | None = None,
     output: str | Path | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Train rDPO (or the plain-DPO baseline) and return the saved model folder.
 
@@ -344,4 +345,5 @@ def train_from_recipe(
         kind=kind,
         required_columns=required,
         build_trainer=lambda m, t, d, o: build_trainer(recipe, kind, m, t, d, o),  # type: ignore[arg-type]
+        overwrite=overwrite,
     )

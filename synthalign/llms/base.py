@@ -37,11 +37,18 @@ DEFAULT_GENERATION_KWARGS: dict[str, Any] = {
 @dataclass
 class Completion:
     """One generated text with its token counts; ``text`` is None when the engine could
-    not generate for this row (e.g. the prompt is longer than the model's context)."""
+    not generate for this row, and ``error`` says why (the prompt is longer than the
+    model's context, the server refused the request)."""
 
     text: str | None
     input_tokens: int
     output_tokens: int
+    error: str | None = None
+
+
+def context_overflow(prompt_tokens: int, context: int) -> str:
+    """The per-row reason of a prompt that leaves no room for an answer."""
+    return f"prompt exceeds the model's context ({prompt_tokens} tokens > {context - 1})"
 
 
 @dataclass(frozen=True)
@@ -157,8 +164,12 @@ class SynthLLM(LLM):
             for _ in range(num_generations):
                 conversations.append(chat)
                 schemas.append(schema)
-        decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-        completions = self._generate_batch(conversations, schemas, decoding=decoding) if conversations else []
+        decoding = Decoding(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+        )
+        completions = (
+            self._generate_batch(conversations, schemas, decoding=decoding) if conversations else []
+        )
         outputs: list[GenerateOutput] = []
         for i in range(len(inputs)):
             group = completions[i * num_generations : (i + 1) * num_generations]

@@ -16,6 +16,7 @@ from pydantic import Field, PrivateAttr
 
 from synthalign.errors import BackendError
 from synthalign.llms.base import ChatType, Completion, Decoding, JSONSchema, SynthLLM
+from synthalign.models import is_builtin, resolve_model, smollm2_gguf_path
 
 MAX_ENUM_RANGE = 1000
 
@@ -55,8 +56,6 @@ class LlamaCppLLM(SynthLLM):
             raise BackendError(
                 "the llamacpp backend needs llama-cpp-python: pip install 'synthalign[llamacpp]'"
             ) from exc
-        from synthalign.models import is_builtin, resolve_model, smollm2_gguf_path
-
         path = str(smollm2_gguf_path()) if self.model == "builtin:smollm2-135m" else self.model
         if is_builtin(path):
             raise BackendError(

@@ -15,6 +15,7 @@ Spec: ``openai:http://HOST:PORT/v1#MODEL``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     import httpx
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 API_KEY_ENV_VAR = "OPENAI_API_KEY"
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -171,7 +174,7 @@ class OpenAICompatLLM(SynthLLM):
             served = []
         if served and self.model not in served:
             # llama.cpp and some proxies accept any model name, so only warn.
-            self._logger.warning(
+            (self._logger or logger).warning(  # no distilabel logger before load() (preflight)
                 f"model {self.model!r} is not listed by {self.base_url}/models (served: {served})"
             )
         return served
@@ -186,7 +189,8 @@ class OpenAICompatLLM(SynthLLM):
                 return call()
             except (httpx.ConnectError, httpx.ConnectTimeout) as e:
                 error: BackendError = BackendError(
-                    f"server not reachable at URL: {self.base_url} ({_one_line(str(e)) or type(e).__name__});"
+                    f"server not reachable at URL: {self.base_url} "
+                    f"({_one_line(str(e)) or type(e).__name__});"
                     " start it or fix the URL"
                 )
             except httpx.TimeoutException as e:
@@ -199,13 +203,22 @@ class OpenAICompatLLM(SynthLLM):
                     f"server at {self.base_url} dropped the connection ({_one_line(str(e))})"
                 )
             except _ServerError as e:
-                error = BackendError(f"server at {self.base_url} failed: {_one_line(str(e))}")
+                error = BackendError(
+                    f"server at {self.base_url} failed ({_one_line(str(e))}): "
+                    "check the server and its log"
+                )
             if attempt < self.max_retries:
                 time.sleep(delay * 2**attempt)
         raise error
 
-    def _request_body(self, conversation: ChatType, schema: JSONSchema | None, decoding: Decoding) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": conversation, **decoding.openai_params()}
+    def _request_body(
+        self, conversation: ChatType, schema: JSONSchema | None, decoding: Decoding
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": conversation,
+            **decoding.openai_params(),
+        }
         if schema is not None and self._use_vllm_grammar():
             body["structured_outputs"] = {"grammar": self._grammar(schema)}
         elif schema is not None:
@@ -252,6 +265,16 @@ class OpenAICompatLLM(SynthLLM):
             output_tokens=int(usage.get("completion_tokens") or 0),
         )
 
+    def _complete_or_record(self, body: dict[str, Any]) -> Completion:
+        """One request; a failure (after the retries) is this row's recorded error, not the
+        whole batch's: the run goes on and its outcome counts the failed rows."""
+        try:
+            return self._complete(body)
+        except BackendError as exc:
+            return Completion(
+                text=None, input_tokens=0, output_tokens=0, error=f"request failed: {exc}"
+            )
+
     def _generate_batch(
         self, conversations: list[ChatType], schemas: list[JSONSchema | None], *, decoding: Decoding
     ) -> list[Completion]:
@@ -265,7 +288,13 @@ class OpenAICompatLLM(SynthLLM):
         ]
         workers = max(1, min(self.concurrency, len(bodies)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-compat") as pool:
-            return list(pool.map(self._complete, bodies))
+            completions = list(pool.map(self._complete_or_record, bodies))
+        failed = [c.error for c in completions if c.error]
+        if failed:
+            self._logger.warning(
+                f"{len(failed)} of {len(completions)} requests failed; first: {failed[0]}"
+            )
+        return completions
 
 
 def _one_line(text: str) -> str:

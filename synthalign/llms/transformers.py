@@ -12,7 +12,15 @@ from typing import Any
 
 from pydantic import Field, PrivateAttr
 
-from synthalign.llms.base import ChatType, Completion, Decoding, JSONSchema, SynthLLM
+from synthalign.llms.base import (
+    ChatType,
+    Completion,
+    Decoding,
+    JSONSchema,
+    SynthLLM,
+    context_overflow,
+)
+from synthalign.models import resolve_model
 
 
 class TransformersLLM(SynthLLM):
@@ -31,11 +39,10 @@ class TransformersLLM(SynthLLM):
 
     def load(self) -> None:
         super().load()
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        import torch  # heavy: torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: transformers
 
-        from synthalign.llms.grammar import GrammarCache
-        from synthalign.models import resolve_model
+        from synthalign.llms.grammar import GrammarCache  # heavy: imports torch and xgrammar
 
         path = resolve_model(self.model)
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -81,14 +88,21 @@ class TransformersLLM(SynthLLM):
         results: dict[int, Completion] = {}
         for i, ids in enumerate(encoded):
             if len(ids) >= context:  # recorded per row (no output), never a crash
-                self._logger.warning(f"prompt of {len(ids)} tokens exceeds the {context}-token context; row skipped")
-                results[i] = Completion(text=None, input_tokens=len(ids), output_tokens=0)
-        order = sorted((i for i in range(len(texts)) if i not in results), key=lambda i: len(encoded[i]))
+                reason = context_overflow(len(ids), context)
+                self._logger.warning(f"{reason}; row skipped")
+                results[i] = Completion(
+                    text=None, input_tokens=len(ids), output_tokens=0, error=reason
+                )
+        order = sorted(
+            (i for i in range(len(texts)) if i not in results), key=lambda i: len(encoded[i])
+        )
         step = self.max_batch_size or max(len(order), 1)
         for start in range(0, len(order), step):
             chunk = order[start : start + step]
             torch.manual_seed(decoding.seed + start)
-            completions = self._generate_chunk([encoded[i] for i in chunk], [schemas[i] for i in chunk], decoding)
+            completions = self._generate_chunk(
+                [encoded[i] for i in chunk], [schemas[i] for i in chunk], decoding
+            )
             for i, completion in zip(chunk, completions, strict=True):
                 results[i] = completion
         return [results[i] for i in range(len(texts))]
@@ -113,7 +127,11 @@ class TransformersLLM(SynthLLM):
             )
         sampling: dict[str, Any] = {"do_sample": False}
         if not decoding.greedy:
-            sampling = {"do_sample": True, "temperature": decoding.temperature, "top_p": decoding.top_p}
+            sampling = {
+                "do_sample": True,
+                "temperature": decoding.temperature,
+                "top_p": decoding.top_p,
+            }
         room = self.context_length() - batch["input_ids"].shape[1]
         with torch.inference_mode():
             out = self._model.generate(
