@@ -92,76 +92,49 @@ def visit_order(scores: np.ndarray) -> np.ndarray:
     return np.lexsort((np.arange(len(scores)), key))
 
 
-def blocked_brute_force(
-    x: np.ndarray, scores: np.ndarray, threshold: float, block: int = 2048
-) -> np.ndarray:
-    """The issue's baseline: per block of 2048 rows in score order, one GEMM against the
-    kept pool and a greedy pass inside the block; float64 only where float32 cannot tell."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    unit = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-    margin = float32_margin(x.shape[1])
-    order = visit_order(scores)
-    pool = np.empty_like(unit)
-    pool_ids = np.empty(len(x), dtype=np.int64)
-    k = 0
-    keep = np.zeros(len(x), dtype=bool)
-    exact = _Exact(x)
-    for start in range(0, len(order), block):
-        rows = order[start : start + block]
-        xb = unit[rows]
-        alive = np.ones(len(rows), dtype=bool)
-        if k:
-            sims = xb @ pool[:k].T
-            best = sims.max(axis=1)
-            alive = best < threshold
-            for i in np.flatnonzero(np.abs(best - threshold) < margin):  # rare
-                near = np.flatnonzero(sims[i] >= threshold - margin)
-                alive[i] = not (exact.pairs(rows[i], pool_ids[near]) >= threshold).any()
-        inner = xb @ xb.T
-        conflict = np.triu(inner >= threshold, 1)
-        for i, j in zip(*np.nonzero(np.triu(np.abs(inner - threshold) < margin, 1)), strict=True):
-            conflict[i, j] = exact.pairs(rows[i], rows[j : j + 1])[0] >= threshold
-        for i in np.flatnonzero(conflict.any(axis=1)):
-            if alive[i]:
-                alive[conflict[i]] = False
-        kept = rows[alive]
-        pool[k : k + len(kept)] = unit[kept]
-        pool_ids[k : k + len(kept)] = kept
-        k += len(kept)
-        keep[kept] = True
-    return keep
-
-
-def blocked_brute_force_torch(
-    x: np.ndarray, scores: np.ndarray, threshold: float, device: str, block: int = 2048
-) -> np.ndarray:
-    """The same baseline with the products in torch on ``device`` (TF32 off), for GPU runs."""
-    import torch
+def _array_backend(device: str | None) -> tuple[Any, Any, Any]:
+    """``(xp, put, get)``: numpy in place, or torch on ``device`` (TF32 off) with copies."""
+    if device is None:
+        return np, (lambda a: a), (lambda a: a)
+    import torch  # heavy: only the GPU runs need it
 
     torch.backends.cuda.matmul.allow_tf32 = False
+    return torch, (lambda a: torch.from_numpy(a).to(device)), (lambda t: t.cpu().numpy())
+
+
+def blocked_brute_force(
+    x: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    device: str | None = None,
+    block: int = 2048,
+) -> np.ndarray:
+    """The issue's baseline: per block of 2048 rows in score order, one GEMM against the
+    kept pool and a greedy pass inside the block; float64 only where float32 cannot tell.
+    With ``device``, the products run in torch there (for GPU runs)."""
+    xp, put, get = _array_backend(device)
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    unit = torch.from_numpy(np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)).to(device)
+    unit = put(np.divide(x, norms, out=np.zeros_like(x), where=norms > 0))
     margin = float32_margin(x.shape[1])
     order = visit_order(scores)
-    pool = torch.empty_like(unit)
+    pool = xp.empty_like(unit)
     pool_ids = np.empty(len(x), dtype=np.int64)
     k = 0
     keep = np.zeros(len(x), dtype=bool)
     exact = _Exact(x)
     for start in range(0, len(order), block):
         rows = order[start : start + block]
-        xb = unit[torch.from_numpy(rows).to(device)]
+        xb = unit[put(rows)]
         alive = np.ones(len(rows), dtype=bool)
         if k:
             sims = xb @ pool[:k].T
-            best = sims.max(dim=1).values.cpu().numpy()
+            best = get(xp.amax(sims, 1))
             alive = best < threshold
-            for i in np.flatnonzero(np.abs(best - threshold) < margin):
-                near = torch.nonzero(sims[i] >= threshold - margin).flatten().cpu().numpy()
+            for i in np.flatnonzero(np.abs(best - threshold) < margin):  # rare
+                near = np.flatnonzero(get(sims[i] >= threshold - margin))
                 alive[i] = not (exact.pairs(rows[i], pool_ids[near]) >= threshold).any()
-        inner = (xb @ xb.T).cpu().numpy()
+        inner = get(xb @ xb.T)
         conflict = np.triu(inner >= threshold, 1)
         for i, j in zip(*np.nonzero(np.triu(np.abs(inner - threshold) < margin, 1)), strict=True):
             conflict[i, j] = exact.pairs(rows[i], rows[j : j + 1])[0] >= threshold
@@ -169,7 +142,7 @@ def blocked_brute_force_torch(
             if alive[i]:
                 alive[conflict[i]] = False
         kept = rows[alive]
-        pool[k : k + len(kept)] = unit[torch.from_numpy(kept).to(device)]
+        pool[k : k + len(kept)] = unit[put(kept)]
         pool_ids[k : k + len(kept)] = kept
         k += len(kept)
         keep[kept] = True
@@ -205,11 +178,9 @@ def run_regime(
     ours = None
     run_brute = args.brute or len(x) <= 200_000
     for _ in range(args.repeats):
-        if run_brute and args.device in (None, "numpy"):
-            brute, t = timed(blocked_brute_force, x, scores, THRESHOLD)
-            brute_times.append(t)
-        elif run_brute:
-            brute, t = timed(blocked_brute_force_torch, x, scores, THRESHOLD, args.device)
+        if run_brute:
+            device = None if args.device in (None, "numpy") else args.device
+            brute, t = timed(blocked_brute_force, x, scores, THRESHOLD, device)
             brute_times.append(t)
         ours, t = timed(greedy_semantic_dedup_details, x, scores, THRESHOLD, device=args.device)
         ours_times.append(t)
@@ -231,7 +202,8 @@ def run_regime(
     brute_s = "not run" if row["brute"] is None else f"{row['brute']:.2f} s"
     ratio = "" if row["brute"] is None else f"  ratio {row['brute'] / row['ours']:.2f}x"
     print(
-        f"{name:>14}: kept {100 * row['kept']:5.1f}%  brute {brute_s:>9}  ours {row['ours']:7.2f} s{ratio}"
+        f"{name:>14}: kept {100 * row['kept']:5.1f}%  brute {brute_s:>9}"
+        f"  ours {row['ours']:7.2f} s{ratio}"
         f"  [{row['method']}; {row['plan']}]",
         flush=True,
     )
@@ -332,7 +304,8 @@ def main() -> None:
         brute = "not run" if r["brute"] is None else f"{r['brute']:.2f} s"
         ratio = "-" if r["brute"] is None else f"**{r['brute'] / r['ours']:.2f}x**"
         print(
-            f"| {r['regime']} | {r['rows']:,} | {100 * r['kept']:.1f}% | {brute} | {r['ours']:.2f} s | {ratio} | {r['method']} |"
+            f"| {r['regime']} | {r['rows']:,} | {100 * r['kept']:.1f}% | {brute}"
+            f" | {r['ours']:.2f} s | {ratio} | {r['method']} |"
         )
     if fifty is not None and not args.no_step:
         run_step(*fifty, args)

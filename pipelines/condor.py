@@ -51,7 +51,12 @@ from synthalign.steps.condor import (
     RefineResponse,
     SplitQuestionsByDifficulty,
 )
-from synthalign.steps.knowledge_tree import DEFAULT_TREE, TASK_TYPES, SampleKnowledgeTasks, sampling_tree
+from synthalign.steps.knowledge_tree import (
+    DEFAULT_TREE,
+    TASK_TYPES,
+    SampleKnowledgeTasks,
+    sampling_tree,
+)
 
 CONFIGS: tuple[str, ...] = ("refined", "void", "generations")
 ROLES: tuple[str, ...] = ("question", "answer", "critique", "refine")

@@ -9,7 +9,7 @@ rDPO uses too. Keys an older recipe used say what they were renamed to.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -140,36 +140,29 @@ class FilterSection(StrictModel):
 LOOP_KEYS = frozenset({"model", "dataset", "dataset_config", "output_dir"})
 
 
-def _loop_owns_paths(section: StrictModel) -> None:
-    """Training sections name no model or data: the loop sets them for each stage."""
-    for key in ("model", "dataset", "dataset_config"):
-        if getattr(section, key):
-            raise ValueError(f"'{key}' is set by the SynPO loop; remove it from this section")
+class _LoopStage(StrictModel):
+    """A training section of the loop: no model or data of its own (the loop sets them for
+    each stage), and checkpoints deleted once the stage's model is saved."""
+
+    model: str = ""
+    delete_checkpoints: bool = True
+
+    @model_validator(mode="after")
+    def _loop_owns_paths(self) -> Self:
+        for key in ("model", "dataset", "dataset_config"):
+            if getattr(self, key):
+                raise ValueError(f"'{key}' is set by the SynPO loop; remove it from this section")
+        return self
 
 
-class SFTStage(SFTRecipe):
+class SFTStage(_LoopStage, SFTRecipe):
     """SFT settings for the generator or the improver (Appendix C.1/C.2: 3 epochs, warmup 0.1)."""
 
-    model: str = ""
     num_train_epochs: float = 3.0
-    delete_checkpoints: bool = True
-
-    @model_validator(mode="after")
-    def _paths(self) -> SFTStage:
-        _loop_owns_paths(self)
-        return self
 
 
-class SimPOStage(SimPORecipe):
+class SimPOStage(_LoopStage, SimPORecipe):
     """SimPO settings for each iteration's policy (published SimPO defaults)."""
-
-    model: str = ""
-    delete_checkpoints: bool = True
-
-    @model_validator(mode="after")
-    def _paths(self) -> SimPOStage:
-        _loop_owns_paths(self)
-        return self
 
 
 class SynPORecipe(Recipe):

@@ -11,7 +11,8 @@ record provenance and failures in fixed columns named after ``column_prefix``:
 - ``<prefix>_prompt``: the template name and content hash.
 
 A failed row keeps flowing through the pipeline with its error set; the method's
-final filter drops and counts it. Nothing here raises on bad model output.
+final filter drops and counts it. Nothing here raises on bad model output. A task
+names the columns it reads in ``input_columns`` (:mod:`synthalign.steps.columns`).
 
 A row that needs several calls, each to its own model (GRA: one review per Reviewer,
 each Reviewer a different member of a model pool), is a :class:`RoutedTask`:
@@ -38,6 +39,7 @@ import synthalign.compat  # distilabel fixes: a filter that drops every row
 import synthalign.offline  # noqa: F401  (no citation fetches)
 from synthalign.llms.pool import Generation
 from synthalign.parsing import NO_OUTPUT, parse_model
+from synthalign.steps.columns import FixedColumns
 from synthalign.steps.prompts import render, template_id
 
 if TYPE_CHECKING:
@@ -53,7 +55,7 @@ def provenance_columns(prefix: str) -> list[str]:
     return [f"{prefix}_error", f"{prefix}_raw", f"{prefix}_model", f"{prefix}_prompt"]
 
 
-class _PromptTask(Task):
+class _PromptTask(FixedColumns, Task):
     """Shared prompt rendering and failure bookkeeping."""
 
     template: ClassVar[str]

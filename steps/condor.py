@@ -28,14 +28,17 @@ from distilabel.steps import Step, StepInput
 from pydantic import BaseModel, Field, StringConstraints, create_model
 
 from synthalign.steps.base import SchemaTask, TextTask, provenance_columns
-from synthalign.steps.publish import PublishConfig, chat_feature, drop_features, dropped, kept
+from synthalign.steps.columns import FixedColumns
 from synthalign.steps.knowledge_tree import TASK_TYPES, normalize_tag
 from synthalign.steps.prompts import template_id
+from synthalign.steps.publish import PublishConfig, chat_feature, drop_features, dropped, kept
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
 
 DIFFICULTIES: tuple[str, ...] = ("Easy", "Medium", "Hard")
+QUESTION_COLUMNS: tuple[str, ...] = tuple(f"question_{d.lower()}" for d in DIFFICULTIES)
+"""A question call's row: one question per difficulty."""
 STAGES: tuple[str, ...] = ("question", "response", "critique", "refine")
 """Column prefixes of the four LLM stages, in pipeline order."""
 
@@ -53,7 +56,9 @@ def _text(max_chars: int | None) -> Any:
     token per row at 150 chars (vs ~0.02 ms unbounded), so the default is no cap:
     ``max_new_tokens`` bounds the output and a cut-off JSON is a recorded parse failure.
     """
-    return Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=max_chars)]
+    return Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=max_chars)
+    ]
 
 
 @cache
@@ -86,7 +91,7 @@ def critique_model(max_chars: int | None = None) -> type[BaseModel]:
 
 
 class _GatedMixin:
-    """Runs the LLM only on rows whose ``requires`` columns are filled.
+    """Runs the LLM only on rows whose ``input_columns`` are all filled.
 
     Other rows get this stage's columns empty and ``<prefix>_error`` set to a
     ``skipped: ...`` reason (no model, no raw text), so the card can tell a stage's own
@@ -95,10 +100,8 @@ class _GatedMixin:
     answer is not SFT data.
     """
 
-    requires: ClassVar[tuple[str, ...]] = ()
-
     def _missing(self, row: dict[str, Any]) -> str | None:
-        for column in self.requires:
+        for column in self.input_columns:  # type: ignore[attr-defined]
             value = row.get(column)
             if value is None or (isinstance(value, str) and not value.strip()):
                 return column
@@ -129,9 +132,13 @@ class _GatedMixin:
         if ready:
             for batch in run([inputs[i] for i in ready]):
                 if len(batch) != len(ready):
-                    raise RuntimeError(f"{type(self).__name__} must return one row per input (num_generations=1)")
+                    raise RuntimeError(
+                        f"{type(self).__name__} must return one row per input (num_generations=1)"
+                    )
                 done.update(zip(ready, batch, strict=True))
-        return [done[i] if i in done else self._skipped(row, missing[i]) for i, row in enumerate(inputs)]
+        return [
+            done[i] if i in done else self._skipped(row, missing[i]) for i, row in enumerate(inputs)
+        ]
 
 
 class _GatedSchemaTask(_GatedMixin, SchemaTask):
@@ -156,7 +163,13 @@ class _GatedTextTask(_GatedMixin, TextTask):
                 tokens = self._output_tokens(row)
                 if row.get(f"{p}_error") is None and tokens is not None and tokens >= limit:
                     raw = row.get(self.output_column)
-                    row.update({self.output_column: None, f"{p}_error": f"truncated: reached max_new_tokens={limit}", f"{p}_raw": raw})
+                    row.update(
+                        {
+                            self.output_column: None,
+                            f"{p}_error": f"truncated: reached max_new_tokens={limit}",
+                            f"{p}_raw": raw,
+                        }
+                    )
         yield rows
 
 
@@ -173,20 +186,18 @@ class GenerateQuestions(_GatedSchemaTask):
 
     template: ClassVar[str] = "condor_question.jinja2"
     column_prefix: ClassVar[str] = "question"
-    requires: ClassVar[tuple[str, ...]] = ("tag_path", "task_type")
-    max_question_chars: int | None = Field(default=None, ge=16, description="maxLength of each question (None: no cap)")
+    input_columns: ClassVar[tuple[str, ...]] = ("tag_path", "task_type")
+    max_question_chars: int | None = Field(
+        default=None, ge=16, description="maxLength of each question (None: no cap)"
+    )
 
     @property
     def output_model(self) -> type[BaseModel]:  # type: ignore[override]
         return questions_model(self.max_question_chars)
 
     @property
-    def inputs(self) -> "StepColumns":
-        return ["tag_path", "task_type"]
-
-    @property
     def outputs(self) -> "StepColumns":
-        return [f"question_{d.lower()}" for d in DIFFICULTIES] + provenance_columns(self.column_prefix)
+        return [*QUESTION_COLUMNS, *provenance_columns(self.column_prefix)]
 
     def template_values(self, input: dict[str, Any]) -> dict[str, Any]:
         task_type = input["task_type"]
@@ -200,7 +211,9 @@ class GenerateQuestions(_GatedSchemaTask):
         return {f"question_{d.lower()}": getattr(record, d.lower()) for d in DIFFICULTIES}
 
 
-def question_problem(text: str | None, tag_path: list[str] | None, seen: set[str], min_words: int = 3) -> str | None:
+def question_problem(
+    text: str | None, tag_path: list[str] | None, seen: set[str], min_words: int = 3
+) -> str | None:
     """Why a generated question is unusable, or None.
 
     Cheap checks that catch what weak models do with this prompt: an empty string, a
@@ -212,7 +225,11 @@ def question_problem(text: str | None, tag_path: list[str] | None, seen: set[str
     if len(text.split()) < min_words:
         return f"too short ({len(text.split())} words)"
     lowered = text.casefold()
-    if any(f"{p} >".casefold() in lowered or f"> {p}".casefold() in lowered for p in tag_path or [] if p):
+    if any(
+        f"{p} >".casefold() in lowered or f"> {p}".casefold() in lowered
+        for p in tag_path or []
+        if p
+    ):
         return "echoes the topic path"
     if normalize_tag(text) in seen:
         return "duplicate question (same as an easier one of the call)"
@@ -225,7 +242,13 @@ def split_question_row(row: dict[str, Any], min_words: int = 3) -> list[dict[str
     A failed call gives three rows that carry its error. A question that fails
     :func:`question_problem` gets its own error, so only that row drops.
     """
-    base = {k: v for k, v in row.items() if not (k.startswith("question_") and k.removeprefix("question_").capitalize() in DIFFICULTIES)}
+    base = {
+        k: v
+        for k, v in row.items()
+        if not (
+            k.startswith("question_") and k.removeprefix("question_").capitalize() in DIFFICULTIES
+        )
+    }
     seen: set[str] = set()
     out = []
     for difficulty in DIFFICULTIES:
@@ -236,22 +259,26 @@ def split_question_row(row: dict[str, Any], min_words: int = 3) -> list[dict[str
             error = question_problem(text, row.get("tag_path"), seen, min_words)
             if error is None:
                 seen.add(normalize_tag(text))
-        out.append({**base, "difficulty": difficulty, "question": text if error is None else None, "question_error": error})
+        out.append(
+            {
+                **base,
+                "difficulty": difficulty,
+                "question": text if error is None else None,
+                "question_error": error,
+            }
+        )
     return out
 
 
-class SplitQuestionsByDifficulty(Step):
+class SplitQuestionsByDifficulty(FixedColumns, Step):
     """Turns each question call into three rows with ``difficulty`` and ``question``."""
 
-    min_words: int = Field(default=3, ge=1, description="shorter questions are rejected (labels, fragments)")
+    input_columns: ClassVar[tuple[str, ...]] = (*QUESTION_COLUMNS, "question_error")
+    output_columns: ClassVar[tuple[str, ...]] = ("difficulty", "question", "question_error")
 
-    @property
-    def inputs(self) -> "StepColumns":
-        return [f"question_{d.lower()}" for d in DIFFICULTIES] + ["question_error"]
-
-    @property
-    def outputs(self) -> "StepColumns":
-        return ["difficulty", "question", "question_error"]
+    min_words: int = Field(
+        default=3, ge=1, description="shorter questions are rejected (labels, fragments)"
+    )
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         yield [out for row in inputs for out in split_question_row(row, self.min_words)]
@@ -270,11 +297,7 @@ class AnswerQuestion(_GatedTextTask):
     template: ClassVar[str] = "condor_answer.jinja2"
     column_prefix: ClassVar[str] = "response"
     output_column: ClassVar[str] = "response"
-    requires: ClassVar[tuple[str, ...]] = ("question",)
-
-    @property
-    def inputs(self) -> "StepColumns":
-        return ["question"]
+    input_columns: ClassVar[tuple[str, ...]] = ("question",)
 
 
 # ------------------------------------------------------------------ stage 3: critique
@@ -285,20 +308,23 @@ class CritiqueResponse(_GatedSchemaTask):
 
     template: ClassVar[str] = "condor_critique.jinja2"
     column_prefix: ClassVar[str] = "critique"
-    requires: ClassVar[tuple[str, ...]] = ("question", "response")
-    max_field_chars: int | None = Field(default=None, ge=16, description="maxLength of each critique field (None: no cap)")
+    input_columns: ClassVar[tuple[str, ...]] = ("question", "response")
+    max_field_chars: int | None = Field(
+        default=None, ge=16, description="maxLength of each critique field (None: no cap)"
+    )
 
     @property
     def output_model(self) -> type[BaseModel]:  # type: ignore[override]
         return critique_model(self.max_field_chars)
 
     @property
-    def inputs(self) -> "StepColumns":
-        return ["question", "response"]
-
-    @property
     def outputs(self) -> "StepColumns":
-        return ["critique_strengths", "critique_weaknesses", "critique_suggestions", *provenance_columns(self.column_prefix)]
+        return [
+            "critique_strengths",
+            "critique_weaknesses",
+            "critique_suggestions",
+            *provenance_columns(self.column_prefix),
+        ]
 
     def record_columns(self, record: Any, input: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -360,19 +386,13 @@ class RefineResponse(_GatedTextTask):
     template: ClassVar[str] = "condor_refine.jinja2"
     column_prefix: ClassVar[str] = "refine"
     output_column: ClassVar[str] = "refined_response"
-    requires: ClassVar[tuple[str, ...]] = (
-        "question",
-        "response",
-        "critique_strengths",
-        "critique_weaknesses",
-        "critique_suggestions",
-    )
+    input_columns: ClassVar[tuple[str, ...]] = (
+        "question", "response", "critique_strengths", "critique_weaknesses", "critique_suggestions",
+    )  # fmt: skip
 
-    @property
-    def inputs(self) -> "StepColumns":
-        return list(self.requires)
-
-    def format_output(self, output: str | None, input: dict[str, Any] | None = None) -> dict[str, Any]:
+    def format_output(
+        self, output: str | None, input: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         text, error = clean_refined_text(output)
         return {self.output_column: text, **self._provenance(output, error)}
 
@@ -397,7 +417,16 @@ ROW_COLUMNS = [
 MODEL_COLUMNS = [f"{stage}_{kind}" for stage in STAGES for kind in ("model", "prompt")]
 ERROR_COLUMNS = [f"{stage}_{kind}" for stage in STAGES for kind in ("error", "raw")]
 TRAIN_COLUMNS = ["messages", *ROW_COLUMNS, *MODEL_COLUMNS, "knowledge_tree", "generation_settings"]
-GENERATIONS_COLUMNS = [*ROW_COLUMNS, *MODEL_COLUMNS, "knowledge_tree", "generation_settings", *ERROR_COLUMNS, "kept", "drop_stage", "drop_reason"]
+GENERATIONS_COLUMNS = [
+    *ROW_COLUMNS,
+    *MODEL_COLUMNS,
+    "knowledge_tree",
+    "generation_settings",
+    *ERROR_COLUMNS,
+    "kept",
+    "drop_stage",
+    "drop_reason",
+]
 
 
 def drop_reason(row: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -406,7 +435,9 @@ def drop_reason(row: dict[str, Any]) -> tuple[str | None, str | None]:
         error = row.get(f"{stage}_error")
         if error:
             return stage, error
-    for stage, column in zip(STAGES, ("question", "response", "critique_strengths", "refined_response"), strict=True):
+    for stage, column in zip(
+        STAGES, ("question", "response", "critique_strengths", "refined_response"), strict=True
+    ):
         value = row.get(column)
         if not isinstance(value, str) or not value.strip():
             return stage, f"empty {column}"
@@ -429,15 +460,26 @@ def format_row(row: dict[str, Any], config: str, settings: dict[str, Any]) -> di
     if reason is not None:
         return None
     answer = row["response"] if config == "void" else row["refined_response"]
-    messages = [{"role": "user", "content": row["question"]}, {"role": "assistant", "content": answer}]
+    messages = [
+        {"role": "user", "content": row["question"]},
+        {"role": "assistant", "content": answer},
+    ]
     return {"messages": messages, **values}
 
 
 def _settings_feature(settings: dict[str, dict[str, Any]]) -> Any:
     from datasets import Value  # heavy: datasets
 
-    kinds = {"max_new_tokens": Value("int64"), "temperature": Value("float64"), "top_p": Value("float64"), "seed": Value("int64")}
-    return {role: {k: kinds.get(k, Value("string")) for k in values} for role, values in settings.items()}
+    kinds = {
+        "max_new_tokens": Value("int64"),
+        "temperature": Value("float64"),
+        "top_p": Value("float64"),
+        "seed": Value("int64"),
+    }
+    return {
+        role: {k: kinds.get(k, Value("string")) for k in values}
+        for role, values in settings.items()
+    }
 
 
 def config_features(config: str, settings: dict[str, dict[str, Any]]) -> Any:
@@ -446,7 +488,11 @@ def config_features(config: str, settings: dict[str, dict[str, Any]]) -> Any:
 
     text = Value("string")
     columns: dict[str, Any] = {c: text for c in [*ROW_COLUMNS, *MODEL_COLUMNS, "knowledge_tree"]}
-    columns.update(tag_path=List(text), sample_index=Value("int64"), generation_settings=_settings_feature(settings))
+    columns.update(
+        tag_path=List(text),
+        sample_index=Value("int64"),
+        generation_settings=_settings_feature(settings),
+    )
     if config != "generations":
         columns["messages"] = chat_feature()
         return Features({c: columns[c] for c in TRAIN_COLUMNS})
@@ -461,12 +507,12 @@ class FormatCondorRows(PublishConfig):
     row alone says how it was made.
     """
 
+    input_columns: ClassVar[tuple[str, ...]] = (
+        "question", "response", "refined_response", *[f"{s}_error" for s in STAGES],
+    )  # fmt: skip
+
     config: Literal["generations", "void", "refined"] = "refined"
     generation_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
-
-    @property
-    def inputs(self) -> "StepColumns":
-        return ["question", "response", "refined_response", *[f"{s}_error" for s in STAGES]]
 
     @property
     def outputs(self) -> "StepColumns":
@@ -478,4 +524,3 @@ class FormatCondorRows(PublishConfig):
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         rows = [format_row(row, self.config, self.generation_settings) for row in inputs]
         yield [row for row in rows if row is not None]
-

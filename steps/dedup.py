@@ -205,8 +205,28 @@ def greedy_semantic_dedup_details(
         if ref.dim != cand.dim:
             raise ValueError(f"reference has {ref.dim} dims, embeddings have {cand.dim}")
     threshold = float(threshold)
-    with true_float32(ops):
-        result = _dedup(cand, order, ref, threshold, ops, method, dims, clusters, block_size, seed)
+    n = len(cand)
+    result = DedupResult(
+        np.zeros(n, dtype=bool),
+        np.full(n, -1, dtype=np.int64),
+        np.zeros(n, dtype=bool),
+        np.full(n, np.nan),
+        order,
+        DedupStats(method, ops.name, dims=cand.dim),
+    )
+    if threshold > 0.0:
+        # a zero row has cosine 0 with everything: kept, and it removes nothing
+        result.keep[cand.inv == 0] = True
+        order = order[cand.inv[order] > 0]
+    if len(order):
+        with true_float32(ops):
+            plan = _Plan.choose(
+                cand, order, threshold, ops, method, dims, clusters, block_size, seed
+            )
+            run = _Run(cand, ref, threshold, ops, plan, result)
+            run.prepare(order)
+            for first in range(0, len(order), plan.block):
+                run.block(order[first : first + plan.block])
     result.stats.seconds = time.perf_counter() - start
     return result
 
@@ -238,41 +258,6 @@ def _visit_order(scores: np.ndarray, n: int) -> np.ndarray:
         raise ValueError(f"got {len(s)} scores for {n} embeddings")
     key = np.where(np.isnan(s), np.inf, -s)  # descending score; NaN last
     return np.lexsort((np.arange(n), key))
-
-
-def _dedup(
-    cand: Unit,
-    order: np.ndarray,
-    ref: Unit | None,
-    threshold: float,
-    ops: NumpyOps,
-    method: str,
-    dims: int | None,
-    clusters: int | None,
-    block_size: int | None,
-    seed: int,
-) -> DedupResult:
-    n = len(cand)
-    result = DedupResult(
-        np.zeros(n, dtype=bool),
-        np.full(n, -1, dtype=np.int64),
-        np.zeros(n, dtype=bool),
-        np.full(n, np.nan),
-        order,
-        DedupStats(method, ops.name, dims=cand.dim),
-    )
-    if threshold > 0.0:
-        # a zero row has cosine 0 with everything: kept, and it removes nothing
-        result.keep[cand.inv == 0] = True
-        order = order[cand.inv[order] > 0]
-    if len(order) == 0:
-        return result
-    plan = _Plan.choose(cand, order, threshold, ops, method, dims, clusters, block_size, seed)
-    run = _Run(cand, ref, threshold, ops, plan, result)
-    run.prepare(order)
-    for start in range(0, len(order), plan.block):
-        run.block(order[start : start + plan.block])
-    return result
 
 
 # ---------------------------------------------------------------- planning

@@ -21,6 +21,7 @@ from distilabel.steps import GlobalStep, StepInput
 from pydantic import Field
 
 from synthalign.steps.base import Call, CallResult
+from synthalign.steps.columns import FixedColumns
 from synthalign.steps.gra import (
     DOMAINS,
     METADATA_FIELDS,
@@ -70,13 +71,20 @@ def draw_roles(
     return draws
 
 
-class DrawCandidates(GlobalStep):
+class DrawCandidates(FixedColumns, GlobalStep):
     """Turn the labelled pool into this round's candidates: roles and few-shot examples.
 
     Each candidate gets a domain (drawn in proportion to the domain's share of usable
     pool rows, or uniformly over the domains present) and 2-4 examples of that domain
     (Appendix A: "2 to 4"), whose keywords and summaries the Generator will see.
     """
+
+    input_columns: ClassVar[tuple[str, ...]] = ("pool_id", *METADATA_FIELDS)
+    output_columns: ClassVar[tuple[str, ...]] = (
+        "candidate_id", "round", *DROP_COLUMNS, "domain", "examples", "roles", "generator_model",
+        "reviewer_models", "adjudicator_model", "enricher_model", "describe_with",
+        "prompt_templates",
+    )  # fmt: skip
 
     round_index: int = Field(ge=1)
     seed: int = 0
@@ -86,18 +94,6 @@ class DrawCandidates(GlobalStep):
     min_examples: int = Field(default=2, ge=1)
     max_examples: int = Field(default=4, ge=1)
     domain_sampling: Literal["pool", "uniform"] = "pool"
-
-    @property
-    def inputs(self) -> "StepColumns":
-        return ["pool_id", *METADATA_FIELDS]
-
-    @property
-    def outputs(self) -> "StepColumns":
-        return [
-            "candidate_id", "round", *DROP_COLUMNS, "domain", "examples", "roles",
-            "generator_model", "reviewer_models", "adjudicator_model", "enricher_model",
-            "describe_with", "prompt_templates",
-        ]  # fmt: skip
 
     def _domains(
         self, usable: list[dict[str, Any]]
@@ -168,116 +164,90 @@ class DrawCandidates(GlobalStep):
         yield out
 
 
-def _generation_failed(part: str, result: CallResult) -> dict[str, Any]:
-    error = f"{part}: {result.error}"
-    return {"generation_error": error, "generation_raw": result.raw, **dropped("generation", error)}
+class _GeneratorTask(GRATask):
+    """One call per row in play, to the candidate's Generator, with the prompt ``role``
+    of ``prompt_templates``. Its answer fills ``column``; a failed call records
+    ``<stage>_error`` and ``<stage>_raw`` and drops the row at ``stage``."""
+
+    role: ClassVar[str]
+    column: ClassVar[str]
+
+    @property
+    def outputs(self) -> "StepColumns":
+        stage = self.stage
+        return [self.column, f"{stage}_error", f"{stage}_raw", "prompt_templates", *DROP_COLUMNS]
+
+    def values(self, row: dict[str, Any]) -> dict[str, Any]:
+        """What the prompt template sees."""
+        raise NotImplementedError
+
+    def answer(self, result: CallResult) -> Any:
+        return result.text
+
+    def call_failed(self, result: CallResult) -> dict[str, Any]:
+        """The generation stage: the error names the call (new keywords, instruction)."""
+        error = f"{self.role.replace('_', ' ')}: {result.error}"
+        return {
+            "generation_error": error,
+            "generation_raw": result.raw,
+            **dropped("generation", error),
+        }
+
+    def calls(self, row: dict[str, Any]) -> list[Call]:
+        return [Call(self.values(row), member=row["roles"]["generator"])] if in_play(row) else []
+
+    def merge(self, row: dict[str, Any], results: Sequence[CallResult]) -> dict[str, Any]:
+        (result,) = results
+        prompts = with_templates(row, **{self.role: result.prompt})
+        columns = {**self.passthrough(row), "prompt_templates": prompts}
+        if result.error:
+            return {**columns, **self.call_failed(result)}
+        return {**columns, self.column: self.answer(result)}
 
 
-class GenerateKeywords(GRATask):
+class GenerateKeywords(_GeneratorTask):
     """The Generator's new keywords, from its examples' keywords and summaries."""
 
     template: ClassVar[str] = TEMPLATES["new_keywords"]
     output_model: ClassVar[type[KeywordSet]] = KeywordSet
     stage: ClassVar[str] = "generation"
+    role: ClassVar[str] = "new_keywords"
+    column: ClassVar[str] = "keywords"
+    input_columns: ClassVar[tuple[str, ...]] = ("domain", "examples", "roles")
 
-    @property
-    def inputs(self) -> "StepColumns":
-        return ["domain", "examples", "roles"]
+    def values(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {"domain": row["domain"], "examples": row["examples"]}
 
-    @property
-    def outputs(self) -> "StepColumns":
-        return ["keywords", "generation_error", "generation_raw", "prompt_templates", *DROP_COLUMNS]
-
-    def calls(self, row: dict[str, Any]) -> list[Call]:
-        if not in_play(row):
-            return []
-        return [
-            Call(
-                {"domain": row["domain"], "examples": row["examples"]},
-                member=row["roles"]["generator"],
-            )
-        ]
-
-    def merge(self, row: dict[str, Any], results: Sequence[CallResult]) -> dict[str, Any]:
-        (result,) = results
-        columns = {
-            **self.passthrough(row),
-            "prompt_templates": with_templates(row, new_keywords=result.prompt),
-        }
-        if result.error:
-            return {**columns, **_generation_failed("new keywords", result)}
-        return {**columns, "keywords": [k for k in result.record.keywords if k][:3]}
+    def answer(self, result: CallResult) -> Any:
+        return [k for k in result.record.keywords if k][:3]
 
 
-class GenerateInstructions(GRATask):
+class GenerateInstructions(_GeneratorTask):
     """The Generator's instruction, written from its new keywords and the examples' summaries."""
 
     template: ClassVar[str] = TEMPLATES["instruction"]
     stage: ClassVar[str] = "generation"
+    role: ClassVar[str] = "instruction"
+    column: ClassVar[str] = "instruction"
+    input_columns: ClassVar[tuple[str, ...]] = ("domain", "keywords", "examples", "roles")
 
-    @property
-    def inputs(self) -> "StepColumns":
-        return ["domain", "keywords", "examples", "roles"]
-
-    @property
-    def outputs(self) -> "StepColumns":
-        return [
-            "instruction",
-            "generation_error",
-            "generation_raw",
-            "prompt_templates",
-            *DROP_COLUMNS,
-        ]
-
-    def calls(self, row: dict[str, Any]) -> list[Call]:
-        if not in_play(row):
-            return []
-        values = {
-            "domain": row["domain"],
-            "keywords": row["keywords"],
-            "summaries": [e["summary"] for e in row["examples"]],
-        }
-        return [Call(values, member=row["roles"]["generator"])]
-
-    def merge(self, row: dict[str, Any], results: Sequence[CallResult]) -> dict[str, Any]:
-        (result,) = results
-        columns = {
-            **self.passthrough(row),
-            "prompt_templates": with_templates(row, instruction=result.prompt),
-        }
-        if result.error:
-            return {**columns, **_generation_failed("instruction", result)}
-        return {**columns, "instruction": result.text}
+    def values(self, row: dict[str, Any]) -> dict[str, Any]:
+        summaries = [e["summary"] for e in row["examples"]]
+        return {"domain": row["domain"], "keywords": row["keywords"], "summaries": summaries}
 
 
-class GenerateResponses(GRATask):
+class GenerateResponses(_GeneratorTask):
     """The Generator answers the instructions the Reviewers accepted (and only those)."""
 
     template: ClassVar[str] = TEMPLATES["response"]
     stage: ClassVar[str] = "response"
+    role: ClassVar[str] = "response"
+    column: ClassVar[str] = "response"
+    input_columns: ClassVar[tuple[str, ...]] = ("instruction", "roles")
 
-    @property
-    def inputs(self) -> "StepColumns":
-        return ["instruction", "roles"]
+    def values(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {"instruction": row["instruction"]}
 
-    @property
-    def outputs(self) -> "StepColumns":
-        return ["response", "response_error", "response_raw", "prompt_templates", *DROP_COLUMNS]
-
-    def calls(self, row: dict[str, Any]) -> list[Call]:
-        return (
-            [Call({"instruction": row["instruction"]}, member=row["roles"]["generator"])]
-            if in_play(row)
-            else []
-        )
-
-    def merge(self, row: dict[str, Any], results: Sequence[CallResult]) -> dict[str, Any]:
-        (result,) = results
-        columns = {
-            **self.passthrough(row),
-            "prompt_templates": with_templates(row, response=result.prompt),
-        }
-        if result.error:
-            failed = {"response_error": result.error, "response_raw": result.raw}
-            return {**columns, **failed, **dropped("response", f"response: {result.error}")}
-        return {**columns, "response": result.text}
+    def call_failed(self, result: CallResult) -> dict[str, Any]:
+        failed = {"response_error": result.error, "response_raw": result.raw}
+        return {**failed, **dropped("response", f"response: {result.error}")}

@@ -20,6 +20,7 @@ from distilabel.steps import GeneratorStep
 from pydantic import BaseModel, Field, StringConstraints
 
 from synthalign.steps.base import Call, CallResult, RoutedTask
+from synthalign.steps.columns import FixedColumns
 from synthalign.steps.gra import (
     DEFAULT_CONFIG,
     DOMAINS,
@@ -29,10 +30,10 @@ from synthalign.steps.gra import (
     published_rows,
     with_templates,
 )
-from synthalign.steps.seeds import read_seed_rows
+from synthalign.steps.seeds import generator_batches, read_seed_rows
 
 if TYPE_CHECKING:
-    from distilabel.typing import GeneratorStepOutput, StepColumns
+    from distilabel.typing import GeneratorStepOutput
 
 # The paper asks for summaries and reviews under 30 words. The caps are a little tighter
 # (about 20 words) because schema-forced decoding of a length-bounded string costs
@@ -64,10 +65,10 @@ METADATA_RECORDS: dict[str, type[BaseModel]] = {
     "summary": ExampleSummary,
 }
 
-POOL_COLUMNS: list[str] = [
+POOL_COLUMNS: tuple[str, ...] = (
     "pool_id", "origin", "instruction", "response", "domain", "keywords", "summary",
     "metadata_models", "metadata_error", "prompt_templates", "describe_with",
-]  # fmt: skip
+)  # fmt: skip
 
 
 def metadata_complete(row: dict[str, Any]) -> bool:
@@ -140,7 +141,7 @@ def sample_pool_row(sample: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class LoadPool(GeneratorStep):
+class LoadPool(FixedColumns, GeneratorStep):
     """Yields the example pool of round ``round_index``.
 
     Round 1 reads the seed data and marks each row with the pool members that will
@@ -149,6 +150,8 @@ class LoadPool(GeneratorStep):
     earlier rounds, so round ``r`` reads only rows that round ``r`` never rewrites and
     ``pipeline.yaml`` reruns it from the folder it wrote.
     """
+
+    output_columns: ClassVar[tuple[str, ...]] = POOL_COLUMNS
 
     round_index: int = Field(default=1, ge=1)
     previous: str | None = Field(default=None, description="the previous round's folder (r > 1)")
@@ -161,10 +164,6 @@ class LoadPool(GeneratorStep):
     config: str | None = None
     n_members: int = Field(ge=1, description="pool size, for the labelling rotation")
     seed: int = 0
-
-    @property
-    def outputs(self) -> "StepColumns":
-        return POOL_COLUMNS
 
     def seed_rows(self) -> list[dict[str, Any]]:
         columns = [self.instruction_column, self.response_column]
@@ -191,13 +190,7 @@ class LoadPool(GeneratorStep):
 
     def process(self, offset: int = 0) -> "GeneratorStepOutput":  # type: ignore[override]
         rows = self.earlier_rows(self.previous) if self.previous else self.seed_rows()
-        rows = rows[offset:]
-        if not rows:
-            yield [], True
-            return
-        while rows:
-            batch, rows = rows[: self.batch_size], rows[self.batch_size :]
-            yield batch, not rows
+        yield from generator_batches(rows, self.batch_size, offset)
 
 
 class DescribeExamples(RoutedTask):
@@ -209,17 +202,13 @@ class DescribeExamples(RoutedTask):
     """
 
     template: ClassVar[str] = TEMPLATES["summary"]
+    input_columns: ClassVar[tuple[str, ...]] = ("instruction", "describe_with")
+    output_columns: ClassVar[tuple[str, ...]] = (
+        *METADATA_FIELDS, "metadata_models", "metadata_error", "prompt_templates",
+    )  # fmt: skip
     where: dict[str, Any] | None = Field(
         default=None, description="only rows with these column values"
     )
-
-    @property
-    def inputs(self) -> "StepColumns":
-        return ["instruction", "describe_with"]
-
-    @property
-    def outputs(self) -> "StepColumns":
-        return [*METADATA_FIELDS, "metadata_models", "metadata_error", "prompt_templates"]
 
     def _selected(self, row: dict[str, Any]) -> bool:
         if self.where and any(row.get(k) != v for k, v in self.where.items()):

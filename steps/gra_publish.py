@@ -13,13 +13,14 @@
 
 # No `from __future__ import annotations`: distilabel finds the batch argument of
 # `process` by its runtime `StepInput` annotation.
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from datasets import Features, List, Value
 from distilabel.steps import GeneratorStep, GlobalStep, StepInput
 from pydantic import Field
 
+from synthalign.steps.columns import FixedColumns
 from synthalign.steps.committee import INSTRUCTION_CRITERIA, RESPONSE_DIMENSIONS
 from synthalign.steps.dedup import greedy_semantic_dedup_details, rows_to_matrix
 from synthalign.steps.gra import (
@@ -39,11 +40,12 @@ from synthalign.steps.publish import (
     dropped,
     kept,
 )
+from synthalign.steps.seeds import generator_batches
 
 if TYPE_CHECKING:
     from distilabel.typing import GeneratorStepOutput, StepColumns, StepOutput
 
-SAMPLE_COLUMNS: list[str] = [
+SAMPLE_COLUMNS: tuple[str, ...] = (
     "messages", "candidate_id", "round", *DROP_COLUMNS, "domain", "keywords", "instruction",
     "response", "summary", "examples", "generator_model", "reviewer_models", "adjudicator_model",
     "enricher_model", "instruction_reviews", "instruction_accepted", "response_reviews",
@@ -51,10 +53,10 @@ SAMPLE_COLUMNS: list[str] = [
     "adjudication_score", "adjudication_reason", "adjudication_kept", "dedup_match",
     "dedup_similarity", "generation_error", "generation_raw", "response_error", "response_raw",
     "metadata_models", "metadata_error", "prompt_templates",
-]  # fmt: skip
+)  # fmt: skip
 """Columns of the published candidate rows, in order."""
 
-SEED_COLUMNS: list[str] = [c for c in POOL_COLUMNS if c != "describe_with"]
+SEED_COLUMNS: tuple[str, ...] = tuple(c for c in POOL_COLUMNS if c != "describe_with")
 
 
 def sample_features() -> Features:
@@ -116,7 +118,7 @@ def sft_messages(instruction: str | None, response: str | None) -> list[dict[str
     return [{"role": "user", "content": instruction}, {"role": "assistant", "content": response}]
 
 
-class DeduplicateSamples(GlobalStep):
+class DeduplicateSamples(FixedColumns, GlobalStep):
     """Exact score-ordered semantic dedup of the surviving candidates (section 3.5).
 
     Predecessors: the embedded candidates and the embedded example pool (seeds and
@@ -128,6 +130,8 @@ class DeduplicateSamples(GlobalStep):
     pool row it collided with) and ``dedup_similarity``.
     """
 
+    output_columns: ClassVar[tuple[str, ...]] = (*DROP_COLUMNS, "dedup_match", "dedup_similarity")
+
     threshold: float = Field(default=0.9, gt=-1, le=1)
     score_column: str = "review_mean"
     embedding_column: str = "embedding"
@@ -135,10 +139,6 @@ class DeduplicateSamples(GlobalStep):
     @property
     def inputs(self) -> "StepColumns":
         return [self.embedding_column]
-
-    @property
-    def outputs(self) -> "StepColumns":
-        return [*DROP_COLUMNS, "dedup_match", "dedup_similarity"]
 
     def _judge(self, live: list[dict[str, Any]], pool: list[dict[str, Any]]) -> None:
         emb = rows_to_matrix(live, self.embedding_column)
@@ -185,15 +185,13 @@ class DeduplicateSamples(GlobalStep):
         yield candidates
 
 
-class LoadEarlierRounds(GeneratorStep):
+class LoadEarlierRounds(FixedColumns, GeneratorStep):
     """Yields every candidate of rounds ``< round_index`` from the previous round's folder."""
+
+    output_columns: ClassVar[tuple[str, ...]] = SAMPLE_COLUMNS
 
     previous: str = Field(description="the previous round's published folder")
     round_index: int = Field(ge=2)
-
-    @property
-    def outputs(self) -> "StepColumns":
-        return SAMPLE_COLUMNS
 
     def process(self, offset: int = 0) -> "GeneratorStepOutput":  # type: ignore[override]
         rows = [
@@ -201,13 +199,8 @@ class LoadEarlierRounds(GeneratorStep):
             for config in (DEFAULT_CONFIG, REJECTED_CONFIG)
             for row in published_rows(self.previous, config)
             if row["round"] < self.round_index
-        ][offset:]
-        if not rows:
-            yield [], True
-            return
-        while rows:
-            batch, rows = rows[: self.batch_size], rows[self.batch_size :]
-            yield batch, not rows
+        ]
+        yield from generator_batches(rows, self.batch_size, offset)
 
 
 class PublishCandidates(PublishConfig, GlobalStep):
@@ -219,18 +212,13 @@ class PublishCandidates(PublishConfig, GlobalStep):
     with ``messages`` (TRL SFT) wherever both texts exist.
     """
 
+    input_columns: ClassVar[tuple[str, ...]] = ("candidate_id", "round", "kept")
+    output_columns: ClassVar[tuple[str, ...]] = SAMPLE_COLUMNS
+
     select: Literal["kept", "rejected"] = "kept"
     round_index: int | None = Field(
         default=None, description="only this round's rows (a round-k config)"
     )
-
-    @property
-    def inputs(self) -> "StepColumns":
-        return ["candidate_id", "round", "kept"]
-
-    @property
-    def outputs(self) -> "StepColumns":
-        return SAMPLE_COLUMNS
 
     def features(self) -> Features:
         return sample_features()
@@ -256,13 +244,8 @@ class PublishCandidates(PublishConfig, GlobalStep):
 class PublishSeeds(PublishConfig, GlobalStep):
     """Leaf: ``seeds``, the labelled seed pool (the examples every round starts from)."""
 
-    @property
-    def inputs(self) -> "StepColumns":
-        return ["pool_id", "origin"]
-
-    @property
-    def outputs(self) -> "StepColumns":
-        return SEED_COLUMNS
+    input_columns: ClassVar[tuple[str, ...]] = ("pool_id", "origin")
+    output_columns: ClassVar[tuple[str, ...]] = SEED_COLUMNS
 
     def features(self) -> Features:
         return seed_features()

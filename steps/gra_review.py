@@ -15,9 +15,9 @@ A review that is not valid JSON, lacks a field or has a score out of range keeps
 # No `from __future__ import annotations`: distilabel finds the batch argument of
 # `process` by its runtime `StepInput` annotation.
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from synthalign.steps.base import Call, CallResult
 from synthalign.steps.committee import (
@@ -31,9 +31,6 @@ from synthalign.steps.committee import (
 from synthalign.steps.gra import TEMPLATES, GRATask, in_play, with_templates
 from synthalign.steps.publish import DROP_COLUMNS, dropped
 
-if TYPE_CHECKING:
-    from distilabel.typing import StepColumns
-
 MAX_FEEDBACK_CHARS = 128  # see gra_pool.MAX_SUMMARY_CHARS
 
 Score = Annotated[int, Field(ge=0, le=10)]
@@ -46,27 +43,21 @@ class InstructionReview(BaseModel):
     clarity: YesNo
 
 
-class ResponseReview(BaseModel):
-    """Feedback comes first so the scores follow from it (a cheap form of reasoning
-    first); the paper's prompt lists the scores first."""
-
-    feedback: str = Field(max_length=MAX_FEEDBACK_CHARS)
-    correctness: Score
-    clarity: Score
-    completeness: Score
-    relevance: Score
-    coherence: Score
-    ethicality: Score
+def _scored_review(name: str, text_field: str, doc: str | None = None) -> type[BaseModel]:
+    """A review schema: one short text field, then a 0-10 score per dimension of
+    :data:`RESPONSE_DIMENSIONS` (the six the committee averages), in that order."""
+    text = (str, Field(max_length=MAX_FEEDBACK_CHARS))
+    scores: dict[str, Any] = {dim: (Score, ...) for dim in RESPONSE_DIMENSIONS}
+    return create_model(name, __doc__=doc, **{text_field: text}, **scores)
 
 
-class AdjudicationReview(BaseModel):
-    reason: str = Field(max_length=MAX_FEEDBACK_CHARS)
-    correctness: Score
-    clarity: Score
-    completeness: Score
-    relevance: Score
-    coherence: Score
-    ethicality: Score
+ResponseReview = _scored_review(
+    "ResponseReview",
+    "feedback",
+    "Feedback comes first so the scores follow from it (a cheap form of reasoning\n"
+    "first); the paper's prompt lists the scores first.",
+)
+AdjudicationReview = _scored_review("AdjudicationReview", "reason")
 
 
 def _scores(record: Any) -> dict[str, int | None]:
@@ -125,14 +116,10 @@ class ReviewInstructions(_ReviewTask):
     template: ClassVar[str] = TEMPLATES["instruction_review"]
     output_model: ClassVar[type[InstructionReview]] = InstructionReview
     stage: ClassVar[str] = "instruction_review"
-
-    @property
-    def inputs(self) -> "StepColumns":
-        return ["instruction", "roles"]
-
-    @property
-    def outputs(self) -> "StepColumns":
-        return ["instruction_reviews", "instruction_accepted", "prompt_templates", *DROP_COLUMNS]
+    input_columns: ClassVar[tuple[str, ...]] = ("instruction", "roles")
+    output_columns: ClassVar[tuple[str, ...]] = (
+        "instruction_reviews", "instruction_accepted", "prompt_templates", *DROP_COLUMNS,
+    )  # fmt: skip
 
     def merge(self, row: dict[str, Any], results: Sequence[CallResult]) -> dict[str, Any]:
         entries = [instruction_review_entry(r) for r in results]
@@ -158,21 +145,15 @@ class ReviewResponses(_ReviewTask):
     """
 
     template: ClassVar[str] = TEMPLATES["response_review"]
-    output_model: ClassVar[type[ResponseReview]] = ResponseReview
+    output_model: ClassVar[type[BaseModel]] = ResponseReview
     stage: ClassVar[str] = "response_review"
+    input_columns: ClassVar[tuple[str, ...]] = ("instruction", "response", "roles")
+    output_columns: ClassVar[tuple[str, ...]] = (
+        "response_reviews", "review_mean", "review_std", "review_decision", "review_reason",
+        "prompt_templates", *DROP_COLUMNS,
+    )  # fmt: skip
     min_mean_score: float = Field(default=8.0, ge=0, le=10, description="the paper's tau")
     max_score_std: float = Field(default=1.5, ge=0, description="the paper's delta")
-
-    @property
-    def inputs(self) -> "StepColumns":
-        return ["instruction", "response", "roles"]
-
-    @property
-    def outputs(self) -> "StepColumns":
-        return [
-            "response_reviews", "review_mean", "review_std", "review_decision", "review_reason",
-            "prompt_templates", *DROP_COLUMNS,
-        ]  # fmt: skip
 
     def values(self, row: dict[str, Any]) -> dict[str, Any]:
         return {"instruction": row["instruction"], "response": row["response"]}
@@ -209,20 +190,16 @@ class Adjudicate(GRATask):
     """
 
     template: ClassVar[str] = TEMPLATES["adjudication"]
-    output_model: ClassVar[type[AdjudicationReview]] = AdjudicationReview
+    output_model: ClassVar[type[BaseModel]] = AdjudicationReview
     stage: ClassVar[str] = "adjudication"
+    input_columns: ClassVar[tuple[str, ...]] = (
+        "instruction", "response", "response_reviews", "review_decision", "roles",
+    )  # fmt: skip
+    output_columns: ClassVar[tuple[str, ...]] = (
+        "adjudication", "adjudication_score", "adjudication_reason", "adjudication_kept",
+        "prompt_templates", *DROP_COLUMNS,
+    )  # fmt: skip
     min_mean_score: float = Field(default=8.0, ge=0, le=10, description="the paper's tau")
-
-    @property
-    def inputs(self) -> "StepColumns":
-        return ["instruction", "response", "response_reviews", "review_decision", "roles"]
-
-    @property
-    def outputs(self) -> "StepColumns":
-        return [
-            "adjudication", "adjudication_score", "adjudication_reason", "adjudication_kept",
-            "prompt_templates", *DROP_COLUMNS,
-        ]  # fmt: skip
 
     def calls(self, row: dict[str, Any]) -> list[Call]:
         if not in_play(row) or row.get("review_decision") != "adjudicate":

@@ -35,7 +35,9 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from synthalign.errors import SeedDataError
 from synthalign.llms import load_llm
+from synthalign.recipes import read_yaml
 from synthalign.steps.base import SchemaTask, provenance_columns
+from synthalign.steps.columns import FixedColumns
 
 if TYPE_CHECKING:
     from distilabel.typing import GeneratorStepOutput, StepColumns
@@ -94,7 +96,9 @@ class KnowledgeTree:
     def leaf_paths(self, root: str | None = None) -> list[tuple[str, str, str]]:
         """Every (root, sub-domain, leaf) path, in file order (optionally one root's)."""
         roots = [root] if root is not None else self.roots
-        return [(r, s, leaf) for r in roots for s, leaves in self.domains[r].items() for leaf in leaves]
+        return [
+            (r, s, leaf) for r in roots for s, leaves in self.domains[r].items() for leaf in leaves
+        ]
 
     def counts(self) -> dict[str, int]:
         return {
@@ -127,12 +131,16 @@ class KnowledgeTree:
         for root, subs in self.domains.items():
             _check_name(root, where, "root domain")
             if not isinstance(subs, dict) or not subs:
-                raise SeedDataError(f"knowledge tree {where}: root domain {root!r} needs a mapping of sub-domains to leaf lists")
+                raise SeedDataError(
+                    f"knowledge tree {where}: root domain {root!r} needs a mapping of sub-domains to leaf lists"
+                )
             _check_unique(subs, where, f"sub-domains of {root!r}")
             for sub, leaves in subs.items():
                 _check_name(sub, where, f"sub-domain of {root!r}")
                 if not isinstance(leaves, list) or not leaves:
-                    raise SeedDataError(f"knowledge tree {where}: {root} / {sub} needs a non-empty list of leaf tags")
+                    raise SeedDataError(
+                        f"knowledge tree {where}: {root} / {sub} needs a non-empty list of leaf tags"
+                    )
                 for leaf in leaves:
                     _check_name(leaf, where, f"leaf tag under {root} / {sub}")
                 _check_unique(leaves, where, f"leaf tags of {root} / {sub}")
@@ -208,7 +216,10 @@ class KnowledgeTree:
             )
         domains = {
             str(root): (
-                {str(sub): list(leaves) if isinstance(leaves, list) else leaves for sub, leaves in subs.items()}
+                {
+                    str(sub): list(leaves) if isinstance(leaves, list) else leaves
+                    for sub, leaves in subs.items()
+                }
                 if isinstance(subs, dict)
                 else subs
             )
@@ -225,7 +236,9 @@ class KnowledgeTree:
 
 def _check_name(name: Any, where: str, what: str) -> None:
     if not isinstance(name, str) or not name.strip() or "\n" in name:
-        raise SeedDataError(f"knowledge tree {where}: every {what} must be a non-empty one-line string, got {name!r}")
+        raise SeedDataError(
+            f"knowledge tree {where}: every {what} must be a non-empty one-line string, got {name!r}"
+        )
 
 
 def _check_unique(names: Iterable[str], where: str, what: str) -> None:
@@ -233,7 +246,9 @@ def _check_unique(names: Iterable[str], where: str, what: str) -> None:
     for name in names:
         key = normalize_tag(name)
         if key in seen:
-            raise SeedDataError(f"knowledge tree {where}: {what} repeat {seen[key]!r} as {name!r}; remove one")
+            raise SeedDataError(
+                f"knowledge tree {where}: {what} repeat {seen[key]!r} as {name!r}; remove one"
+            )
         seen[key] = name
 
 
@@ -248,16 +263,10 @@ def load_tree(source: str | Path = DEFAULT_TREE) -> KnowledgeTree:
     """Load and validate a tree from ``default`` or a YAML path (one-line errors)."""
     path = tree_path(str(source))
     if not path.is_file():
-        raise SeedDataError(f"knowledge tree {source} not found: use 'default' or a path to a tree YAML file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise SeedDataError(f"{path}: not UTF-8 text; save the tree as UTF-8") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SeedDataError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
-    return KnowledgeTree.from_dict(data, str(source))
+        raise SeedDataError(
+            f"knowledge tree {source} not found: use 'default' or a path to a tree YAML file"
+        )
+    return KnowledgeTree.from_dict(read_yaml(path, "tree", SeedDataError), str(source))
 
 
 # -------------------------------------------------------------------- sampling
@@ -312,7 +321,9 @@ def stratified_items(
     return items
 
 
-def _leaf_stream(tree: KnowledgeTree, root: str, rng: random.Random) -> Iterator[tuple[str, str, str]]:
+def _leaf_stream(
+    tree: KnowledgeTree, root: str, rng: random.Random
+) -> Iterator[tuple[str, str, str]]:
     """Endless leaves of one root: round-robin over shuffled sub-domains, reshuffled per pass."""
     subs = {sub: list(leaves) for sub, leaves in tree.domains[root].items()}
     while True:
@@ -327,7 +338,9 @@ def _leaf_stream(tree: KnowledgeTree, root: str, rng: random.Random) -> Iterator
 
 
 def sampling_tree(
-    source: str, root_domains: list[str] | None = None, task_types: Iterable[str] = tuple(TASK_TYPES)
+    source: str,
+    root_domains: list[str] | None = None,
+    task_types: Iterable[str] = tuple(TASK_TYPES),
 ) -> tuple[KnowledgeTree, str]:
     """The tree to sample from (restricted to ``root_domains``) and the full tree's id.
 
@@ -339,14 +352,16 @@ def sampling_tree(
         missing = [r for r in root_domains if r not in tree.domains]
         if missing:
             raise SeedDataError(f"root domain(s) {missing} are not in knowledge tree {source}")
-        tree = KnowledgeTree({r: tree.domains[r] for r in root_domains}, tree.name, tree.description, tree.source)
+        tree = KnowledgeTree(
+            {r: tree.domains[r] for r in root_domains}, tree.name, tree.description, tree.source
+        )
     unknown = [t for t in task_types if t not in TASK_TYPES]
     if unknown:
         raise SeedDataError(f"unknown task type(s) {unknown}: choose from {list(TASK_TYPES)}")
     return tree, fingerprint
 
 
-class SampleKnowledgeTasks(GeneratorStep):
+class SampleKnowledgeTasks(FixedColumns, GeneratorStep):
     """Yields ``num_items`` (tag path, task type) rows from a knowledge tree, stratified.
 
     The tree is named (``default``) or a YAML path, so the step reruns from
@@ -354,15 +369,20 @@ class SampleKnowledgeTasks(GeneratorStep):
     task-subset ablations); the default is the whole tree and all seven task types.
     """
 
-    tree: str = Field(default=DEFAULT_TREE, description="'default' or a path to a tree YAML file")
-    num_items: int = Field(default=7, ge=1, description="question-generation calls (each yields 3 questions)")
-    task_types: list[str] = Field(default_factory=lambda: list(TASK_TYPES))
-    root_domains: list[str] | None = Field(default=None, description="only these root domains (default: all)")
-    seed: int = 0
+    output_columns: ClassVar[tuple[str, ...]] = (
+        "sample_index", "tag_path", "root_domain", "sub_domain", "tag", "task_type",
+        "knowledge_tree",
+    )  # fmt: skip
 
-    @property
-    def outputs(self) -> StepColumns:
-        return ["sample_index", "tag_path", "root_domain", "sub_domain", "tag", "task_type", "knowledge_tree"]
+    tree: str = Field(default=DEFAULT_TREE, description="'default' or a path to a tree YAML file")
+    num_items: int = Field(
+        default=7, ge=1, description="question-generation calls (each yields 3 questions)"
+    )
+    task_types: list[str] = Field(default_factory=lambda: list(TASK_TYPES))
+    root_domains: list[str] | None = Field(
+        default=None, description="only these root domains (default: all)"
+    )
+    seed: int = 0
 
     def load_tree(self) -> tuple[KnowledgeTree, str]:
         return sampling_tree(self.tree, self.root_domains, self.task_types)
@@ -401,11 +421,10 @@ class ExpandKnowledgeTree(SchemaTask):
     output_model: ClassVar[type[BaseModel]] = ProposedTags
     template: ClassVar[str] = "condor_expand_tree.jinja2"
     column_prefix: ClassVar[str] = "expand"
-    num_new: int = Field(default=8, ge=1, le=12, description="how many new tags to ask for per node")
-
-    @property
-    def inputs(self) -> StepColumns:
-        return ["node_path", "existing_children"]
+    input_columns: ClassVar[tuple[str, ...]] = ("node_path", "existing_children")
+    num_new: int = Field(
+        default=8, ge=1, le=12, description="how many new tags to ask for per node"
+    )
 
     @property
     def outputs(self) -> StepColumns:
@@ -443,7 +462,11 @@ def expand_tree(
     if level not in ("leaves", "sub_domains"):
         raise ValueError("level is 'leaves' or 'sub_domains'")
     if nodes is None:
-        nodes = [(r,) for r in tree.roots] if level == "sub_domains" else [(r, s) for r in tree.roots for s in tree.domains[r]]
+        nodes = (
+            [(r,) for r in tree.roots]
+            if level == "sub_domains"
+            else [(r, s) for r in tree.roots for s in tree.domains[r]]
+        )
     task = ExpandKnowledgeTree(llm=llm, num_new=num_new, add_raw_output=False, add_raw_input=False)
     task.load()
     log = _expand_nodes(tree, task, [list(n) for n in nodes])
@@ -456,14 +479,21 @@ def expand_tree(
     return tree, log
 
 
-def _expand_nodes(tree: KnowledgeTree, task: ExpandKnowledgeTree, nodes: list[list[str]]) -> list[dict[str, Any]]:
+def _expand_nodes(
+    tree: KnowledgeTree, task: ExpandKnowledgeTree, nodes: list[list[str]]
+) -> list[dict[str, Any]]:
     rows = [{"node_path": n, "existing_children": _children(tree, n)} for n in nodes]
     log = []
     for start in range(0, len(rows), task.input_batch_size):
         for row in next(task.process(rows[start : start + task.input_batch_size])):
             accepted, rejected = tree.add(row["node_path"], row.get("new_tags") or [])
             log.append(
-                {"node_path": row["node_path"], "accepted": accepted, "rejected": rejected, "error": row.get("expand_error")}
+                {
+                    "node_path": row["node_path"],
+                    "accepted": accepted,
+                    "rejected": rejected,
+                    "error": row.get("expand_error"),
+                }
             )
     return log
 
@@ -474,7 +504,9 @@ def _children(tree: KnowledgeTree, node: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m synthalign.steps.knowledge_tree expand SPEC OUT.yaml [--tree T] [--level L] [--limit N]``."""
-    parser = argparse.ArgumentParser(description="Grow a knowledge tree with an LLM and save it as YAML.")
+    parser = argparse.ArgumentParser(
+        description="Grow a knowledge tree with an LLM and save it as YAML."
+    )
     parser.add_argument("command", choices=["expand", "stats"])
     parser.add_argument("llm", nargs="?", help="LLM spec, e.g. vllm:Qwen/Qwen2.5-72B-Instruct")
     parser.add_argument("out", nargs="?", help="where to write the grown tree")
@@ -490,12 +522,20 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.llm or not args.out:
         parser.error("expand needs LLM and OUT")
-    nodes = [(r,) for r in tree.roots] if args.level == "sub_domains" else [(r, s) for r in tree.roots for s in tree.domains[r]]
+    nodes = (
+        [(r,) for r in tree.roots]
+        if args.level == "sub_domains"
+        else [(r, s) for r in tree.roots for s in tree.domains[r]]
+    )
     llm = load_llm(args.llm, max_new_tokens=args.max_new_tokens)
-    tree, log = expand_tree(tree, llm, level=args.level, nodes=nodes[: args.limit], num_new=args.num_new)
+    tree, log = expand_tree(
+        tree, llm, level=args.level, nodes=nodes[: args.limit], num_new=args.num_new
+    )
     tree.save(args.out)
     added = sum(len(r["accepted"]) for r in log)
-    print(f"added {added} tags over {len(log)} nodes; tree now {tree.counts()}; written to {args.out}")
+    print(
+        f"added {added} tags over {len(log)} nodes; tree now {tree.counts()}; written to {args.out}"
+    )
 
 
 if __name__ == "__main__":

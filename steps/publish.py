@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from distilabel.steps import Step
 
+from synthalign.steps.columns import FixedColumns
+
 if TYPE_CHECKING:
     from datasets import Features
 
@@ -49,7 +51,7 @@ def chat_feature() -> Any:
     return List({"role": Value("string"), "content": Value("string")})
 
 
-class PublishConfig(Step):
+class PublishConfig(FixedColumns, Step):
     """A leaf step whose rows are one published config, named after the step.
 
     Subclasses declare the schema in :meth:`features`; the driver casts the leaf's rows

@@ -29,6 +29,7 @@ from distilabel.steps import Step, StepInput
 from pydantic import Field
 
 from synthalign.steps.base import TextTask, provenance_columns
+from synthalign.steps.columns import FixedColumns
 from synthalign.steps.prompts import render, template_id
 from synthalign.steps.publish import PublishConfig, chat_feature, drop_features, dropped, kept
 from synthalign.steps.scoring import preference_probability
@@ -79,18 +80,16 @@ def resolve_principle(name: str, statement: str | None = None) -> tuple[str, str
     return name, PRINCIPLES[name].statement
 
 
-class AttachPrinciple(Step):
+class AttachPrinciple(FixedColumns, Step):
     """Adds the principle's name and statement to every row, so the critique and
     revision read it from the row (and the dataset records it)."""
+
+    output_columns: ClassVar[tuple[str, ...]] = ("principle", "principle_text")
 
     principle: str = Field(
         default="safety", description="preset name, or a name for principle_text"
     )
     principle_text: str | None = Field(default=None, description="your own principle statement")
-
-    @property
-    def outputs(self) -> "StepColumns":
-        return ["principle", "principle_text"]
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         name, statement = resolve_principle(self.principle, self.principle_text)
@@ -243,7 +242,18 @@ def _judge_reason(error: str) -> str:
     return "judge: schema"
 
 
-class PairWithPreferenceProbability(Step):
+PAIR_COLUMNS: tuple[str, ...] = (
+    "chosen_is",
+    "chosen",
+    "rejected",
+    "tau",
+    "score_chosen",
+    "score_rejected",
+)
+"""What :class:`PairWithPreferenceProbability` adds to a kept row (None on a dropped one)."""
+
+
+class PairWithPreferenceProbability(FixedColumns, Step):
     """Turns a scored row into a soft preference pair, or records why it cannot be one.
 
     ``chosen="revised"`` (default) follows the paper: the revision is the intended
@@ -261,6 +271,11 @@ class PairWithPreferenceProbability(Step):
     judge / reward-model ``scoring``, and ``pairing`` (identical responses, ties with
     ``tie="drop"``). ``drop_detail`` keeps the underlying error text.
     """
+
+    output_columns: ClassVar[tuple[str, ...]] = (
+        *PAIR_COLUMNS, "prompt_messages", "generation", "kept", "drop_stage", "drop_reason",
+        "drop_detail",
+    )  # fmt: skip
 
     chosen: Literal["revised", "higher_score"] = "revised"
     tau_temperature: float = Field(
@@ -287,18 +302,6 @@ class PairWithPreferenceProbability(Step):
             "scorer",
         ]
         return [*base, self.system_column] if self.system_column else base
-
-    @property
-    def outputs(self) -> "StepColumns":
-        return [
-            *PAIR_COLUMNS,
-            "prompt_messages",
-            "generation",
-            "kept",
-            "drop_stage",
-            "drop_reason",
-            "drop_detail",
-        ]
 
     def _failure(self, row: dict[str, Any]) -> Drop | None:
         """The first recorded failure of the row's generation or scoring."""
@@ -360,16 +363,6 @@ class PairWithPreferenceProbability(Step):
 
 
 # ---------------------------------------------------------------- published configs
-
-PAIR_COLUMNS: tuple[str, ...] = (
-    "chosen_is",
-    "chosen",
-    "rejected",
-    "tau",
-    "score_chosen",
-    "score_rejected",
-)
-"""What :class:`PairWithPreferenceProbability` adds to a kept row (None on a dropped one)."""
 
 RDPO_COLUMNS: tuple[str, ...] = (
     "prompt",
@@ -447,14 +440,14 @@ class SelectPreferencePairs(PublishConfig):
     same pairs with hard labels, for the paper's DPO baseline.
     """
 
+    input_columns: ClassVar[tuple[str, ...]] = (
+        "prompt_messages", "chosen", "rejected", "tau", "kept",
+    )  # fmt: skip
+
     with_tau: bool = True
     judge_prefixes: list[str] = Field(
         default_factory=list, description="judge column prefixes, when judged"
     )
-
-    @property
-    def inputs(self) -> "StepColumns":
-        return ["prompt_messages", "chosen", "rejected", "tau", "kept"]
 
     @property
     def outputs(self) -> "StepColumns":
@@ -480,13 +473,8 @@ class SelectSFTMessages(PublishConfig):
     ``messages`` format ``synthalign train sft`` reads with no column mapping.
     """
 
-    @property
-    def inputs(self) -> "StepColumns":
-        return ["prompt_messages", "chosen", "kept"]
-
-    @property
-    def outputs(self) -> "StepColumns":
-        return list(SFT_COLUMNS)
+    input_columns: ClassVar[tuple[str, ...]] = ("prompt_messages", "chosen", "kept")
+    output_columns: ClassVar[tuple[str, ...]] = SFT_COLUMNS
 
     def features(self) -> "Features":
         return config_features(SFT_COLUMNS)
@@ -506,16 +494,14 @@ class SelectAllRows(PublishConfig):
     """Publishes every row, failures included, with its drop columns: ``all``, the
     config the card's funnel counts and the place to read failed rows' raw outputs."""
 
+    input_columns: ClassVar[tuple[str, ...]] = ("kept", "drop_stage", "drop_reason")
+
     system_column: str | None = Field(
         default=None, description="the seeds' system column, when they have one"
     )
     judge_prefixes: list[str] = Field(
         default_factory=list, description="judge column prefixes, when judged"
     )
-
-    @property
-    def inputs(self) -> "StepColumns":
-        return ["kept", "drop_stage", "drop_reason"]
 
     @property
     def outputs(self) -> "StepColumns":

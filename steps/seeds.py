@@ -13,6 +13,7 @@ called before the run to fail fast, with the line number of a malformed JSONL li
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,19 @@ if TYPE_CHECKING:
     from distilabel.typing import GeneratorStepOutput, StepColumns
 
 LOCAL_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet", ".txt"}
+
+
+def generator_batches(
+    rows: list[dict[str, Any]], size: int, offset: int = 0
+) -> Iterator[tuple[list[dict[str, Any]], bool]]:
+    """A generator step's ``(batch, last)`` pairs from ``offset`` on (where a resumed run
+    starts); an empty source still yields one empty last batch, so the stream ends."""
+    rows = rows[offset:]
+    if not rows:
+        yield [], True
+    while rows:
+        batch, rows = rows[:size], rows[size:]
+        yield batch, not rows
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

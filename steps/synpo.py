@@ -33,11 +33,12 @@ from distilabel.steps import GlobalStep, Step, StepInput
 from pydantic import Field
 
 from synthalign.steps.base import TextTask
+from synthalign.steps.columns import FixedColumns
 from synthalign.steps.keywords import stopwords
 from synthalign.steps.publish import DROP_COLUMNS, dropped, kept
 
 if TYPE_CHECKING:
-    from distilabel.typing import StepColumns, StepOutput
+    from distilabel.typing import StepOutput
 
 __all__ = [
     "AnswerPrompt",
@@ -182,32 +183,24 @@ class GeneratePromptFromKeywords(TextTask):
     template: ClassVar[str] = "synpo_keywords_to_prompt.jinja2"
     column_prefix: ClassVar[str] = "prompt_gen"
     output_column: ClassVar[str] = "prompt"
-
-    @property
-    def inputs(self) -> "StepColumns":
-        return ["keywords"]
+    input_columns: ClassVar[tuple[str, ...]] = ("keywords",)
 
     def template_values(self, input: dict[str, Any]) -> dict[str, Any]:
         return {"keywords": list(input["keywords"])}
 
 
-class FlagInvalidPrompts(GlobalStep):
+class FlagInvalidPrompts(FixedColumns, GlobalStep):
     """Marks every generated prompt kept, or dropped at stage ``prompt`` with the reason.
 
     Global, because "repeated" needs to see all prompts of the iteration at once.
     """
 
+    input_columns: ClassVar[tuple[str, ...]] = ("keywords", "prompt", "prompt_gen_error")
+    output_columns: ClassVar[tuple[str, ...]] = DROP_COLUMNS
+
     min_words: int = Field(default=3, description="fewer words: too short")
     min_chars: int = Field(default=10, description="fewer characters: too short")
     language: str = "en"
-
-    @property
-    def inputs(self) -> "StepColumns":
-        return ["keywords", "prompt", "prompt_gen_error"]
-
-    @property
-    def outputs(self) -> "StepColumns":
-        return list(DROP_COLUMNS)
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         reasons = flag_prompts(
@@ -223,16 +216,11 @@ class FlagInvalidPrompts(GlobalStep):
         yield inputs
 
 
-class KeepValidPrompts(Step):
+class KeepValidPrompts(FixedColumns, Step):
     """Passes on only the prompts :class:`FlagInvalidPrompts` kept: no model sees the rest."""
 
-    @property
-    def inputs(self) -> "StepColumns":
-        return ["kept"]
-
-    @property
-    def outputs(self) -> "StepColumns":
-        return []
+    input_columns: ClassVar[tuple[str, ...]] = ("kept",)
+    output_columns: ClassVar[tuple[str, ...]] = ()
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         yield [row for row in inputs if row.get("kept")]
@@ -244,10 +232,7 @@ class AnswerPrompt(TextTask):
     template: ClassVar[str] = "synpo_answer.jinja2"
     column_prefix: ClassVar[str] = "policy"
     output_column: ClassVar[str] = "response_policy"
-
-    @property
-    def inputs(self) -> "StepColumns":
-        return ["prompt"]
+    input_columns: ClassVar[tuple[str, ...]] = ("prompt",)
 
 
 class AnswerPromptInitial(AnswerPrompt):
@@ -263,10 +248,7 @@ class ImproveResponse(TextTask):
     template: ClassVar[str] = "synpo_improve.jinja2"
     column_prefix: ClassVar[str] = "improver"
     output_column: ClassVar[str] = "response_improved"
-
-    @property
-    def inputs(self) -> "StepColumns":
-        return ["prompt", "response_policy"]
+    input_columns: ClassVar[tuple[str, ...]] = ("prompt", "response_policy")
 
     def template_values(self, input: dict[str, Any]) -> dict[str, Any]:
         return {"prompt": input["prompt"], "response": input.get("response_policy") or ""}

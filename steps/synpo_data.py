@@ -18,21 +18,21 @@ not from work files written beside the run:
 # No `from __future__ import annotations`: distilabel finds the batch argument of
 # `process` by its runtime `StepInput` annotation.
 import logging
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from distilabel.steps import GeneratorStep, GlobalStep, StepInput
 from pydantic import Field
 
 from synthalign.errors import SeedDataError
+from synthalign.steps.columns import FixedColumns
 from synthalign.steps.keywords import (
     KeywordExtractor,
     build_generator_examples,
     read_paragraphs,
     sample_keyword_lists,
 )
-from synthalign.steps.seeds import read_seed_rows
+from synthalign.steps.seeds import generator_batches, read_seed_rows
 
 if TYPE_CHECKING:
     from distilabel.typing import GeneratorStepOutput, StepColumns, StepOutput
@@ -48,18 +48,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def _batches(
-    rows: list[dict[str, Any]], size: int, offset: int
-) -> Iterator[tuple[list[dict[str, Any]], bool]]:
-    """Generator-step batches from ``offset`` on; an empty source still ends the stream."""
-    rows = rows[offset:]
-    if not rows:
-        yield [], True
-    while rows:
-        batch, rows = rows[:size], rows[size:]
-        yield batch, not rows
 
 
 def _extractor(step: Any) -> KeywordExtractor:
@@ -122,8 +110,10 @@ def read_seed_examples(
     return out
 
 
-class LoadSeedExamples(GeneratorStep):
+class LoadSeedExamples(FixedColumns, GeneratorStep):
     """Yields the seed data's (prompt, gold answer) pairs; its fields are ``seed_data``'s keys."""
+
+    output_columns: ClassVar[tuple[str, ...]] = ("prompt", "response", "seed_index")
 
     source: str = Field(description="local file (jsonl/json/csv/parquet) or Hub dataset id")
     split: str = "train"
@@ -132,10 +122,6 @@ class LoadSeedExamples(GeneratorStep):
     messages_column: str | None = "messages"
     prompt_column: str | None = None
     response_column: str | None = None
-
-    @property
-    def outputs(self) -> "StepColumns":
-        return ["prompt", "response", "seed_index"]
 
     def process(self, offset: int = 0) -> "GeneratorStepOutput":
         rows = read_seed_examples(
@@ -147,15 +133,20 @@ class LoadSeedExamples(GeneratorStep):
             config=self.config,
             limit=self.limit,
         )
-        yield from _batches(rows, self.batch_size, offset)
+        yield from generator_batches(rows, self.batch_size, offset)
 
 
-class BuildGeneratorExamples(GlobalStep):
+class BuildGeneratorExamples(FixedColumns, GlobalStep):
     """Seed prompts -> the self-prompt generator's examples (keywords in, the prompt out).
 
     Global, because each prompt's noise keyword comes from another prompt. A prompt
     with too few keywords (or no noise donor) gives no example.
     """
+
+    input_columns: ClassVar[tuple[str, ...]] = ("prompt", "seed_index")
+    output_columns: ClassVar[tuple[str, ...]] = (
+        "keywords", "prompt_keywords", "noise_keywords", "source_index", "completion",
+    )  # fmt: skip
 
     seed: int = 0
     language: str = "en"
@@ -165,14 +156,6 @@ class BuildGeneratorExamples(GlobalStep):
         default=2, ge=1, description="keywords drawn from the seed prompt itself"
     )
     noise: int = Field(default=1, ge=0, description="noise keywords drawn from another seed prompt")
-
-    @property
-    def inputs(self) -> "StepColumns":
-        return ["prompt", "seed_index"]
-
-    @property
-    def outputs(self) -> "StepColumns":
-        return ["keywords", "prompt_keywords", "noise_keywords", "source_index", "completion"]
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         rows = sorted(inputs, key=lambda row: row["seed_index"])
@@ -192,13 +175,17 @@ class BuildGeneratorExamples(GlobalStep):
 # ------------------------------------------------------------------ corpus
 
 
-class SampleKeywordLists(GeneratorStep):
+class SampleKeywordLists(FixedColumns, GeneratorStep):
     """``num_lists`` keyword lists, each from its own corpus paragraph (section 2.1).
 
     Paragraphs are visited in one order seeded by ``seed``; the first ``skip`` of that
     order were consumed by earlier iterations and are passed over. When the corpus is
     used up, sampling starts over from its first paragraph rather than stopping.
     """
+
+    output_columns: ClassVar[tuple[str, ...]] = (
+        "keywords", "paragraph_index", "paragraph_position",
+    )  # fmt: skip
 
     source: str = Field(
         description="local .txt (a paragraph per line) / JSONL, or a Hub dataset id (streamed)"
@@ -217,10 +204,6 @@ class SampleKeywordLists(GeneratorStep):
     )
     per_list: int = Field(default=3, ge=1)
     seed: int = 0
-
-    @property
-    def outputs(self) -> "StepColumns":
-        return ["keywords", "paragraph_index", "paragraph_position"]
 
     def sample(self) -> list[dict[str, Any]]:
         paragraphs = read_paragraphs(
@@ -253,7 +236,7 @@ class SampleKeywordLists(GeneratorStep):
         ]
 
     def process(self, offset: int = 0) -> "GeneratorStepOutput":
-        yield from _batches(self.sample(), self.batch_size, offset)
+        yield from generator_batches(self.sample(), self.batch_size, offset)
 
 
 # ------------------------------------------------------------------ preference set
@@ -286,4 +269,4 @@ class LoadPairs(GeneratorStep):
             for folder in self.folders
             for row in read_config(folder, self.config, self.columns or None)
         ]
-        yield from _batches(rows, self.batch_size, offset)
+        yield from generator_batches(rows, self.batch_size, offset)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from distilabel.steps import GlobalStep, Step, StepInput
 from pydantic import Field
 
+from synthalign.steps.columns import FixedColumns
 from synthalign.steps.prompts import render, template_id
 from synthalign.steps.publish import (
     DROP_COLUMNS,
@@ -130,18 +131,15 @@ def pair_fate(
     return {"score_gap": gap, "repetition_chosen": rep_c, "repetition_rejected": rep_r, **fate}
 
 
-class JudgeImproverRows(Step):
+class JudgeImproverRows(FixedColumns, Step):
     """Keeps a seed row where gold beats the policy's answer by more than ``threshold``."""
 
+    input_columns: ClassVar[tuple[str, ...]] = (
+        "prompt", "response", "response_policy", "score_gold", "score_policy",
+    )  # fmt: skip
+    output_columns: ClassVar[tuple[str, ...]] = ("score_gap", *DROP_COLUMNS)
+
     threshold: float = 0.02
-
-    @property
-    def inputs(self) -> "StepColumns":
-        return ["prompt", "response", "response_policy", "score_gold", "score_policy"]
-
-    @property
-    def outputs(self) -> "StepColumns":
-        return ["score_gap", *DROP_COLUMNS]
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         for row in inputs:
@@ -149,7 +147,7 @@ class JudgeImproverRows(Step):
         yield inputs
 
 
-class SelectPairs(GlobalStep):
+class SelectPairs(FixedColumns, GlobalStep):
     """Every keyword list's row with its fate: flagged prompts joined with scored pairs.
 
     It receives two inputs: every flagged prompt (``flag_invalid_prompts``) and the
@@ -159,6 +157,13 @@ class SelectPairs(GlobalStep):
     keyword-list order, so the sample does not depend on batch arrival.
     """
 
+    input_columns: ClassVar[tuple[str, ...]] = (
+        "prompt", "keywords", "paragraph_position", *DROP_COLUMNS,
+    )  # fmt: skip
+    output_columns: ClassVar[tuple[str, ...]] = (
+        "score_gap", "repetition_chosen", "repetition_rejected", *DROP_COLUMNS,
+    )  # fmt: skip
+
     rejected_column: str = "response_policy"
     threshold: float = 0.02
     max_repetition: float = 0.5
@@ -166,14 +171,6 @@ class SelectPairs(GlobalStep):
     num_pairs: int = Field(default=10_000, ge=1, description="pairs sampled from those that pass")
     seed: int = 0
     iteration: int = 1
-
-    @property
-    def inputs(self) -> "StepColumns":
-        return ["prompt", "keywords", "paragraph_position", *DROP_COLUMNS]
-
-    @property
-    def outputs(self) -> "StepColumns":
-        return ["score_gap", "repetition_chosen", "repetition_rejected", *DROP_COLUMNS]
 
     def judge(self, row: dict[str, Any], scored: dict[int, dict[str, Any]]) -> dict[str, Any]:
         if not row.get("kept"):
@@ -231,12 +228,7 @@ class SynPOConfig(PublishConfig):
     """
 
     schema: ClassVar[dict[str, str]]
-    needs: ClassVar[tuple[str, ...]] = ()
     iteration: int | None = None
-
-    @property
-    def inputs(self) -> "StepColumns":
-        return list(self.needs)
 
     @property
     def outputs(self) -> "StepColumns":
@@ -291,7 +283,7 @@ class GeneratorRows(SynPOConfig):
         "prompt_template": "text",
         "iteration": "int",
     }
-    needs: ClassVar[tuple[str, ...]] = ("keywords", "completion")
+    input_columns: ClassVar[tuple[str, ...]] = ("keywords", "completion")
 
     def values(self, row: dict[str, Any]) -> dict[str, Any]:
         prompt = render(KEYWORDS_TEMPLATE, keywords=list(row["keywords"]))
@@ -312,7 +304,7 @@ class ImproverCandidates(SynPOConfig):
         "iteration": "int",
         **_DROP,
     }
-    needs: ClassVar[tuple[str, ...]] = ("prompt", "response", "score_gap", *DROP_COLUMNS)
+    input_columns: ClassVar[tuple[str, ...]] = ("prompt", "response", "score_gap", *DROP_COLUMNS)
 
     def values(self, row: dict[str, Any]) -> dict[str, Any]:
         return {"response_gold": row["response"]}
@@ -330,7 +322,7 @@ class ImproverRows(SynPOConfig):
         "improver_template": "text",
         "iteration": "int",
     }
-    needs: ClassVar[tuple[str, ...]] = ("prompt", "response", "response_policy", "kept")
+    input_columns: ClassVar[tuple[str, ...]] = ("prompt", "response", "response_policy", "kept")
 
     def keep(self, row: dict[str, Any]) -> bool:
         return bool(row.get("kept"))
@@ -358,7 +350,7 @@ class PromptRows(SynPOConfig):
         "iteration": "int",
         **_DROP,
     }
-    needs: ClassVar[tuple[str, ...]] = ("keywords", "prompt", *DROP_COLUMNS)
+    input_columns: ClassVar[tuple[str, ...]] = ("keywords", "prompt", *DROP_COLUMNS)
 
 
 class PairCandidates(SynPOConfig):
@@ -384,7 +376,7 @@ class PairCandidates(SynPOConfig):
         "iteration": "int",
         **_DROP,
     }
-    needs: ClassVar[tuple[str, ...]] = ("prompt", "keywords", *DROP_COLUMNS)
+    input_columns: ClassVar[tuple[str, ...]] = ("prompt", "keywords", *DROP_COLUMNS)
 
 
 PAIR_COLUMNS: dict[str, str] = {
@@ -419,7 +411,7 @@ class PairRows(SynPOConfig):
     """
 
     schema: ClassVar[dict[str, str]] = PAIR_COLUMNS
-    needs: ClassVar[tuple[str, ...]] = ("prompt", "response_improved", "kept")
+    input_columns: ClassVar[tuple[str, ...]] = ("prompt", "response_improved", "kept")
     rejected_column: str = "response_policy"
     rejected_from: str = "initial"
     models: dict[str, str] = Field(default_factory=dict)
@@ -447,4 +439,4 @@ class PreferenceRows(SynPOConfig):
     """``preferences``: the pairs of every iteration so far, as they were published."""
 
     schema: ClassVar[dict[str, str]] = PAIR_COLUMNS
-    needs: ClassVar[tuple[str, ...]] = ("prompt", "chosen", "rejected")
+    input_columns: ClassVar[tuple[str, ...]] = ("prompt", "chosen", "rejected")

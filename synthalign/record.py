@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from synthalign.recipes import Recipe
 
 RUN_RECORD = "synthalign.json"
+RECORD_KEYS = ("method", "recipe", "fingerprint", "seed", "versions", "states")
 
 # Keys that say how or where to run, never what to make: a resume may change them.
 _RUN_ONLY_KEYS = frozenset(
@@ -107,7 +108,9 @@ class RunRecord:
                 "use that recipe to resume, or pass --overwrite to start over"
             )
         data.setdefault("states", [])
-        return cls(output, method, recipe, data)
+        # the record's own keys only: a Hub folder's copy also holds what its last
+        # state's card showed (rows, counts, iteration), which the next state replaces
+        return cls(output, method, recipe, {k: data[k] for k in RECORD_KEYS if k in data})
 
     # ------------------------------------------------------------ states
 

@@ -16,11 +16,27 @@ from typing import Any
 
 import pytest
 from datasets import Dataset
-from hub_helpers import PIPELINE_YAML, PREF_FEATURES, SFT_FEATURES, pref_rows, sft_rows
+from hub_helpers import (
+    PIPELINE_YAML,
+    PREF_FEATURES,
+    SFT_FEATURES,
+    WriteFolder,
+    pref_rows,
+    sft_rows,
+)
 
 from synthalign.cards.base import CardContent, base_metadata, figure_png, new_figure, versions
+from synthalign.hub import write_hub_folder
 
-__all__ = ["card", "datasets_", "loopback_only", "pipeline_yaml", "run_info", "scores_png"]
+__all__ = [
+    "card",
+    "datasets_",
+    "loopback_only",
+    "pipeline_yaml",
+    "run_info",
+    "scores_png",
+    "write",
+]
 
 
 @pytest.fixture
@@ -67,6 +83,33 @@ def run_info() -> dict[str, Any]:
         "seed": 7,
         "versions": versions(),
     }
+
+
+@pytest.fixture
+def write(
+    tmp_path: Path,
+    datasets_: dict[str, Dataset],
+    card: CardContent,
+    pipeline_yaml: Path,
+    run_info: dict[str, Any],
+) -> WriteFolder:
+    """:func:`write_hub_folder` with the fixtures above as its defaults, into ``tmp_path/out``.
+
+    A test names only what it changes: ``write()``, ``write(out, {"sft": rows},
+    overwrite=True)``, ``write(card=broken)``.
+    """
+
+    def write_(
+        out: Path | None = None, datasets: dict[str, Dataset] | None = None, **changes: Any
+    ) -> Path:
+        settings = {"card": card, "pipeline_yaml": pipeline_yaml, "run_info": run_info, **changes}
+        return write_hub_folder(
+            tmp_path / "out" if out is None else out,
+            datasets_ if datasets is None else datasets,
+            **settings,
+        )
+
+    return write_
 
 
 @pytest.fixture

@@ -10,26 +10,27 @@ from __future__ import annotations
 
 import json
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, Features, List, Value
 
-from synthalign.cards.base import CardContent
-from synthalign.hub import write_hub_folder
-
 __all__ = [
     "PIPELINE_YAML",
     "PREF_FEATURES",
     "SFT_FEATURES",
+    "WriteFolder",
     "assert_same",
     "hidden_siblings",
     "listing",
     "miscount_rows",
     "pref_rows",
     "sft_rows",
-    "write_folder",
 ]
+
+# The ``write`` fixture (tests/hub_fixtures.py): write_hub_folder with the fixtures as defaults.
+WriteFolder = Callable[..., Path]
 
 MESSAGE = {"role": Value("string"), "content": Value("string")}
 SFT_FEATURES = Features(
@@ -94,20 +95,6 @@ def pref_rows(n: int) -> list[dict[str, Any]]:
         }
         for i in range(n)
     ]
-
-
-def write_folder(
-    out: Path,
-    datasets_: dict[str, Dataset],
-    card: CardContent,
-    pipeline: Path | None,
-    run_info: dict[str, Any],
-    **kwargs: Any,
-) -> Path:
-    """:func:`write_hub_folder` with the fixtures passed positionally, to keep tests short."""
-    return write_hub_folder(
-        out, datasets_, card, pipeline_yaml=pipeline, run_info=run_info, **kwargs
-    )
 
 
 def assert_same(loaded: Dataset, expected: Dataset) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from condor_recipe import TINY_CONDOR
 from rerun import assert_rerun_reproduces
 
 from synthalign.llms import load_llm
@@ -30,32 +31,22 @@ from synthalign.steps.knowledge_tree import TASK_TYPES
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "pipelines" / "recipes"
 
-# Small enough that tiny-random finishes every step fast; the question budget is tight on
-# purpose, so some question calls run out of tokens mid-JSON and must be recorded.
-TINY_RECIPE = {
-    "name": "condor-tiny-test",
-    "llm": "builtin:tiny-random",
-    "num_samples": 21,
-    "question": {"max_new_tokens": 80, "max_question_chars": 60, "batch_size": 8},
-    "answer": {"max_new_tokens": 24, "batch_size": 8},
-    "critique": {"max_new_tokens": 96, "max_field_chars": 40, "batch_size": 8},
-    "refine": {"max_new_tokens": 24, "batch_size": 8},
-    "drop_truncated": False,
-    "load_stages": "sequential",  # one step loaded at a time (the vLLM path); the rerun test covers concurrent
-}
-
 
 def _env(home: Path) -> dict[str, str]:
     """A fresh HOME (distilabel's cache starts empty), the real built-in model cache."""
     env = dict(os.environ)
     env.update(
         HOME=str(home),
-        SYNTHALIGN_CACHE=os.environ.get("SYNTHALIGN_CACHE", str(Path.home() / ".cache" / "synthalign")),
+        SYNTHALIGN_CACHE=os.environ.get(
+            "SYNTHALIGN_CACHE", str(Path.home() / ".cache" / "synthalign")
+        ),
     )
     return env
 
 
-def _cli(args: list[str], home: Path, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+def _cli(
+    args: list[str], home: Path, cwd: Path | None = None, timeout: int = 900
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "synthalign.cli", *args],
         env=_env(home), cwd=cwd, capture_output=True, text=True, timeout=timeout,
@@ -74,7 +65,10 @@ ROW = {"tag_path": ["Physics", "Waves and optics", "Lasers"], "task_type": "Doma
 @pytest.mark.parametrize(
     ("raw", "error"),
     [
-        ('{"easy": "What is a laser?", "medium": "How does a laser pump work?", "hard": "Derive the threshold gain."}', None),
+        (
+            '{"easy": "What is a laser?", "medium": "How does a laser pump work?", "hard": "Derive the threshold gain."}',
+            None,
+        ),
         ('{"easy": "What is a laser?", "medium": "How does a la', "truncated JSON"),
         ("1. What is a laser?\n2. How does it work?", "not JSON"),
         ('{"easy": "What is a laser?", "medium": "How?"}', "schema: hard"),
@@ -113,24 +107,72 @@ def test_question_prompt_puts_variable_parts_last_and_enforces_schema() -> None:
 
 
 def test_split_makes_one_row_per_difficulty() -> None:
-    row = {**ROW, "sample_index": 4, "question_easy": "What is a laser?", "question_medium": " How is a laser pumped? ", "question_hard": "Why are lasers coherent?", "question_error": None, "question_raw": None, "question_model": "m", "question_prompt": "p"}
+    row = {
+        **ROW,
+        "sample_index": 4,
+        "question_easy": "What is a laser?",
+        "question_medium": " How is a laser pumped? ",
+        "question_hard": "Why are lasers coherent?",
+        "question_error": None,
+        "question_raw": None,
+        "question_model": "m",
+        "question_prompt": "p",
+    }
     rows = split_question_row(row)
     assert [r["difficulty"] for r in rows] == list(DIFFICULTIES)
-    assert [r["question"] for r in rows] == ["What is a laser?", "How is a laser pumped?", "Why are lasers coherent?"]
-    assert all(r["question_error"] is None and r["sample_index"] == 4 and r["question_model"] == "m" for r in rows)
-    assert not any(k in r for r in rows for k in ("question_easy", "question_medium", "question_hard"))
+    assert [r["question"] for r in rows] == [
+        "What is a laser?",
+        "How is a laser pumped?",
+        "Why are lasers coherent?",
+    ]
+    assert all(
+        r["question_error"] is None and r["sample_index"] == 4 and r["question_model"] == "m"
+        for r in rows
+    )
+    assert not any(
+        k in r for r in rows for k in ("question_easy", "question_medium", "question_hard")
+    )
 
 
 def test_split_keeps_failures_and_flags_unusable_questions() -> None:
-    failed = split_question_row({**ROW, "question_easy": None, "question_medium": None, "question_hard": None, "question_error": "truncated JSON: x", "question_raw": "{"})
+    failed = split_question_row(
+        {
+            **ROW,
+            "question_easy": None,
+            "question_medium": None,
+            "question_hard": None,
+            "question_error": "truncated JSON: x",
+            "question_raw": "{",
+        }
+    )
     assert [r["question_error"] for r in failed] == ["truncated JSON: x"] * 3
     assert all(r["question"] is None and r["question_raw"] == "{" for r in failed)
-    mixed = split_question_row({**ROW, "question_easy": "What is a laser?", "question_medium": "what is a laser ?", "question_hard": "", "question_error": None})
+    mixed = split_question_row(
+        {
+            **ROW,
+            "question_easy": "What is a laser?",
+            "question_medium": "what is a laser ?",
+            "question_hard": "",
+            "question_error": None,
+        }
+    )
     assert mixed[0]["question_error"] is None
     assert mixed[1]["question_error"].startswith("duplicate question")
     assert mixed[2]["question_error"] == "empty question"
-    weak = split_question_row({**ROW, "question_easy": "Hard", "question_medium": "Waves and optics > Lasers, explained simply", "question_hard": "Is x > 3 when x is 4?", "question_error": None})
-    assert [r["question_error"] for r in weak] == ["too short (1 words)", "echoes the topic path", None]
+    weak = split_question_row(
+        {
+            **ROW,
+            "question_easy": "Hard",
+            "question_medium": "Waves and optics > Lasers, explained simply",
+            "question_hard": "Is x > 3 when x is 4?",
+            "question_error": None,
+        }
+    )
+    assert [r["question_error"] for r in weak] == [
+        "too short (1 words)",
+        "echoes the topic path",
+        None,
+    ]
 
 
 # ------------------------------------------------------------------ critique parser
@@ -141,11 +183,17 @@ QA = {"question": "What is a laser?", "response": "Light amplification."}
 @pytest.mark.parametrize(
     ("raw", "error"),
     [
-        ('{"strengths": "Short.", "weaknesses": "No mechanism.", "suggestions": "Explain stimulated emission."}', None),
+        (
+            '{"strengths": "Short.", "weaknesses": "No mechanism.", "suggestions": "Explain stimulated emission."}',
+            None,
+        ),
         ('{"strengths": "Short.", "weaknesses": "No mech', "truncated JSON"),
         ("Strengths: short. Weaknesses: vague.", "not JSON"),
         ('{"strengths": "Short.", "weaknesses": "", "suggestions": "More."}', "schema: weaknesses"),
-        ('{"strengths": "Short.", "weaknesses": "Vague.", "suggestions": 3}', "schema: suggestions"),
+        (
+            '{"strengths": "Short.", "weaknesses": "Vague.", "suggestions": 3}',
+            "schema: suggestions",
+        ),
     ],
 )
 def test_critique_parser(raw: str, error: str | None) -> None:
@@ -166,13 +214,33 @@ def test_critique_parser(raw: str, error: str | None) -> None:
 @pytest.mark.parametrize(
     ("raw", "text", "error"),
     [
-        ("A laser amplifies light by stimulated emission.", "A laser amplifies light by stimulated emission.", None),
+        (
+            "A laser amplifies light by stimulated emission.",
+            "A laser amplifies light by stimulated emission.",
+            None,
+        ),
         ("Improved answer:\nA laser amplifies light.", "A laser amplifies light.", None),
         ("**Refined Response:**\n\nA laser amplifies light.", "A laser amplifies light.", None),
-        ("Here is the improved answer that fixes the gaps:\nA laser amplifies light.", "A laser amplifies light.", None),
-        ("[Improved Answer Start]\nA laser amplifies light.\n[Improved Answer End]", "A laser amplifies light.", None),
-        ("[Improved Answer Start]\nA laser amplifies li", "A laser amplifies li", None),  # truncated block
-        ("Improved answers differ: lasers amplify light.", "Improved answers differ: lasers amplify light.", None),
+        (
+            "Here is the improved answer that fixes the gaps:\nA laser amplifies light.",
+            "A laser amplifies light.",
+            None,
+        ),
+        (
+            "[Improved Answer Start]\nA laser amplifies light.\n[Improved Answer End]",
+            "A laser amplifies light.",
+            None,
+        ),
+        (
+            "[Improved Answer Start]\nA laser amplifies li",
+            "A laser amplifies li",
+            None,
+        ),  # truncated block
+        (
+            "Improved answers differ: lasers amplify light.",
+            "Improved answers differ: lasers amplify light.",
+            None,
+        ),
         ("Improved answer:", None, "empty output after removing the label"),
         ("   ", None, "empty output"),
         (None, None, "no output"),
@@ -193,12 +261,19 @@ def test_refined_text_parser(raw: str | None, text: str | None, error: str | Non
 
 def test_answer_skips_rows_without_question_and_marks_cut_off_answers() -> None:
     task = AnswerQuestion(
-        name="answer_question", llm=load_llm("builtin:tiny-random", max_new_tokens=6, temperature=0), truncated_is_error=True
+        name="answer_question",
+        llm=load_llm("builtin:tiny-random", max_new_tokens=6, temperature=0),
+        truncated_is_error=True,
     )
     task.load()
-    rows = next(task.process([{"question": "What is a laser?"}, {"question": None}, {"question": "  "}]))
+    rows = next(
+        task.process([{"question": "What is a laser?"}, {"question": None}, {"question": "  "}])
+    )
     assert len(rows) == 3
-    assert rows[0]["response"] is None and rows[0]["response_error"] == "truncated: reached max_new_tokens=6"
+    assert (
+        rows[0]["response"] is None
+        and rows[0]["response_error"] == "truncated: reached max_new_tokens=6"
+    )
     assert rows[0]["response_raw"] and rows[0]["response_model"] == "builtin:tiny-random"
     for row in rows[1:]:
         assert row["response"] is None and row["response_model"] is None
@@ -222,11 +297,21 @@ def test_format_row_publishes_messages_only_for_rows_that_passed_every_stage() -
     ]  # fmt: skip
     assert format_row(good, "void", settings)["messages"][1]["content"] == "A."
     assert format_row(good, "generations", settings)["kept"] is True
-    bad = {**good, "critique_error": "truncated JSON: x", "refine_error": "skipped: no critique_strengths"}
+    bad = {
+        **good,
+        "critique_error": "truncated JSON: x",
+        "refine_error": "skipped: no critique_strengths",
+    }
     assert drop_reason(bad) == ("critique", "truncated JSON: x")
-    assert format_row(bad, "refined", settings) is None and format_row(bad, "void", settings) is None
+    assert (
+        format_row(bad, "refined", settings) is None and format_row(bad, "void", settings) is None
+    )
     record = format_row(bad, "generations", settings)
-    assert (record["kept"], record["drop_stage"], record["drop_reason"]) == (False, "critique", "truncated JSON: x")
+    assert (record["kept"], record["drop_stage"], record["drop_reason"]) == (
+        False,
+        "critique",
+        "truncated JSON: x",
+    )
     assert drop_reason({**good, "refined_response": " "}) == ("refine", "empty refined_response")
 
 
@@ -242,8 +327,14 @@ def test_recipes_load_and_describe_the_paper_setup() -> None:
     assert paper.llm_specs() == [paper.llm] and paper.llm.startswith("vllm:")
     assert paper.sequential() and paper.task_types == list(TASK_TYPES)
     quick = load_recipe(RECIPES / "condor-quickstart.yaml", CondorRecipe)
-    assert quick.llm == "builtin:smollm2-135m" and 9 <= quick.num_samples <= 15 and not quick.sequential()
-    four = override_llms(quick, ["builtin:tiny-random", "a:b", "builtin:smollm2-135m", "builtin:tiny-random"])
+    assert (
+        quick.llm == "builtin:smollm2-135m"
+        and 9 <= quick.num_samples <= 15
+        and not quick.sequential()
+    )
+    four = override_llms(
+        quick, ["builtin:tiny-random", "a:b", "builtin:smollm2-135m", "builtin:tiny-random"]
+    )
     assert four.role_spec("answer") == "a:b" and four.llm_specs()[0] == "builtin:tiny-random"
     one = override_llms(four, ["builtin:tiny-random"])
     assert one.llm_specs() == ["builtin:tiny-random"]
@@ -252,25 +343,44 @@ def test_recipes_load_and_describe_the_paper_setup() -> None:
 def test_pipeline_shape_and_load_stages() -> None:
     from synthalign.pipelines.condor import CONFIGS, CondorRecipe, build_pipeline
 
-    recipe = CondorRecipe.model_validate({**TINY_RECIPE, "load_stages": "auto"})
+    recipe = CondorRecipe.model_validate({**TINY_CONDOR, "load_stages": "auto"})
     pipeline = build_pipeline(recipe)
     assert not recipe.sequential()
-    order = ["sample_tags", "generate_questions", "split_by_difficulty", "answer_question", "critique_response", "refine_response"]
+    order = [
+        "sample_tags",
+        "generate_questions",
+        "split_by_difficulty",
+        "answer_question",
+        "critique_response",
+        "refine_response",
+    ]
     for a, b in pairwise(order):
         assert list(pipeline.dag.get_step_successors(a)) == [b]
     assert sorted(pipeline.dag.get_step_successors("refine_response")) == sorted(CONFIGS)
     sample = pipeline.dag.get_step("sample_tags")["step"]
     assert sample.num_items == 7 and sample.tree == "default"
-    assert CondorRecipe.model_validate({**TINY_RECIPE, "load_stages": "sequential"}).sequential()
+    assert CondorRecipe.model_validate({**TINY_CONDOR, "load_stages": "sequential"}).sequential()
 
 
 def test_bad_recipe_values_fail_before_any_model_loads(tmp_path: Path) -> None:
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({**TINY_RECIPE, "task_types": ["Domain QA", "Haiku"]}))
-    proc = _cli(["generate", "condor", "--config", str(recipe), "--output", str(tmp_path / "o")], tmp_path / "home", timeout=300)
-    assert proc.returncode == 2 and "unknown task type" in proc.stderr and "Traceback" not in proc.stderr
-    recipe.write_text(yaml.safe_dump({**TINY_RECIPE, "root_domains": ["Alchemy"]}))
-    proc = _cli(["generate", "condor", "--config", str(recipe), "--output", str(tmp_path / "o")], tmp_path / "home", timeout=300)
+    recipe.write_text(yaml.safe_dump({**TINY_CONDOR, "task_types": ["Domain QA", "Haiku"]}))
+    proc = _cli(
+        ["generate", "condor", "--config", str(recipe), "--output", str(tmp_path / "o")],
+        tmp_path / "home",
+        timeout=300,
+    )
+    assert (
+        proc.returncode == 2
+        and "unknown task type" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
+    recipe.write_text(yaml.safe_dump({**TINY_CONDOR, "root_domains": ["Alchemy"]}))
+    proc = _cli(
+        ["generate", "condor", "--config", str(recipe), "--output", str(tmp_path / "o")],
+        tmp_path / "home",
+        timeout=300,
+    )
     assert proc.returncode == 2 and "Alchemy" in proc.stderr
 
 
@@ -281,8 +391,11 @@ def test_bad_recipe_values_fail_before_any_model_loads(tmp_path: Path) -> None:
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("condor-tiny")
     recipe = work / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump({**TINY_RECIPE, "cache_dir": str(work / "cache")}))
-    proc = _cli(["generate", "condor", "--config", str(recipe), "--output", str(work / "out")], work / "home")
+    recipe.write_text(yaml.safe_dump({**TINY_CONDOR, "cache_dir": str(work / "cache")}))
+    proc = _cli(
+        ["generate", "condor", "--config", str(recipe), "--output", str(work / "out")],
+        work / "home",
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return work / "out"
 
@@ -299,13 +412,19 @@ def test_tiny_random_run_exercises_every_step_and_records_failures(tiny_run: Pat
     default = load_dataset(str(tiny_run), split="train")
 
     assert len(generations) == 21  # 7 calls x 3 difficulties, failures included
-    assert sorted(set(generations["task_type"])) == sorted(TASK_TYPES)  # 7 calls cover all 7 task types
+    assert sorted(set(generations["task_type"])) == sorted(
+        TASK_TYPES
+    )  # 7 calls cover all 7 task types
     assert sorted(generations["difficulty"]) == sorted(list(DIFFICULTIES) * 7)
     # parse failures are recorded (raw text kept), not raised; their rows skip later stages
     failed = [r for r in generations if r["question_error"]]
-    assert any(r["question_raw"] for r in failed), "the tight question budget should cut some JSON off"
+    assert any(r["question_raw"] for r in failed), (
+        "the tight question budget should cut some JSON off"
+    )
     assert all(r["question"] is None for r in failed)
-    assert all(r["response_error"].startswith("skipped") and r["response_model"] is None for r in failed)
+    assert all(
+        r["response_error"].startswith("skipped") and r["response_model"] is None for r in failed
+    )
     assert all(not r["kept"] and r["drop_stage"] == "question" for r in failed)
     # every step ran on the rows that survived
     kept = [r for r in generations if r["kept"]]
@@ -318,8 +437,14 @@ def test_tiny_random_run_exercises_every_step_and_records_failures(tiny_run: Pat
     # void and refined: same rows, TRL messages from the original vs refined answer
     assert refined["question"] == void["question"] == default["question"]
     for rr, vr in zip(refined, void, strict=True):
-        assert rr["messages"] == [{"role": "user", "content": rr["question"]}, {"role": "assistant", "content": rr["refined_response"]}]
-        assert vr["messages"][1]["content"] == vr["response"] and vr["messages"][0]["content"] == vr["question"]
+        assert rr["messages"] == [
+            {"role": "user", "content": rr["question"]},
+            {"role": "assistant", "content": rr["refined_response"]},
+        ]
+        assert (
+            vr["messages"][1]["content"] == vr["response"]
+            and vr["messages"][0]["content"] == vr["question"]
+        )
         assert rr["tag_path"] == [rr["root_domain"], rr["sub_domain"], rr["tag"]]
         assert rr["generation_settings"]["question"]["max_new_tokens"] == 80
         assert rr["knowledge_tree"].startswith("synthalign-default-en@")
@@ -332,7 +457,11 @@ def test_tiny_random_card_reports_counts_failures_and_figures(tiny_run: Path) ->
     readme = (tiny_run / "README.md").read_text()
     front = yaml.safe_load(readme.split("---")[1])
     assert {"synthetic", "distilabel", "condor"} <= set(front["tags"])
-    assert front["license"] and front["task_categories"] == ["text-generation"] and front["size_categories"] == ["n<1K"]
+    assert (
+        front["license"]
+        and front["task_categories"] == ["text-generation"]
+        and front["size_categories"] == ["n<1K"]
+    )
     assert {c["config_name"] for c in front["configs"]} == {"refined", "void", "generations"}
     assert next(c for c in front["configs"] if c.get("default"))["config_name"] == "refined"
     figures = sorted(p.name for p in (tiny_run / "figures").glob("*.png"))
@@ -358,7 +487,9 @@ def test_card_rebuilds_from_the_folder_alone(tiny_run: Path, tmp_path: Path) -> 
     proc = _cli(["card", str(copy)], tmp_path / "home", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     after = (copy / "README.md").read_text()
-    assert after.split("\n---\n", 1)[1] == before.split("\n---\n", 1)[1]  # the same body, figures included
+    assert (
+        after.split("\n---\n", 1)[1] == before.split("\n---\n", 1)[1]
+    )  # the same body, figures included
 
     def front(text: str) -> dict:
         meta = yaml.safe_load(text.split("---")[1])
@@ -367,7 +498,9 @@ def test_card_rebuilds_from_the_folder_alone(tiny_run: Path, tmp_path: Path) -> 
         return meta
 
     assert front(after) == front(before)
-    assert sorted(p.name for p in (copy / "figures").iterdir()) == sorted(p.name for p in (tiny_run / "figures").iterdir())
+    assert sorted(p.name for p in (copy / "figures").iterdir()) == sorted(
+        p.name for p in (tiny_run / "figures").iterdir()
+    )
 
 
 def test_pipeline_yaml_reruns_from_a_clean_directory(tiny_run: Path, tmp_path: Path) -> None:
@@ -375,17 +508,26 @@ def test_pipeline_yaml_reruns_from_a_clean_directory(tiny_run: Path, tmp_path: P
     assert set(counts) == {"refined", "void", "generations"} and counts["refined"] == counts["void"]
 
 
-def test_sft_trains_on_the_refined_config_and_the_model_loads(tiny_run: Path, tmp_path: Path) -> None:
+def test_sft_trains_on_the_refined_config_and_the_model_loads(
+    tiny_run: Path, tmp_path: Path
+) -> None:
     from transformers import AutoModelForCausalLM
 
     recipe = tmp_path / "sft.yaml"
     base = yaml.safe_load((RECIPES / "condor-sft.yaml").read_text())
-    assert base["learning_rate"] == 2e-5 and base["num_train_epochs"] == 3 and base["dataset_config"] == "refined"
+    assert (
+        base["learning_rate"] == 2e-5
+        and base["num_train_epochs"] == 3
+        and base["dataset_config"] == "refined"
+    )
     base.update(model="builtin:tiny-random", max_steps=2, per_device_train_batch_size=2, max_length=256,
                 gradient_checkpointing=False, gradient_accumulation_steps=1, logging_steps=1)  # fmt: skip
     recipe.write_text(yaml.safe_dump(base))
     out = tmp_path / "model"
-    proc = _cli(["train", "sft", "--config", str(recipe), "--dataset", str(tiny_run), "--output", str(out)], tmp_path / "home")
+    proc = _cli(
+        ["train", "sft", "--config", str(recipe), "--dataset", str(tiny_run), "--output", str(out)],
+        tmp_path / "home",
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.num_parameters() > 0
@@ -399,34 +541,49 @@ def test_quickstart_recipe_end_to_end_on_smollm2(tmp_path: Path) -> None:
     from datasets import load_dataset
 
     out = tmp_path / "condor"
-    proc = _cli(["generate", "condor", "--config", str(RECIPES / "condor-quickstart.yaml"), "--output", str(out)], tmp_path / "home", timeout=1800)
+    proc = _cli(
+        [
+            "generate",
+            "condor",
+            "--config",
+            str(RECIPES / "condor-quickstart.yaml"),
+            "--output",
+            str(out),
+        ],
+        tmp_path / "home",
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     refined = load_dataset(str(out), "refined", split="train")
     void = load_dataset(str(out), "void", split="train")
     assert len(refined) > 0 and refined["question"] == void["question"]
     for rr, vr in zip(refined, void, strict=True):
         assert rr["question"].strip() and rr["response"].strip() and rr["refined_response"].strip()
-        assert rr["messages"][1]["content"] == rr["refined_response"] and vr["messages"][1]["content"] == vr["response"]
+        assert (
+            rr["messages"][1]["content"] == rr["refined_response"]
+            and vr["messages"][1]["content"] == vr["response"]
+        )
         assert rr["response_model"] == "builtin:smollm2-135m"
     info = json.loads((out / "synthalign.json").read_text())
     assert info["recipe"]["llm"] == "builtin:smollm2-135m"
 
 
-def test_when_every_row_fails_the_failed_rows_are_published_as_generations(tmp_path: Path) -> None:
-    """distilabel's Distiset names a pipeline's only non-empty leaf ``default``; the driver
-    reads the leaves themselves, so failed rows still reach ``generations`` (and the
-    card's funnel), and ``generations`` becomes the default config, not an empty one."""
+def test_when_every_row_fails_the_run_fails_with_the_funnel_and_writes_nothing(tmp_path: Path) -> None:
+    """Every question call cut off: the default config ``refined`` would be empty, so the
+    run exits 1 with the funnel in one line and publishes no folder (the failed rows are
+    in distilabel's cache and the batch store for the rerun, not in a dataset)."""
     recipe = tmp_path / "r.yaml"
-    tight = {**TINY_RECIPE, "num_samples": 6, "question": {**TINY_RECIPE["question"], "max_new_tokens": 3}}
+    tight = {
+        **TINY_CONDOR,
+        "num_samples": 6,
+        "question": {**TINY_CONDOR["question"], "max_new_tokens": 3},
+    }
     recipe.write_text(yaml.safe_dump({**tight, "cache_dir": str(tmp_path / "cache")}))
     out = tmp_path / "out"
-    proc = _cli(["generate", "condor", "--config", str(recipe), "--output", str(out)], tmp_path / "home")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    from datasets import load_dataset
-
-    generations = load_dataset(str(out), "generations", split="train")
-    assert len(generations) == 6 and not any(generations["kept"])
-    assert set(generations["drop_stage"]) == {"question"}
-    assert not (out / "data" / "refined").exists()  # a zero-row config would not load
-    readme = (out / "README.md").read_text()
-    assert "## Funnel" in readme and "default: true" in readme.split("config_name: generations")[1].split("config_name")[0]
+    proc = _cli(
+        ["generate", "condor", "--config", str(recipe), "--output", str(out)], tmp_path / "home"
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "'refined' came out empty" in last and "question" in last
+    assert "Traceback" not in proc.stderr and not out.exists()

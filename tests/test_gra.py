@@ -11,24 +11,26 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
+from datasets import load_dataset
+from loopback_llm import loopback_llm
+from pydantic import SecretStr
 from rerun import assert_rerun_reproduces
 
+from synthalign.cards.gra import funnel
 from synthalign.contract import State, get_method
 from synthalign.errors import RecipeError
+from synthalign.hub import read_hub_folder, validate_hub_folder
 from synthalign.llms import apply_api_key
 from synthalign.llms.pool import PoolLLM, PoolMember
 from synthalign.pipelines.gra import GRARecipe, build_pipeline, check_pool, configs
 from synthalign.recipes import load_recipe, parse_recipe
+from synthalign.steps.gra import STAGES
 from synthalign.steps.gra_generate import draw_roles
 from synthalign.steps.gra_pool import DescribeExamples, rotation
 from synthalign.steps.gra_review import ReviewResponses
@@ -44,47 +46,6 @@ def _recipe(**overrides: Any) -> GRARecipe:
     data["seed_data"]["source"] = str(ROOT / data["seed_data"]["source"])
     data.update(overrides)
     return parse_recipe(data, GRARecipe)
-
-
-@contextmanager
-def stub_server() -> Iterator[tuple[str, list[str | None]]]:
-    """A loopback OpenAI-compatible server that records each request's Authorization header."""
-    seen: list[str | None] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _send(self, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            self._send({"object": "list", "data": [{"id": "stub", "owned_by": "stub"}]})
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            seen.append(self.headers.get("Authorization"))
-            message = {"role": "assistant", "content": "hello"}
-            self._send(
-                {
-                    "choices": [{"message": message}],
-                    "usage": {"prompt_tokens": 3, "completion_tokens": 1},
-                }
-            )
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # ------------------------------------------------------------------ recipes and the pool
@@ -231,7 +192,7 @@ def test_seed_labelling_rotates_over_the_pool() -> None:
 
 def test_openai_pool_members_get_the_recipe_api_key_and_send_it(tmp_path: Path) -> None:
     secret = "sk-gra-pool-test-0123456789"
-    with stub_server() as (url, seen):
+    with loopback_llm() as (url, server):
         pool = [f"openai:{url}#m{i}" for i in range(3)]
         recipe = _recipe(
             pool=pool, n_reviewers=1, api_key=secret, cache_dir=str(tmp_path / "cache")
@@ -253,12 +214,10 @@ def test_openai_pool_members_get_the_recipe_api_key_and_send_it(tmp_path: Path) 
             [(m, ([{"role": "user", "content": f"hi {m}"}], None), 8) for m in (0, 1, 2)]
         )
         assert [a.error for a in answers] == [None] * 3
-    assert seen and set(seen) == {f"Bearer {secret}"}
+    assert server.chats == 3 and set(server.auth) == {f"Bearer {secret}"}
 
 
 def test_the_driver_api_key_reaches_members_of_a_pool_without_one() -> None:
-    from pydantic import SecretStr
-
     pool = PoolLLM(
         members=[
             PoolMember(name=f"m{i}", spec=f"openai:http://127.0.0.1:9/v1#m{i}") for i in range(2)
@@ -326,8 +285,6 @@ def _tiny_recipe(tmp_path: Path) -> Path:
 
 
 def _load(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    from synthalign.hub import read_hub_folder, validate_hub_folder
-
     validate_hub_folder(folder)
     return read_hub_folder(folder)
 
@@ -389,10 +346,6 @@ def _check_round(cands: list[dict[str, Any]], r: int, names: list[str]) -> None:
 
 @pytest.mark.slow
 def test_loop_two_rounds_resumes_republishes_and_round_two_reruns(tmp_path: Path) -> None:
-    from datasets import load_dataset
-
-    from synthalign.cards.gra import funnel
-
     recipe, out = _tiny_recipe(tmp_path), tmp_path / "out"
     cli = ["loop", "gra", "--config", str(recipe), "--output", str(out)]
     first = _run([*cli, "--iterations", "1"], tmp_path)
@@ -427,21 +380,7 @@ def test_loop_two_rounds_resumes_republishes_and_round_two_reruns(tmp_path: Path
         _check_round(cands, r, names)
         counts = funnel(cands)
         assert counts["candidates"] == N_CANDIDATES and counts["kept"] == kept[r]
-        assert (
-            sum(
-                counts[s]
-                for s in (
-                    "generation",
-                    "instruction_review",
-                    "response",
-                    "response_review",
-                    "adjudication",
-                    "dedup",
-                    "kept",
-                )
-            )
-            == N_CANDIDATES
-        )
+        assert sum(counts[s] for s in (*STAGES, "kept")) == N_CANDIDATES
     # round 2 drew its examples from the seeds and round 1's kept samples that have a summary
     usable = {c["candidate_id"] for c in loaded["all"] if c["round"] == 1 and c["summary"]}
     round2_examples = {e["pool_id"] for c in everything if c["round"] == 2 for e in c["examples"]}

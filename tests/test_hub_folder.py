@@ -3,7 +3,7 @@
 A folder must never look finished when it is not, must never replace something
 synthalign did not write, must carry no secret, and must fail validation with one line
 naming the first problem, because a push runs validation first. The card helpers that
-fill README.md are checked here too.
+fill README.md are checked in tests/test_card_base.py.
 Shared fixtures: tests/hub_fixtures.py; shared data and helpers: tests/hub_helpers.py.
 """
 
@@ -17,31 +17,20 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from datasets import Dataset, load_dataset
 from hub_helpers import (
     PIPELINE_YAML,
+    WriteFolder,
     assert_same,
     hidden_siblings,
     listing,
     miscount_rows,
-    write_folder,
 )
 from pydantic import SecretStr
 
-from synthalign.cards.base import (
-    CardContent,
-    base_metadata,
-    counts_table,
-    figure_png,
-    markdown_table,
-    new_figure,
-    render_readme,
-    size_category,
-    versions,
-)
+from synthalign.cards.base import CardContent, figure_png, new_figure
 from synthalign.errors import OutputError
 from synthalign.hub import update_card, validate_hub_folder, write_hub_folder
 
@@ -53,62 +42,48 @@ pytestmark = pytest.mark.usefixtures("loopback_only")
 
 
 def test_existing_folder_is_refused_without_overwrite(
-    tmp_path: Path,
-    datasets_: dict[str, Dataset],
-    card: CardContent,
-    pipeline_yaml: Path,
-    run_info: dict[str, Any],
+    write: WriteFolder, datasets_: dict[str, Dataset]
 ) -> None:
-    out = write_folder(tmp_path / "out", datasets_, card, pipeline_yaml, run_info)
+    out = write()
     before = {p: (out / p).read_bytes() for p in listing(out)}
 
+    smaller = datasets_["sft"].select(range(3))
     with pytest.raises(OutputError) as caught:
-        write_folder(out, {"sft": datasets_["sft"].select(range(3))}, card, pipeline_yaml, run_info)
+        write(out, {"sft": smaller})
     message = str(caught.value)
     assert "\n" not in message and "--overwrite" in message and str(out) in message
     assert {p: (out / p).read_bytes() for p in listing(out)} == before
 
-    smaller = datasets_["sft"].select(range(3))
-    write_folder(out, {"sft": smaller}, card, pipeline_yaml, run_info, overwrite=True)
+    write(out, {"sft": smaller}, overwrite=True)
     assert not (out / "data/preference").exists()
     assert_same(load_dataset(str(out), "sft", split="train"), smaller)
     assert not hidden_siblings(out)
 
 
-def test_overwrite_never_replaces_a_foreign_folder(
-    tmp_path: Path,
-    datasets_: dict[str, Dataset],
-    card: CardContent,
-    pipeline_yaml: Path,
-    run_info: dict[str, Any],
-) -> None:
+def test_overwrite_never_replaces_a_foreign_folder(tmp_path: Path, write: WriteFolder) -> None:
     precious = tmp_path / "thesis"
     precious.mkdir()
     (precious / "chapter1.tex").write_text("years of work")
     with pytest.raises(OutputError, match="not a synthalign output folder"):
-        write_folder(precious, datasets_, card, pipeline_yaml, run_info, overwrite=True)
+        write(precious, overwrite=True)
     assert (precious / "chapter1.tex").read_text() == "years of work"
     assert listing(precious) == {"chapter1.tex"}
 
 
 def test_failure_midway_leaves_nothing(
-    tmp_path: Path,
-    datasets_: dict[str, Dataset],
-    card: CardContent,
-    pipeline_yaml: Path,
-    run_info: dict[str, Any],
+    tmp_path: Path, write: WriteFolder, card: CardContent
 ) -> None:
     broken = CardContent(card.metadata, card.body, {"scores.png": "not bytes"})  # type: ignore[dict-item]
     with pytest.raises(OutputError, match="PNG bytes"):
-        write_folder(tmp_path / "out", datasets_, broken, pipeline_yaml, run_info)
+        write(card=broken)
     assert not (tmp_path / "out").exists()
     assert not hidden_siblings(tmp_path / "out")
 
     # Replacing an existing folder: a failure keeps the old one intact.
-    out = write_folder(tmp_path / "out", datasets_, card, pipeline_yaml, run_info)
+    out = write()
     before = {p: (out / p).read_bytes() for p in listing(out)}
     with pytest.raises(OutputError):
-        write_folder(out, datasets_, broken, pipeline_yaml, run_info, overwrite=True)
+        write(out, card=broken, overwrite=True)
     assert {p: (out / p).read_bytes() for p in listing(out)} == before
     assert not hidden_siblings(out)
 
@@ -164,30 +139,19 @@ def test_killed_writer_leaves_no_complete_looking_folder(tmp_path: Path) -> None
 
 
 def test_bad_names_are_refused_before_writing(
-    tmp_path: Path, datasets_: dict[str, Dataset], card: CardContent, pipeline_yaml: Path
+    tmp_path: Path, write: WriteFolder, datasets_: dict[str, Dataset]
 ) -> None:
     with pytest.raises(OutputError, match="invalid config name"):
-        write_hub_folder(
-            tmp_path / "out", {"../evil": datasets_["sft"]}, card, pipeline_yaml=pipeline_yaml,
-            run_info={},
-        )  # fmt: skip
+        write(datasets={"../evil": datasets_["sft"]}, run_info={})
     with pytest.raises(OutputError, match="not found"):
-        write_hub_folder(
-            tmp_path / "out", datasets_, card, pipeline_yaml=tmp_path / "missing.yaml", run_info={}
-        )
+        write(pipeline_yaml=tmp_path / "missing.yaml", run_info={})
     with pytest.raises(OutputError, match="default config"):
-        write_hub_folder(
-            tmp_path / "out", datasets_, card, pipeline_yaml=pipeline_yaml, run_info={},
-            default_config="nope",
-        )  # fmt: skip
+        write(run_info={}, default_config="nope")
     assert not (tmp_path / "out").exists()
 
 
 def test_secrets_are_scrubbed_from_run_record_and_config(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    datasets_: dict[str, Dataset],
-    card: CardContent,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: WriteFolder
 ) -> None:
     canary = f"canary-{secrets.token_hex(12)}"
     monkeypatch.setenv("OPENAI_API_KEY", canary)
@@ -206,7 +170,7 @@ def test_secrets_are_scrubbed_from_run_record_and_config(
         "headers": ["Authorization: Bearer abcdefghijklmnop"],
         "path": tmp_path,
     }
-    out = write_folder(tmp_path / "out", datasets_, card, pipeline, run_info)
+    out = write(pipeline_yaml=pipeline, run_info=run_info)
     record = json.loads((out / "synthalign.json").read_text())
     assert record["recipe"]["llm"] == {"spec": "openai:http://h/v1#m", "api_key": "<redacted>"}
     assert record["recipe"]["generation"] == {"max_new_tokens": 64, "eos_token": "</s>"}
@@ -281,15 +245,9 @@ def _add_stray_shard(out: Path) -> None:
     ],
 )
 def test_validation_failures_are_one_line(
-    tmp_path: Path,
-    datasets_: dict[str, Dataset],
-    card: CardContent,
-    pipeline_yaml: Path,
-    run_info: dict[str, Any],
-    breakage: Callable[[Path], object],
-    expected: str,
+    write: WriteFolder, breakage: Callable[[Path], object], expected: str
 ) -> None:
-    out = write_folder(tmp_path / "out", datasets_, card, pipeline_yaml, run_info)
+    out = write()
     breakage(out)
     with pytest.raises(OutputError) as caught:
         validate_hub_folder(out)
@@ -298,15 +256,9 @@ def test_validation_failures_are_one_line(
 
 
 def test_update_card_rewrites_card_and_figures_only(
-    tmp_path: Path,
-    datasets_: dict[str, Dataset],
-    card: CardContent,
-    pipeline_yaml: Path,
-    run_info: dict[str, Any],
+    write: WriteFolder, datasets_: dict[str, Dataset]
 ) -> None:
-    out = write_folder(
-        tmp_path / "out", datasets_, card, pipeline_yaml, run_info, default_config="preference"
-    )
+    out = write(default_config="preference")
     data_before = {p: (out / p).read_bytes() for p in listing(out) if p.startswith("data/")}
     new_card = CardContent(
         {"license": "mit"}, "# Rewritten\n", {"other.png": figure_png(new_figure())}
@@ -319,79 +271,3 @@ def test_update_card_rewrites_card_and_figures_only(
     validate_hub_folder(out)
     # The default config survives a card rewrite.
     assert_same(load_dataset(str(out), split="train"), datasets_["preference"])
-
-
-# ---------------------------------------------------------------------- card helpers
-
-
-def test_size_category_uses_hub_labels() -> None:
-    assert [size_category(n) for n in (0, 999, 1000, 9_999, 10_000, 999_999, 1_000_000)] == [
-        "n<1K",
-        "n<1K",
-        "1K<n<10K",
-        "1K<n<10K",
-        "10K<n<100K",
-        "100K<n<1M",
-        "1M<n<10M",
-    ]
-    assert size_category(10**13) == "n>1T"
-
-
-def test_markdown_table_escapes_cells() -> None:
-    table = markdown_table(
-        [["a|b", 0.123456, None], {"x": "line\nbreak", "y": 2, "z": True}], ["x", "y", "z"]
-    )
-    assert table.splitlines() == [
-        "| x | y | z |",
-        "| --- | --- | --- |",
-        "| a\\|b | 0.1235 |  |",
-        "| line break | 2 | true |",
-    ]
-    with pytest.raises(ValueError):
-        markdown_table([[1]], ["a", "b"])
-
-
-def test_counts_table_groups_and_orders() -> None:
-    ds = Dataset.from_dict({"task": ["qa", "code", "qa", "qa", None], "lvl": [1, 2, 1, 2, 1]})
-    lines = counts_table(ds, ["task"]).splitlines()
-    assert lines[0] == "| task | rows | share |"
-    assert lines[2] == "| qa | 3 | 60.0% |"
-    assert len(lines) == 5
-    assert "| qa | 1 | 2 | 40.0% |" in counts_table(ds, ["task", "lvl"])
-    with pytest.raises(ValueError, match="not in the dataset"):
-        counts_table(ds, ["missing"])
-
-
-def test_figure_png_is_deterministic() -> None:
-    def draw() -> bytes:
-        fig = new_figure(2, 2)
-        fig.add_subplot().plot([1, 2, 3], [3, 1, 2])
-        return figure_png(fig)
-
-    first = draw()
-    assert first[:8] == b"\x89PNG\r\n\x1a\n"
-    assert first == draw()
-    assert b"Matplotlib version" not in first
-
-
-def test_versions_and_base_metadata() -> None:
-    found = versions()
-    assert {"synthalign", "distilabel", "datasets", "transformers"} <= set(found)
-    meta = base_metadata(
-        "synpo", 12_345, ["preference", "synpo"], ["text-generation"], license="mit"
-    )
-    assert meta == {
-        "license": "mit",
-        "size_categories": ["10K<n<100K"],
-        "tags": ["synthetic", "synthalign", "synpo", "preference"],
-        "task_categories": ["text-generation"],
-    }
-
-
-def test_render_readme_front_matter() -> None:
-    card = CardContent({"license": "mit", "configs": "ignored"}, "Body")
-    text = render_readme(card, {"a": {"train": "data/a/train-*"}}, "a")
-    assert text.startswith("---\nlicense: mit\nconfigs:\n- config_name: a\n")
-    assert text.endswith("---\n\nBody\n")
-    with pytest.raises(ValueError):
-        render_readme(card, {"a": {"train": "x"}}, "b")

@@ -25,11 +25,11 @@ from datasets.exceptions import DatasetNotFoundError
 from hub_helpers import (
     PIPELINE_YAML,
     SFT_FEATURES,
+    WriteFolder,
     assert_same,
     listing,
     miscount_rows,
     sft_rows,
-    write_folder,
 )
 from huggingface_hub import HfApi, HfFileSystem, constants
 from huggingface_hub.errors import RepositoryNotFoundError
@@ -46,18 +46,12 @@ pytestmark = pytest.mark.usefixtures("loopback_only")
 
 
 def test_local_hub_lists_in_pages_and_serves_byte_ranges(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    local_hub: LocalHub,
-    datasets_: dict[str, Dataset],
-    card: CardContent,
-    pipeline_yaml: Path,
-    run_info: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch, local_hub: LocalHub, write: WriteFolder
 ) -> None:
     """The parts of the protocol the round trip does not reach with small repos."""
 
     repo_id = "synthalign-tests/protocol"
-    out = write_folder(tmp_path / "out", datasets_, card, pipeline_yaml, run_info)
+    out = write()
     push_hub_folder(out, repo_id)
     api = HfApi()
 
@@ -124,15 +118,9 @@ def all_logs() -> Iterator[list[str]]:
 
 
 def test_push_without_token_fails_before_any_request(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    local_hub: LocalHub,
-    datasets_: dict[str, Dataset],
-    card: CardContent,
-    pipeline_yaml: Path,
-    run_info: dict[str, Any],
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local_hub: LocalHub, write: WriteFolder
 ) -> None:
-    out = write_folder(tmp_path / "out", datasets_, card, pipeline_yaml, run_info)
+    out = write()
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-here"))
@@ -146,33 +134,23 @@ def test_push_without_token_fails_before_any_request(
 
 
 def test_push_refuses_an_invalid_folder_before_any_request(
-    tmp_path: Path,
-    local_hub: LocalHub,
-    datasets_: dict[str, Dataset],
-    card: CardContent,
-    pipeline_yaml: Path,
-    run_info: dict[str, Any],
+    tmp_path: Path, local_hub: LocalHub, write: WriteFolder
 ) -> None:
-    out = write_folder(tmp_path / "out", datasets_, card, pipeline_yaml, run_info)
+    out = write()
     miscount_rows(out)
     seen = len(local_hub.requests)
     with pytest.raises(OutputError, match="rows"):
         push_hub_folder(out, "synthalign-tests/invalid")
-    valid = write_folder(tmp_path / "ok", datasets_, card, pipeline_yaml, run_info)
+    valid = write(tmp_path / "ok")
     with pytest.raises(OutputError, match="invalid Hub repo id"):
         push_hub_folder(valid, "no-namespace")
     assert len(local_hub.requests) == seen
 
 
 def test_push_with_a_wrong_token_is_one_line_without_the_token(
-    tmp_path: Path,
-    local_hub: LocalHub,
-    datasets_: dict[str, Dataset],
-    card: CardContent,
-    pipeline_yaml: Path,
-    run_info: dict[str, Any],
+    local_hub: LocalHub, write: WriteFolder
 ) -> None:
-    out = write_folder(tmp_path / "out", datasets_, card, pipeline_yaml, run_info)
+    out = write()
     wrong = "hf_wrong" + secrets.token_hex(12)
     with pytest.raises(OutputError) as caught:
         push_hub_folder(out, "synthalign-tests/wrong-token", token=wrong)
@@ -183,15 +161,9 @@ def test_push_with_a_wrong_token_is_one_line_without_the_token(
 
 
 def test_push_to_an_unreachable_hub_is_one_line(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    local_hub: LocalHub,
-    datasets_: dict[str, Dataset],
-    card: CardContent,
-    pipeline_yaml: Path,
-    run_info: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch, local_hub: LocalHub, write: WriteFolder
 ) -> None:
-    out = write_folder(tmp_path / "out", datasets_, card, pipeline_yaml, run_info)
+    out = write()
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: refused
     with pytest.raises(OutputError) as caught:
         push_hub_folder(out, "synthalign-tests/unreachable")
@@ -201,16 +173,13 @@ def test_push_to_an_unreachable_hub_is_one_line(
 
 
 def test_push_then_load_dataset_from_the_hub(
-    tmp_path: Path,
     local_hub: LocalHub,
     loopback_only: list[str],
+    write: WriteFolder,
     datasets_: dict[str, Dataset],
-    card: CardContent,
-    pipeline_yaml: Path,
-    run_info: dict[str, Any],
 ) -> None:
     repo_id = "synthalign-tests/round-trip"
-    out = write_folder(tmp_path / "out", datasets_, card, pipeline_yaml, run_info)
+    out = write()
     seen = len(local_hub.requests)
 
     url = push_hub_folder(out, repo_id)
@@ -234,23 +203,17 @@ def test_push_then_load_dataset_from_the_hub(
 
 
 def test_repush_replaces_stale_shards(
-    tmp_path: Path,
-    local_hub: LocalHub,
-    card: CardContent,
-    pipeline_yaml: Path,
-    run_info: dict[str, Any],
+    local_hub: LocalHub, write: WriteFolder, card: CardContent
 ) -> None:
     repo_id = "synthalign-tests/repush"
     big = Dataset.from_list(sft_rows(200), features=SFT_FEATURES)
-    out = write_folder(
-        tmp_path / "out", {"sft": big}, card, pipeline_yaml, run_info, max_shard_bytes=4_000
-    )
+    out = write(datasets={"sft": big}, max_shard_bytes=4_000)
     push_hub_folder(out, repo_id)
     assert sum(p.startswith("data/sft/") for p in local_hub.files(repo_id)) > 1
 
     small = Dataset.from_list(sft_rows(5, offset=1000), features=SFT_FEATURES)
     no_figures = CardContent(card.metadata, "# second\n")
-    out = write_folder(out, {"sft": small}, no_figures, pipeline_yaml, run_info, overwrite=True)
+    out = write(out, {"sft": small}, card=no_figures, overwrite=True)
     push_hub_folder(out, repo_id)
     assert set(local_hub.files(repo_id)) == listing(out) | {".gitattributes"}
     assert_same(load_dataset(repo_id, "sft", split="train"), small)
@@ -261,13 +224,11 @@ def test_private_repo_needs_the_token_to_load(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     local_hub: LocalHub,
+    write: WriteFolder,
     datasets_: dict[str, Dataset],
-    card: CardContent,
-    pipeline_yaml: Path,
-    run_info: dict[str, Any],
 ) -> None:
     repo_id = "synthalign-tests/private"
-    out = write_folder(tmp_path / "out", datasets_, card, pipeline_yaml, run_info)
+    out = write()
     push_hub_folder(out, repo_id, private=True)
     assert_same(load_dataset(repo_id, "sft", split="train"), datasets_["sft"])
 
@@ -278,14 +239,12 @@ def test_private_repo_needs_the_token_to_load(
 
 
 def test_canary_token_lands_in_no_file_and_no_log(
-    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
     all_logs: list[str],
     local_hub: LocalHub,
+    write: WriteFolder,
     datasets_: dict[str, Dataset],
-    card: CardContent,
-    pipeline_yaml: Path,
     run_info: dict[str, Any],
 ) -> None:
     canary = f"hf_canary{secrets.token_hex(16)}"
@@ -294,9 +253,7 @@ def test_canary_token_lands_in_no_file_and_no_log(
     monkeypatch.setenv("OPENAI_API_KEY", canary)
     repo_id = "synthalign-tests/canary"
 
-    out = write_folder(
-        tmp_path / "out", datasets_, card, pipeline_yaml, {**run_info, "hf_token": canary}
-    )
+    out = write(run_info={**run_info, "hf_token": canary})
     push_hub_folder(out, repo_id)
     push_hub_folder(out, repo_id, token=canary)  # explicit token, second commit is a no-op
     assert_same(load_dataset(repo_id, "sft", split="train"), datasets_["sft"])

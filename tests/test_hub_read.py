@@ -9,8 +9,6 @@ Shared fixtures: tests/hub_fixtures.py; shared data and helpers: tests/hub_helpe
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -19,14 +17,13 @@ from datasets import Dataset, load_dataset
 from hub_helpers import (
     PIPELINE_YAML,
     SFT_FEATURES,
+    WriteFolder,
     assert_same,
     hidden_siblings,
     listing,
     sft_rows,
-    write_folder,
 )
 
-from synthalign.cards.base import CardContent
 from synthalign.hub import read_hub_folder, validate_hub_folder
 
 pytest_plugins = ("hub_fixtures",)
@@ -34,13 +31,9 @@ pytestmark = pytest.mark.usefixtures("loopback_only")
 
 
 def test_folder_has_hub_layout_and_loads_back_locally(
-    tmp_path: Path,
-    datasets_: dict[str, Dataset],
-    card: CardContent,
-    pipeline_yaml: Path,
-    run_info: dict[str, Any],
+    write: WriteFolder, datasets_: dict[str, Dataset]
 ) -> None:
-    out = write_folder(tmp_path / "out", datasets_, card, pipeline_yaml, run_info)
+    out = write()
 
     assert listing(out) == {
         "README.md",
@@ -83,26 +76,14 @@ def test_folder_has_hub_layout_and_loads_back_locally(
     assert not hidden_siblings(out)
 
 
-def test_default_config_is_marked(
-    tmp_path: Path,
-    datasets_: dict[str, Dataset],
-    card: CardContent,
-    pipeline_yaml: Path,
-    run_info: dict[str, Any],
-) -> None:
-    out = write_folder(
-        tmp_path / "out", datasets_, card, pipeline_yaml, run_info, default_config="preference"
-    )
+def test_default_config_is_marked(write: WriteFolder, datasets_: dict[str, Dataset]) -> None:
+    out = write(default_config="preference")
     assert_same(load_dataset(str(out), split="train"), datasets_["preference"])
 
 
-def test_big_datasets_are_sharded_in_order(
-    tmp_path: Path, card: CardContent, pipeline_yaml: Path, run_info: dict[str, Any]
-) -> None:
+def test_big_datasets_are_sharded_in_order(write: WriteFolder) -> None:
     dataset = Dataset.from_list(sft_rows(300), features=SFT_FEATURES)
-    out = write_folder(
-        tmp_path / "out", {"sft": dataset}, card, pipeline_yaml, run_info, max_shard_bytes=4_000
-    )
+    out = write(datasets={"sft": dataset}, max_shard_bytes=4_000)
     shards = sorted(p.name for p in (out / "data/sft").iterdir())
     assert len(shards) > 2
     assert shards[0] == f"train-00000-of-{len(shards):05d}.parquet"
@@ -111,16 +92,12 @@ def test_big_datasets_are_sharded_in_order(
     assert_same(load_dataset(str(out), "sft", split="train"), dataset)
 
 
-def test_selected_and_empty_datasets(
-    tmp_path: Path, card: CardContent, pipeline_yaml: Path, run_info: dict[str, Any]
-) -> None:
+def test_selected_and_empty_datasets(write: WriteFolder) -> None:
     """An index mapping (after filter/select) and a zero-row config both write correctly."""
     full = Dataset.from_list(sft_rows(30), features=SFT_FEATURES)
     picked = full.filter(lambda row: row["iteration"] is not None and row["iteration"] % 2 == 0)
     empty = full.select([])
-    out = write_folder(
-        tmp_path / "out", {"picked": picked, "empty": empty}, card, pipeline_yaml, run_info
-    )
+    out = write(datasets={"picked": picked, "empty": empty})
     validate_hub_folder(out)
     loaded, _ = read_hub_folder(out)
     assert_same(loaded["picked"], picked)

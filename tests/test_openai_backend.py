@@ -82,14 +82,10 @@ class _StubHandler(BaseHTTPRequestHandler):
 @pytest.fixture()
 def stub_server() -> Iterator[tuple[str, type[_StubHandler]]]:
     handler = type("Handler", (_StubHandler,), {"bodies": [], "auth": [], "peak": 0})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1", handler
-    finally:
-        server.shutdown()
-        server.server_close()
+    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        yield f"http://127.0.0.1:{server.server_port}/v1", handler
+        server.shutdown()  # a fixture's teardown runs this even when the test failed
 
 
 def test_spec_parsing() -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from condor_recipe import TINY_CONDOR
 
 # Ray finds "this node's address" by routing a UDP socket toward a public address and
 # then binds its services to this machine's first non-loopback interface. With this set
@@ -40,19 +41,17 @@ sys.stdin.read()  # until the test closes our stdin
 ray.shutdown()
 """
 
-# Condor at test size (tests/test_condor.py's tiny recipe, smaller): every step runs,
+# Condor at test size (tests/condor_recipe.py's tiny recipe, smaller): every step runs,
 # some rows survive every stage, others fail and are recorded.
 CONDOR = {
+    **TINY_CONDOR,
     "name": "condor-ray-test",
     "seed": 0,
-    "llm": "builtin:tiny-random",
     "num_samples": 12,
-    "question": {"max_new_tokens": 80, "max_question_chars": 60, "batch_size": 8},
     "answer": {"max_new_tokens": 16, "batch_size": 8},
-    "critique": {"max_new_tokens": 96, "max_field_chars": 40, "batch_size": 8},
     "refine": {"max_new_tokens": 16, "batch_size": 8},
-    "drop_truncated": False,
-    "load_stages": "concurrent",  # every step at once (fast); the sequential path has its own test below
+    # every step at once (fast); the sequential path has its own test below
+    "load_stages": "concurrent",
 }
 
 
@@ -60,7 +59,9 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         HOME=str(home),
-        SYNTHALIGN_CACHE=os.environ.get("SYNTHALIGN_CACHE", str(Path.home() / ".cache" / "synthalign")),
+        SYNTHALIGN_CACHE=os.environ.get(
+            "SYNTHALIGN_CACHE", str(Path.home() / ".cache" / "synthalign")
+        ),
         OMP_NUM_THREADS="1",
         **RAY_LOOPBACK,
     )
@@ -105,15 +106,32 @@ def ray_cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _generate(method: str, recipe: dict, tmp: Path, name: str, *, ray: dict[str, str] | None) -> Path:
-    recipe = {**recipe, "cache_dir": str(tmp / f"cache-{name}")}  # separate caches: each run computes
+def _generate(
+    method: str, recipe: dict, tmp: Path, name: str, *, ray: dict[str, str] | None
+) -> Path:
+    recipe = {
+        **recipe,
+        "cache_dir": str(tmp / f"cache-{name}"),
+    }  # separate caches: each run computes
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     out = tmp / name
-    args = [sys.executable, "-m", "synthalign.cli", "generate", method, "--config", str(path), "--output", str(out)]
+    args = [
+        sys.executable,
+        "-m",
+        "synthalign.cli",
+        "generate",
+        method,
+        "--config",
+        str(path),
+        "--output",
+        str(out),
+    ]
     if ray:
         args.append("--ray")
-    proc = subprocess.run(args, env=_env(tmp / "home", **(ray or {})), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        args, env=_env(tmp / "home", **(ray or {})), capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
 
@@ -126,7 +144,9 @@ def _rows(folder: Path, config: str) -> Counter:
 
 
 @pytest.mark.slow
-def test_condor_on_ray_publishes_the_same_rows_as_a_local_run(tmp_path: Path, ray_cluster: dict[str, str]) -> None:
+def test_condor_on_ray_publishes_the_same_rows_as_a_local_run(
+    tmp_path: Path, ray_cluster: dict[str, str]
+) -> None:
     on_ray = _generate("condor", CONDOR, tmp_path, "ray", ray=ray_cluster)
     local = _generate("condor", CONDOR, tmp_path, "local", ray=None)
 
@@ -141,7 +161,9 @@ def test_condor_on_ray_publishes_the_same_rows_as_a_local_run(tmp_path: Path, ra
         assert _rows(on_ray, config) == _rows(local, config), config
 
 
-def test_sequential_recipes_load_one_stage_at_a_time_on_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sequential_recipes_load_one_stage_at_a_time_on_ray(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """`load_stages: sequential` (the default with vllm: engines) survives the move to Ray;
     plain `Pipeline.ray()` drops it and every LLM step would load at once."""
     pytest.importorskip("ray")
@@ -186,7 +208,11 @@ def test_to_ray_keeps_the_dag_and_the_load_stages() -> None:
     from synthalign.pipelines.condor import CondorRecipe, build_pipeline
 
     recipe = CondorRecipe.model_validate(
-        {**CONDOR, "load_stages": "sequential", "question": {**CONDOR["question"], "resources": {"replicas": 2, "gpus": 1}}}
+        {
+            **CONDOR,
+            "load_stages": "sequential",
+            "question": {**CONDOR["question"], "resources": {"replicas": 2, "gpus": 1}},
+        }
     )
     pipeline = build_pipeline(recipe)
     on_ray = to_ray(pipeline)
