@@ -26,7 +26,10 @@ TOPICS = [
 
 
 def prompts(n: int) -> list[str]:
-    return [f"In two sentences, explain one surprising fact about {TOPICS[i % len(TOPICS)]} (#{i})." for i in range(n)]
+    return [
+        f"In two sentences, explain one surprising fact about {TOPICS[i % len(TOPICS)]} (#{i})."
+        for i in range(n)
+    ]
 
 
 def raw_generate(path: str, texts: list[str], max_new_tokens: int) -> tuple[int, float]:
@@ -34,11 +37,18 @@ def raw_generate(path: str, texts: list[str], max_new_tokens: int) -> tuple[int,
     tok.padding_side = "left"
     tok.pad_token = tok.pad_token or tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(path).eval()
-    chats = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True) for t in texts]
+    chats = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True
+        )
+        for t in texts
+    ]
     batch = tok(chats, return_tensors="pt", padding=True, add_special_tokens=False)
     start = time.perf_counter()
     with torch.inference_mode():
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        out = model.generate(
+            **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+        )
     elapsed = time.perf_counter() - start
     new = out[:, batch["input_ids"].shape[1] :]
     tokens = 0
@@ -53,13 +63,18 @@ def raw_generate(path: str, texts: list[str], max_new_tokens: int) -> tuple[int,
 
 
 def step_generate(spec: str, texts: list[str], max_new_tokens: int) -> tuple[int, float]:
-    step = TextGeneration(llm=load_llm(spec, max_new_tokens=max_new_tokens, temperature=0), input_batch_size=len(texts))
+    step = TextGeneration(
+        llm=load_llm(spec, max_new_tokens=max_new_tokens, temperature=0),
+        input_batch_size=len(texts),
+    )
     step.load()
     rows = [{"instruction": t} for t in texts]
     start = time.perf_counter()
     outputs = next(step.process(rows))
     elapsed = time.perf_counter() - start
-    tokens = sum(r["distilabel_metadata"]["statistics_text_generation_0"]["output_tokens"] for r in outputs)
+    tokens = sum(
+        r["distilabel_metadata"]["statistics_text_generation_0"]["output_tokens"] for r in outputs
+    )
     return tokens, elapsed
 
 
@@ -68,7 +83,9 @@ def main() -> None:
     parser.add_argument("--model", default="builtin:smollm2-135m")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per side; medians are reported")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved runs per side; medians are reported"
+    )
     args = parser.parse_args()
     texts = prompts(args.prompts)
     path = resolve_model(args.model)
@@ -77,11 +94,19 @@ def main() -> None:
     for _ in range(args.repeats):  # interleaved, so a burst of load hits both sides alike
         raw_runs.append(raw_generate(path, texts, args.tokens))
         our_runs.append(step_generate(args.model, texts, args.tokens))
-    (raw_tokens, raw_s), (ours_tokens, ours_s) = (sorted(r, key=lambda x: x[0] / x[1])[len(r) // 2] for r in (raw_runs, our_runs))
+    (raw_tokens, raw_s), (ours_tokens, ours_s) = (
+        sorted(r, key=lambda x: x[0] / x[1])[len(r) // 2] for r in (raw_runs, our_runs)
+    )
     raw_tps, ours_tps = raw_tokens / raw_s, ours_tokens / ours_s
-    print(f"model {args.model}, {args.prompts} prompts, {args.tokens} new tokens, greedy, {torch.get_num_threads()} threads, median of {args.repeats}")
-    print(f"raw model.generate (one batch):        {raw_tokens:6d} tokens in {raw_s:7.2f} s = {raw_tps:8.1f} tok/s")
-    print(f"distilabel TextGeneration + synthalign: {ours_tokens:6d} tokens in {ours_s:7.2f} s = {ours_tps:8.1f} tok/s")
+    print(
+        f"model {args.model}, {args.prompts} prompts, {args.tokens} new tokens, greedy, {torch.get_num_threads()} threads, median of {args.repeats}"
+    )
+    print(
+        f"raw model.generate (one batch):        {raw_tokens:6d} tokens in {raw_s:7.2f} s = {raw_tps:8.1f} tok/s"
+    )
+    print(
+        f"distilabel TextGeneration + synthalign: {ours_tokens:6d} tokens in {ours_s:7.2f} s = {ours_tps:8.1f} tok/s"
+    )
     print(f"ratio (ours / raw): {ours_tps / raw_tps:.3f}  (target >= 0.95)")
 
 

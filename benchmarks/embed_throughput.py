@@ -25,10 +25,17 @@ import numpy as np
 
 from synthalign.steps.embeddings import check_backend, embed_texts, load_sentence_model
 
-PARAGRAPHS = Path(__file__).resolve().parents[1] / "pipelines" / "recipes" / "data" / "synpo-paragraphs.txt"
+PARAGRAPHS = (
+    Path(__file__).resolve().parents[1] / "pipelines" / "recipes" / "data" / "synpo-paragraphs.txt"
+)
 OPENERS = [
-    "Explain", "Summarize", "Describe", "Give three facts about", "Write a short note on",
-    "Compare the history and the present of", "What should a beginner know about",
+    "Explain",
+    "Summarize",
+    "Describe",
+    "Give three facts about",
+    "Write a short note on",
+    "Compare the history and the present of",
+    "What should a beginner know about",
 ]
 
 
@@ -50,7 +57,9 @@ def texts(n: int, seed: int = 0) -> list[str]:
     return out
 
 
-def rate(encoder: object, batch: list[str], batch_size: int, sort: bool, repeats: int) -> tuple[float, np.ndarray]:
+def rate(
+    encoder: object, batch: list[str], batch_size: int, sort: bool, repeats: int
+) -> tuple[float, np.ndarray]:
     """Best-of-``repeats`` sentences/s (the machine is shared: the best run is the least disturbed)."""
     best = float("inf")
     vectors = np.zeros(0)
@@ -62,7 +71,9 @@ def rate(encoder: object, batch: list[str], batch_size: int, sort: bool, repeats
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--texts", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--model", default="builtin:minilm")
@@ -89,7 +100,9 @@ def main() -> None:
     sorted_rate, reference = rate(encoder, batch, args.batch_size, True, args.repeats)
     unsorted_rate, unsorted_vectors = rate(encoder, batch, args.batch_size, False, args.repeats)
     agree = np.einsum("ij,ij->i", reference, unsorted_vectors)
-    print(f"torch, length-sorted batches: {sorted_rate:8.1f} sentences/s  (the default)", flush=True)
+    print(
+        f"torch, length-sorted batches: {sorted_rate:8.1f} sentences/s  (the default)", flush=True
+    )
     print(
         f"torch, callers' order:        {unsorted_rate:8.1f} sentences/s  "
         f"sorted/unsorted {sorted_rate / unsorted_rate:.2f}x  (cosine min {agree.min():.5f})",

@@ -36,7 +36,12 @@ STAGES = [
     ("critique", "self-critique", "critique_response"),
     ("refine", "refinement", "refine_response"),
 ]
-ROLE_OF_STAGE = {"question": "question", "response": "answer", "critique": "critique", "refine": "refine"}
+ROLE_OF_STAGE = {
+    "question": "question",
+    "response": "answer",
+    "critique": "critique",
+    "refine": "refine",
+}
 EXAMPLE_CHARS = 700
 
 
@@ -46,7 +51,10 @@ EXAMPLE_CHARS = 700
 def stage_counts(generations: Dataset) -> list[dict[str, Any]]:
     """Per stage: rows that reached it, failed in it (by reason), and left after it."""
     columns = [f"{stage}_error" for stage, _, _ in STAGES]
-    table = {c: generations[c] if c in generations.column_names else [None] * len(generations) for c in columns}
+    table = {
+        c: generations[c] if c in generations.column_names else [None] * len(generations)
+        for c in columns
+    }
     rows = []
     alive = len(generations)
     for stage, label, step in STAGES:
@@ -91,7 +99,9 @@ def length_stats(original: list[str], refined: list[str]) -> list[list[Any]]:
 
 
 def task_difficulty_matrix(data: Dataset, task_types: list[str]) -> list[list[int]]:
-    counts = Counter(zip(data["task_type"], data["difficulty"], strict=True)) if len(data) else Counter()
+    counts = (
+        Counter(zip(data["task_type"], data["difficulty"], strict=True)) if len(data) else Counter()
+    )
     return [[counts[(t, d)] for d in DIFFICULTIES] for t in task_types]
 
 
@@ -107,12 +117,26 @@ def heatmap_png(matrix: list[list[int]], rows: list[str], columns: list[str], ti
     fig = new_figure(6.4 if len(columns) <= 4 else 9.0, height)
     ax = fig.add_subplot()
     image = ax.imshow(values, cmap="Blues", aspect="auto", vmin=0)
-    ax.set_xticks(range(len(columns)), columns, rotation=30 if len(columns) > 4 else 0, ha="right" if len(columns) > 4 else "center", fontsize=8)
+    ax.set_xticks(
+        range(len(columns)),
+        columns,
+        rotation=30 if len(columns) > 4 else 0,
+        ha="right" if len(columns) > 4 else "center",
+        fontsize=8,
+    )
     ax.set_yticks(range(len(rows)), rows, fontsize=8 if len(rows) < 30 else 6)
     if values.size <= 120:
         peak = values.max() if values.size else 0
         for (i, j), v in np.ndenumerate(values):
-            ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=8, color="white" if peak and v > peak * 0.6 else "black")
+            ax.text(
+                j,
+                i,
+                f"{int(v)}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if peak and v > peak * 0.6 else "black",
+            )
     fig.colorbar(image, ax=ax, shrink=0.8, label="kept rows")
     ax.set_title(title)
     return figure_png(fig)
@@ -182,7 +206,9 @@ def _models_table(generations: Dataset, recipe: dict[str, Any]) -> str:
     settings = _settings(generations, recipe)
     for stage, label, step in STAGES:
         role = ROLE_OF_STAGE[stage]
-        models = _unique(generations, f"{stage}_model") or [((recipe.get(role) or {}).get("llm") or recipe.get("llm") or "?")]
+        models = _unique(generations, f"{stage}_model") or [
+            ((recipe.get(role) or {}).get("llm") or recipe.get("llm") or "?")
+        ]
         prompts = _unique(generations, f"{stage}_prompt")
         s = settings.get(role, {})
         rows.append(
@@ -196,14 +222,28 @@ def _models_table(generations: Dataset, recipe: dict[str, Any]) -> str:
                 s.get("max_new_tokens", ""),
             ]
         )
-    return markdown_table(rows, ["stage", "step", "model", "prompt template @ sha256[:12]", "temperature", "top_p", "max_new_tokens"])
+    return markdown_table(
+        rows,
+        [
+            "stage",
+            "step",
+            "model",
+            "prompt template @ sha256[:12]",
+            "temperature",
+            "top_p",
+            "max_new_tokens",
+        ],
+    )
 
 
 def _settings(generations: Dataset, recipe: dict[str, Any]) -> dict[str, Any]:
     if "generation_settings" in generations.column_names and len(generations):
         return generations[0]["generation_settings"] or {}
     return {
-        role: {k: (recipe.get(role) or {}).get(k, "") for k in ("temperature", "top_p", "max_new_tokens")}
+        role: {
+            k: (recipe.get(role) or {}).get(k, "")
+            for k in ("temperature", "top_p", "max_new_tokens")
+        }
         for role in ROLE_OF_STAGE.values()
     }
 
@@ -242,14 +282,25 @@ def build_card(datasets: dict[str, Dataset], info: dict[str, Any]) -> CardConten
     void = datasets.get("void", generations.select([]))
     recipe = info.get("recipe") or {}
     total = len(generations)
-    calls = len(set(generations["sample_index"])) if "sample_index" in generations.column_names and total else 0
+    calls = (
+        len(set(generations["sample_index"]))
+        if "sample_index" in generations.column_names and total
+        else 0
+    )
     stages = stage_counts(generations)
-    task_types = list(recipe.get("task_types") or (sorted(set(generations["task_type"])) if total else []))
-    original, improved = (refined["response"], refined["refined_response"]) if len(refined) else ([], [])
+    task_types = list(
+        recipe.get("task_types") or (sorted(set(generations["task_type"])) if total else [])
+    )
+    original, improved = (
+        (refined["response"], refined["refined_response"]) if len(refined) else ([], [])
+    )
 
     figures = {
         "task_difficulty_heatmap.png": heatmap_png(
-            task_difficulty_matrix(refined, task_types), task_types, DIFFICULTIES, "kept rows: task type x difficulty"
+            task_difficulty_matrix(refined, task_types),
+            task_types,
+            DIFFICULTIES,
+            "kept rows: task type x difficulty",
         ),
         "length_shift.png": length_shift_png(original, improved),
         "stage_funnel.png": funnel_png(stages, total),
@@ -258,7 +309,10 @@ def build_card(datasets: dict[str, Dataset], info: dict[str, Any]) -> CardConten
     if roots:
         counts = Counter(zip(refined["root_domain"], refined["task_type"], strict=True))
         figures["domain_task_heatmap.png"] = heatmap_png(
-            [[counts[(r, t)] for t in task_types] for r in roots], roots, task_types, "kept rows: root domain x task type"
+            [[counts[(r, t)] for t in task_types] for r in roots],
+            roots,
+            task_types,
+            "kept rows: root domain x task type",
         )
 
     longer = sum(len(b.split()) > len(a.split()) for a, b in zip(original, improved, strict=True))
@@ -277,14 +331,26 @@ def build_card(datasets: dict[str, Dataset], info: dict[str, Any]) -> CardConten
         "## Configs\n",
         markdown_table(
             [
-                ["refined", len(refined), "D_R: question + refined answer (`messages`), the default; train on this"],
-                ["void", len(void), "D_V: the same questions + the original answers (`messages`), the paper's ablation"],
-                ["generations", total, "every generated row, with per-stage `*_error` / `*_raw` and `drop_reason`"],
+                [
+                    "refined",
+                    len(refined),
+                    "D_R: question + refined answer (`messages`), the default; train on this",
+                ],
+                [
+                    "void",
+                    len(void),
+                    "D_V: the same questions + the original answers (`messages`), the paper's ablation",
+                ],
+                [
+                    "generations",
+                    total,
+                    "every generated row, with per-stage `*_error` / `*_raw` and `drop_reason`",
+                ],
             ],
             ["config", "rows", "what it holds"],
         ),
-        "\n```python\nfrom datasets import load_dataset\n\nrefined = load_dataset(\"REPO_OR_FOLDER\", \"refined\", split=\"train\")  # TRL SFT `messages`\n"
-        "void = load_dataset(\"REPO_OR_FOLDER\", \"void\", split=\"train\")\n```\n",
+        '\n```python\nfrom datasets import load_dataset\n\nrefined = load_dataset("REPO_OR_FOLDER", "refined", split="train")  # TRL SFT `messages`\n'
+        'void = load_dataset("REPO_OR_FOLDER", "void", split="train")\n```\n',
         "Train with TRL's SFTTrainer (the paper: lr 2e-5, 3 epochs): "
         "`synthalign train sft --config pipelines/recipes/condor-sft.yaml --dataset REPO_OR_FOLDER`.\n",
         "Every row of `refined` / `void` carries its provenance: `tag_path`, `root_domain`, `sub_domain`, `tag`, "
@@ -307,7 +373,12 @@ def build_card(datasets: dict[str, Dataset], info: dict[str, Any]) -> CardConten
         "## Coverage\n",
         "![task type x difficulty](figures/task_difficulty_heatmap.png)\n",
         markdown_table(
-            [[t, *row, sum(row)] for t, row in zip(task_types, task_difficulty_matrix(refined, task_types), strict=True)],
+            [
+                [t, *row, sum(row)]
+                for t, row in zip(
+                    task_types, task_difficulty_matrix(refined, task_types), strict=True
+                )
+            ],
             ["task type", *DIFFICULTIES, "total"],
         ),
     ]
@@ -330,7 +401,9 @@ def build_card(datasets: dict[str, Dataset], info: dict[str, Any]) -> CardConten
         "(the paper notes hallucination as a risk that refinement does not remove). Self-critique is only as "
         "reliable as the model that writes it.\n",
         "\n## Versions\n",
-        markdown_table(sorted((info.get("versions") or versions()).items()), ["package", "version"]),
+        markdown_table(
+            sorted((info.get("versions") or versions()).items()), ["package", "version"]
+        ),
     ]
     metadata = base_metadata(
         "condor",

@@ -52,7 +52,9 @@ def _content(value: Any, role: str) -> str | None:
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        turns = [m.get("content") for m in value if isinstance(m, Mapping) and m.get("role") == role]
+        turns = [
+            m.get("content") for m in value if isinstance(m, Mapping) and m.get("role") == role
+        ]
         return turns[-1] if turns else None
     return None
 
@@ -63,7 +65,10 @@ def prompts_and_answers(data: Dataset) -> tuple[list[str], list[str]]:
     if "messages" in columns:
         pairs = [(_content(m, "user"), _content(m, "assistant")) for m in data["messages"]]
     elif {"prompt", "chosen"} <= columns:
-        pairs = [(_content(p, "user"), _content(c, "assistant")) for p, c in zip(data["prompt"], data["chosen"], strict=True)]
+        pairs = [
+            (_content(p, "user"), _content(c, "assistant"))
+            for p, c in zip(data["prompt"], data["chosen"], strict=True)
+        ]
     elif {"instruction", "response"} <= columns:
         pairs = list(zip(data["instruction"], data["response"], strict=True))
     else:
@@ -102,7 +107,11 @@ def _seed_prompts(info: Mapping[str, Any]) -> list[str]:
     if not isinstance(section, Mapping) or not section.get("source"):
         return []
     try:
-        rows = read_seed_rows(str(section["source"]), split=section.get("split") or "train", limit=section.get("limit"))
+        rows = read_seed_rows(
+            str(section["source"]),
+            split=section.get("split") or "train",
+            limit=section.get("limit"),
+        )
     except SynthalignError:
         return []  # the seed file moved since the run: the card says so by leaving the rows out
     for key in ("prompt_column", "instruction_column", "messages_column"):
@@ -152,7 +161,13 @@ def _encode(texts: list[str], batch_size: int = 64) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=256, return_tensors="pt")
+            batch = tokenizer(
+                texts[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=256,
+                return_tensors="pt",
+            )
             hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -160,7 +175,9 @@ def _encode(texts: list[str], batch_size: int = 64) -> np.ndarray:
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 384), dtype=np.float32)
 
 
-def _embedding_rows(prompts: list[str], seeds: list[str], seed: int) -> tuple[list[list[Any]], dict[str, np.ndarray]]:
+def _embedding_rows(
+    prompts: list[str], seeds: list[str], seed: int
+) -> tuple[list[list[Any]], dict[str, np.ndarray]]:
     sets = {"output": _sample(prompts, seed)}
     if seeds:
         sets["seed data"] = _sample(seeds, seed)
@@ -173,13 +190,22 @@ def _embedding_rows(prompts: list[str], seeds: list[str], seed: int) -> tuple[li
         nearest[name] = _nearest(sims)
         mean = (sims.sum() - np.trace(sims)) / (len(emb) * (len(emb) - 1))
         rows.append([f"{name}: mean pairwise cosine", f"{mean:.3f}"])
-        rows.append([f"{name}: median nearest-neighbour cosine", f"{float(np.median(nearest[name])):.3f}"])
+        rows.append(
+            [f"{name}: median nearest-neighbour cosine", f"{float(np.median(nearest[name])):.3f}"]
+        )
     if seeds and len(vectors["output"]) and len(vectors["seed data"]):
         cross = vectors["seed data"] @ vectors["output"].T
         covered = float((cross.max(axis=1) >= COVER_AT).mean())
         copies = float((cross.max(axis=0) >= COPY_AT).mean())
-        rows.append([f"seed prompts with an output prompt within cosine {COVER_AT}", f"{100 * covered:.1f}%"])
-        rows.append([f"output prompts within cosine {COPY_AT} of a seed prompt", f"{100 * copies:.1f}%"])
+        rows.append(
+            [
+                f"seed prompts with an output prompt within cosine {COVER_AT}",
+                f"{100 * covered:.1f}%",
+            ]
+        )
+        rows.append(
+            [f"output prompts within cosine {COPY_AT} of a seed prompt", f"{100 * copies:.1f}%"]
+        )
     return rows, nearest
 
 
@@ -194,8 +220,14 @@ def diversity_section(
     seed = int(info.get("seed") or 0)
     rows: list[list[Any]] = [
         ["rows measured", f"{min(len(prompts), MAX_ROWS)} of {len(prompts)} (config `{default}`)"],
-        ["distinct-1 / distinct-2 (prompts)", f"{distinct_n(prompts, 1):.3f} / {distinct_n(prompts, 2):.3f}"],
-        ["distinct-1 / distinct-2 (answers)", f"{distinct_n(answers, 1):.3f} / {distinct_n(answers, 2):.3f}"],
+        [
+            "distinct-1 / distinct-2 (prompts)",
+            f"{distinct_n(prompts, 1):.3f} / {distinct_n(prompts, 2):.3f}",
+        ],
+        [
+            "distinct-1 / distinct-2 (answers)",
+            f"{distinct_n(answers, 1):.3f} / {distinct_n(answers, 2):.3f}",
+        ],
     ]
     figures: dict[str, bytes] = {}
     try:
@@ -206,7 +238,12 @@ def diversity_section(
     for column in CATEGORY_COLUMNS:
         if column in data.column_names:
             values = data[column]
-            rows.append([f"spread over {column} (normalized entropy, {len(set(values))} values)", f"{_entropy(values):.3f}"])
+            rows.append(
+                [
+                    f"spread over {column} (normalized entropy, {len(set(values))} values)",
+                    f"{_entropy(values):.3f}",
+                ]
+            )
     body = "## Diversity\n\n" + markdown_table(rows, ["measure", "value"])
     if nearest:
         figures["diversity_nearest.png"] = _histogram(nearest)

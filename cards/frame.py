@@ -39,7 +39,9 @@ def funnel_rows(datasets: Mapping[str, Dataset], configs: Sequence[str]) -> list
         data = datasets.get(name)
         if data is None or not set(DROP_COLUMNS) <= set(data.column_names):
             continue
-        for is_kept, stage, reason in zip(data["kept"], data["drop_stage"], data["drop_reason"], strict=True):
+        for is_kept, stage, reason in zip(
+            data["kept"], data["drop_stage"], data["drop_reason"], strict=True
+        ):
             total += 1
             if is_kept:
                 kept += 1
@@ -47,7 +49,9 @@ def funnel_rows(datasets: Mapping[str, Dataset], configs: Sequence[str]) -> list
                 dropped[(stage or "unknown", reason or "unknown")] += 1
     if not total:
         return []
-    rows: list[list[Any]] = [[stage, reason, n] for (stage, reason), n in sorted(dropped.items(), key=lambda i: -i[1])]
+    rows: list[list[Any]] = [
+        [stage, reason, n] for (stage, reason), n in sorted(dropped.items(), key=lambda i: -i[1])
+    ]
     return [["(considered)", "", total], *rows, ["(published)", "kept", kept]]
 
 

@@ -75,14 +75,18 @@ class RoleSection(LLMRole):
 class QuestionSection(RoleSection):
     max_new_tokens: int = 1024
     max_question_chars: int | None = Field(
-        default=None, ge=16, description="schema maxLength of each question; set it only for random test models"
+        default=None,
+        ge=16,
+        description="schema maxLength of each question; set it only for random test models",
     )
 
 
 class CritiqueSection(RoleSection):
     max_new_tokens: int = 1024
     max_field_chars: int | None = Field(
-        default=None, ge=16, description="schema maxLength of strengths / weaknesses / suggestions; for random test models"
+        default=None,
+        ge=16,
+        description="schema maxLength of strengths / weaknesses / suggestions; for random test models",
     )
 
 
@@ -92,20 +96,28 @@ class CondorRecipe(Recipe):
     name: str = "condor"
     llm: str = Field(description="LLM spec used for every role unless a role sets its own")
     engine_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="backend options for every LLM (tensor_parallel_size, max_batch_size, ...)"
+        default_factory=dict,
+        description="backend options for every LLM (tensor_parallel_size, max_batch_size, ...)",
     )
-    knowledge_tree: str = Field(default=DEFAULT_TREE, description="'default' or a path to a tree YAML file")
+    knowledge_tree: str = Field(
+        default=DEFAULT_TREE, description="'default' or a path to a tree YAML file"
+    )
     num_samples: int = Field(
-        default=20_000, ge=1, description="question rows wanted; ceil(n/3) calls write 3 each (the paper trains on 20K)"
+        default=20_000,
+        ge=1,
+        description="question rows wanted; ceil(n/3) calls write 3 each (the paper trains on 20K)",
     )
     task_types: list[str] = Field(default_factory=lambda: list(TASK_TYPES))
-    root_domains: list[str] | None = Field(default=None, description="sample only these root domains (default: all)")
+    root_domains: list[str] | None = Field(
+        default=None, description="sample only these root domains (default: all)"
+    )
     question: QuestionSection = Field(default_factory=QuestionSection)
     answer: RoleSection = Field(default_factory=RoleSection)
     critique: CritiqueSection = Field(default_factory=CritiqueSection)
     refine: RoleSection = Field(default_factory=RoleSection)
     drop_truncated: bool = Field(
-        default=True, description="drop answers / refinements that used up max_new_tokens (cut off mid-text)"
+        default=True,
+        description="drop answers / refinements that used up max_new_tokens (cut off mid-text)",
     )
     load_stages: Literal["auto", "sequential", "concurrent"] = Field(
         default="auto",
@@ -161,7 +173,9 @@ def preflight(recipe: CondorRecipe) -> None:
 def override_llms(recipe: CondorRecipe, llms: list[str]) -> CondorRecipe:
     """``--llm SPEC`` serves every role; four specs set question, answer, critique, refine."""
     if len(llms) not in (1, len(ROLES)):
-        raise RecipeError("condor takes one --llm (every role) or four (question, answer, critique, refine)")
+        raise RecipeError(
+            "condor takes one --llm (every role) or four (question, answer, critique, refine)"
+        )
     data = recipe.model_dump()
     if len(llms) == 1:
         data["llm"] = llms[0]
@@ -217,21 +231,36 @@ def build_pipeline(recipe: CondorRecipe, state: State | None = None) -> Pipeline
             batch_size=recipe.question.batch_size,
         )
         questions = GenerateQuestions(
-            name="generate_questions", max_question_chars=recipe.question.max_question_chars, **_llm_step(recipe, "question")
+            name="generate_questions",
+            max_question_chars=recipe.question.max_question_chars,
+            **_llm_step(recipe, "question"),
         )
-        split = SplitQuestionsByDifficulty(name="split_by_difficulty", input_batch_size=recipe.question.batch_size)
+        split = SplitQuestionsByDifficulty(
+            name="split_by_difficulty", input_batch_size=recipe.question.batch_size
+        )
         answer = AnswerQuestion(
-            name="answer_question", truncated_is_error=recipe.drop_truncated, **_llm_step(recipe, "answer")
+            name="answer_question",
+            truncated_is_error=recipe.drop_truncated,
+            **_llm_step(recipe, "answer"),
         )
         critique = CritiqueResponse(
-            name="critique_response", max_field_chars=recipe.critique.max_field_chars, **_llm_step(recipe, "critique")
+            name="critique_response",
+            max_field_chars=recipe.critique.max_field_chars,
+            **_llm_step(recipe, "critique"),
         )
         refine = RefineResponse(
-            name="refine_response", truncated_is_error=recipe.drop_truncated, **_llm_step(recipe, "refine")
+            name="refine_response",
+            truncated_is_error=recipe.drop_truncated,
+            **_llm_step(recipe, "refine"),
         )
         settings = recipe.generation_settings()
         outputs = [
-            FormatCondorRows(name=config, config=config, generation_settings=settings, input_batch_size=recipe.refine.batch_size)
+            FormatCondorRows(
+                name=config,
+                config=config,
+                generation_settings=settings,
+                input_batch_size=recipe.refine.batch_size,
+            )
             for config in CONFIGS
         ]
         sample >> questions >> split >> answer >> critique >> refine >> outputs

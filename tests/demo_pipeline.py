@@ -57,7 +57,9 @@ def build(spec: str, seeds: str, cache_dir: str | None = None, **engine: Any) ->
 def run(spec: str, seeds: str, out: str, cache_dir: str | None = None, **engine: Any) -> Path:
     distiset = build(spec, seeds, cache_dir, **engine).run(use_cache=False)
     data = distiset["default"]["train"].remove_columns(["distilabel_metadata"])
-    card = CardContent(metadata={"license": "apache-2.0", "tags": ["synthetic"]}, body="# demo\n", figures={})
+    card = CardContent(
+        metadata={"license": "apache-2.0", "tags": ["synthetic"]}, body="# demo\n", figures={}
+    )
     return write_hub_folder(
         Path(out),
         {"default": data},

@@ -46,7 +46,12 @@ class PublishRows(PublishConfig):
 
     def features(self) -> Features:
         return Features(
-            {"instruction": Value("string"), "round": Value("int64"), "previous": Value("string"), **drop_features()}
+            {
+                "instruction": Value("string"),
+                "round": Value("int64"),
+                "previous": Value("string"),
+                **drop_features(),
+            }
         )
 
     def process(self, inputs: StepInput) -> Any:
@@ -54,15 +59,27 @@ class PublishRows(PublishConfig):
         for row in inputs:
             short = len(row["instruction"]) < self.min_chars
             fate = dropped("length", "too short") if short else kept()
-            rows.append({"instruction": row["instruction"], "round": self.round, "previous": self.previous, **fate})
+            rows.append(
+                {
+                    "instruction": row["instruction"],
+                    "round": self.round,
+                    "previous": self.previous,
+                    **fate,
+                }
+            )
         yield rows
 
 
 def build_pipeline(recipe: EchoRecipe, state: State) -> Pipeline:
-    with Pipeline(name=f"{recipe.name}-round-{state.iteration}", cache_dir=recipe.cache_dir) as pipeline:
+    with Pipeline(
+        name=f"{recipe.name}-round-{state.iteration}", cache_dir=recipe.cache_dir
+    ) as pipeline:
         load = LoadSeeds(name="load_seeds", source=recipe.seed_data.source, columns=["instruction"])
         rows = PublishRows(
-            name="rows", round=state.iteration, previous=state.inputs.get("previous"), min_chars=recipe.min_chars
+            name="rows",
+            round=state.iteration,
+            previous=state.inputs.get("previous"),
+            min_chars=recipe.min_chars,
         )
         load >> rows
     return pipeline
@@ -70,7 +87,9 @@ def build_pipeline(recipe: EchoRecipe, state: State) -> Pipeline:
 
 def card_section(datasets: dict[str, Any], info: dict[str, Any]) -> CardContent:
     rows = datasets.get("rows")
-    return CardContent(metadata={"license": "apache-2.0"}, body=f"# echo\n\n{len(rows or [])} rows.\n")
+    return CardContent(
+        metadata={"license": "apache-2.0"}, body=f"# echo\n\n{len(rows or [])} rows.\n"
+    )
 
 
 def first_state(recipe: EchoRecipe, loop: bool) -> State:
@@ -79,7 +98,12 @@ def first_state(recipe: EchoRecipe, loop: bool) -> State:
 
 def next_state(recipe: EchoRecipe, state: State, progress: Progress) -> State:
     r = state.iteration + 1
-    return State(iteration=r, stage="echo", folder=f"round-{r}", inputs={"previous": progress.folder(state.key)})
+    return State(
+        iteration=r,
+        stage="echo",
+        folder=f"round-{r}",
+        inputs={"previous": progress.folder(state.key)},
+    )
 
 
 METHOD = Method(

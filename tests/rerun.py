@@ -24,9 +24,13 @@ def rerun_env(home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         HOME=str(home),
-        SYNTHALIGN_CACHE=os.environ.get("SYNTHALIGN_CACHE", str(Path.home() / ".cache" / "synthalign")),
+        SYNTHALIGN_CACHE=os.environ.get(
+            "SYNTHALIGN_CACHE", str(Path.home() / ".cache" / "synthalign")
+        ),
         # test-only methods (tests/echo_method.py) must import in the CLI's process too
-        PYTHONPATH=os.pathsep.join(p for p in (str(Path(__file__).parent), env.get("PYTHONPATH")) if p),
+        PYTHONPATH=os.pathsep.join(
+            p for p in (str(Path(__file__).parent), env.get("PYTHONPATH")) if p
+        ),
     )
     return env
 
@@ -45,7 +49,9 @@ def rerun_counts(folder: Path, work: Path, timeout: int = 1200) -> dict[str, int
     name = yaml.safe_load((folder / "pipeline.yaml").read_text())["pipeline"]["name"]
     runs = home / ".cache" / "distilabel" / "pipelines" / name
     counts: dict[str, int] = {}
-    for leaf in sorted({p.parent.name for p in runs.glob("*/executions/*/data/steps_outputs/*/*.parquet")}):
+    for leaf in sorted(
+        {p.parent.name for p in runs.glob("*/executions/*/data/steps_outputs/*/*.parquet")}
+    ):
         files = sorted(runs.glob(f"*/executions/*/data/steps_outputs/{leaf}/*.parquet"))
         rows = len(Dataset.from_parquet([str(f) for f in files]))
         if rows:

@@ -79,7 +79,9 @@ def _imports(tree: ast.AST, module: str) -> list[tuple[str, bool, int]]:
                     package = module.rsplit(".", child.level)[0]
                     base = f"{package}.{base}" if base else package
                 out.append((base, in_function, child.lineno))
-                out.extend((f"{base}.{alias.name}", in_function, child.lineno) for alias in child.names)
+                out.extend(
+                    (f"{base}.{alias.name}", in_function, child.lineno) for alias in child.names
+                )
             visit(child, nested)
 
     visit(tree, False)
@@ -167,15 +169,21 @@ def test_function_level_imports_only_defer_heavy_dependencies() -> None:
     offenders = []
     engines = _engine_modules()
     for module, path in MODULES.items():
-        for name, in_function, line in _imports(ast.parse(path.read_text(encoding="utf-8")), module):
+        for name, in_function, line in _imports(
+            ast.parse(path.read_text(encoding="utf-8")), module
+        ):
             if not in_function:
                 continue
             top = name.split(".")[0]
             if target := _first_party(name):
                 if module not in LAZY_FIRST_PARTY_ALLOWED and target not in engines:
-                    offenders.append(f"{path.relative_to(ROOT)}:{line} imports {name} inside a function")
+                    offenders.append(
+                        f"{path.relative_to(ROOT)}:{line} imports {name} inside a function"
+                    )
             elif top not in HEAVY:
-                offenders.append(f"{path.relative_to(ROOT)}:{line} defers {name}, which is not heavy")
+                offenders.append(
+                    f"{path.relative_to(ROOT)}:{line} defers {name}, which is not heavy"
+                )
     assert not offenders, "\n".join(sorted(set(offenders)))
 
 

@@ -568,7 +568,9 @@ def test_quickstart_recipe_end_to_end_on_smollm2(tmp_path: Path) -> None:
     assert info["recipe"]["llm"] == "builtin:smollm2-135m"
 
 
-def test_when_every_row_fails_the_run_fails_with_the_funnel_and_writes_nothing(tmp_path: Path) -> None:
+def test_when_every_row_fails_the_run_fails_with_the_funnel_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
     """Every question call cut off: the default config ``refined`` would be empty, so the
     run exits 1 with the funnel in one line and publishes no folder (the failed rows are
     in distilabel's cache and the batch store for the rerun, not in a dataset)."""

@@ -13,8 +13,14 @@ from synthalign.cards.diversity import distinct_n, diversity_section, prompts_an
 CHAT = [
     {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
     for q, a in [
-        ("How do vaccines train the immune system?", "They show it a harmless piece of a pathogen."),
-        ("How do vaccines train the immune system?", "They show it a harmless piece of a pathogen."),
+        (
+            "How do vaccines train the immune system?",
+            "They show it a harmless piece of a pathogen.",
+        ),
+        (
+            "How do vaccines train the immune system?",
+            "They show it a harmless piece of a pathogen.",
+        ),
         ("Write a haiku about autumn rain.", "Cold rain on red leaves."),
         ("What is the capital of Australia?", "Canberra."),
     ]
@@ -30,28 +36,49 @@ def test_distinct_n_counts_unique_ngrams() -> None:
 def test_prompts_and_answers_read_every_trl_format() -> None:
     sft = Dataset.from_list(CHAT[:1])
     pref = Dataset.from_list(
-        [{"prompt": [{"role": "user", "content": "p"}], "chosen": [{"role": "assistant", "content": "c"}], "rejected": []}]
+        [
+            {
+                "prompt": [{"role": "user", "content": "p"}],
+                "chosen": [{"role": "assistant", "content": "c"}],
+                "rejected": [],
+            }
+        ]
     )
     plain = Dataset.from_list([{"instruction": "i", "response": "r"}])
-    assert prompts_and_answers(sft) == (["How do vaccines train the immune system?"], ["They show it a harmless piece of a pathogen."])
+    assert prompts_and_answers(sft) == (
+        ["How do vaccines train the immune system?"],
+        ["They show it a harmless piece of a pathogen."],
+    )
     assert prompts_and_answers(pref) == (["p"], ["c"])
     assert prompts_and_answers(plain) == (["i"], ["r"])
 
 
 def test_section_reports_duplicates_seed_coverage_and_category_spread(tmp_path: Path) -> None:
-    rows = [{**row, "domain": d} for row, d in zip(CHAT, ["Science", "Science", "Creation", "QA"], strict=True)]
+    rows = [
+        {**row, "domain": d}
+        for row, d in zip(CHAT, ["Science", "Science", "Creation", "QA"], strict=True)
+    ]
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text(
-        "\n".join(json.dumps({"prompt": p}) for p in ["How do vaccines work?", "Explain quantum tunnelling to a child."])
+        "\n".join(
+            json.dumps({"prompt": p})
+            for p in ["How do vaccines work?", "Explain quantum tunnelling to a child."]
+        )
     )
     info = {"seed": 0, "recipe": {"seed_data": {"source": str(seeds), "prompt_column": "prompt"}}}
     body, figures = diversity_section({"train": Dataset.from_list(rows)}, "train", info)
     assert "| rows measured | 4 of 4 (config `train`) |" in body
     table = dict(re.findall(r"^\| (.+?) \| (.+?) \|$", body, re.M))
-    assert float(table["output: median nearest-neighbour cosine"]) > 0.5  # the planted duplicate pair
-    assert table["seed prompts with an output prompt within cosine 0.5"] == "50.0%"  # vaccines, not tunnelling
+    assert (
+        float(table["output: median nearest-neighbour cosine"]) > 0.5
+    )  # the planted duplicate pair
+    assert (
+        table["seed prompts with an output prompt within cosine 0.5"] == "50.0%"
+    )  # vaccines, not tunnelling
     assert "spread over domain (normalized entropy, 3 values)" in body
-    assert list(figures) == ["diversity_nearest.png"] and figures["diversity_nearest.png"].startswith(b"\x89PNG")
+    assert list(figures) == ["diversity_nearest.png"] and figures[
+        "diversity_nearest.png"
+    ].startswith(b"\x89PNG")
 
 
 def test_section_without_prompts_says_so() -> None:

@@ -44,7 +44,15 @@ def test_default_tree_is_broad_and_three_levels() -> None:
     assert all(len(path) == 3 for path in tree.leaf_paths())
     # the areas the issue names are all there
     roots = set(tree.roots)
-    for area in ["Physics", "Computer Science", "History", "Music", "Cooking and Cuisine", "Careers and Workplace", "Current Affairs"]:
+    for area in [
+        "Physics",
+        "Computer Science",
+        "History",
+        "Music",
+        "Cooking and Cuisine",
+        "Careers and Workplace",
+        "Current Affairs",
+    ]:
         assert area in roots
     assert tree.fingerprint() == load_tree("default").fingerprint()
     assert tree.fingerprint().startswith("synthalign-default-en@")
@@ -56,7 +64,11 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     again = load_tree(path)
     assert again == tree
     assert again.fingerprint() == tree.fingerprint()
-    assert yaml.safe_load(path.read_text())["domains"]["Cooking"]["Baking"] == ["Bread", "Cakes", "Pastry"]
+    assert yaml.safe_load(path.read_text())["domains"]["Cooking"]["Baking"] == [
+        "Bread",
+        "Cakes",
+        "Pastry",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -90,11 +102,25 @@ def test_add_rejects_duplicates_and_existing_tags() -> None:
     tree = small_tree()
     accepted, rejected = tree.add(
         ["Science", "Physics"],
-        ["Thermodynamics", " optics ", "- Acoustics", "Thermodynamics.", "", "x" * 80, "Piano", "Acoustics"],
+        [
+            "Thermodynamics",
+            " optics ",
+            "- Acoustics",
+            "Thermodynamics.",
+            "",
+            "x" * 80,
+            "Piano",
+            "Acoustics",
+        ],
     )
     assert accepted == ["Thermodynamics", "Acoustics"]
     assert set(rejected) == {" optics ", "Thermodynamics.", "", "x" * 80, "Piano", "Acoustics"}
-    assert tree.domains["Science"]["Physics"] == ["Optics", "Gravity", "Thermodynamics", "Acoustics"]
+    assert tree.domains["Science"]["Physics"] == [
+        "Optics",
+        "Gravity",
+        "Thermodynamics",
+        "Acoustics",
+    ]
     tree.validate()
 
 
@@ -164,7 +190,14 @@ def test_leaves_of_a_root_do_not_repeat_before_they_run_out() -> None:
 
 
 def test_generator_step_yields_batches_with_tree_id() -> None:
-    step = SampleKnowledgeTasks(name="sample", num_items=10, seed=0, batch_size=4, root_domains=["Physics", "Music"], task_types=["View", "Creation"])
+    step = SampleKnowledgeTasks(
+        name="sample",
+        num_items=10,
+        seed=0,
+        batch_size=4,
+        root_domains=["Physics", "Music"],
+        task_types=["View", "Creation"],
+    )
     step.load()
     batches = list(step.process())
     assert [len(b) for b, _ in batches] == [4, 4, 2]
@@ -202,7 +235,9 @@ def _expand_task(**kwargs) -> ExpandKnowledgeTree:
     ],
 )
 def test_expansion_parser(raw: str, tags: list[str] | None, error: str | None) -> None:
-    out = _expand_task().format_output(raw, {"node_path": ["Science", "Physics"], "existing_children": []})
+    out = _expand_task().format_output(
+        raw, {"node_path": ["Science", "Physics"], "existing_children": []}
+    )
     assert out["new_tags"] == tags
     if error is None:
         assert out["expand_error"] is None and out["expand_raw"] is None
@@ -213,7 +248,9 @@ def test_expansion_parser(raw: str, tags: list[str] | None, error: str | None) -
 
 
 def test_expansion_prompt_lists_node_and_existing_children() -> None:
-    chat, schema = _expand_task(num_new=5).format_input({"node_path": ["Science", "Physics"], "existing_children": ["Optics"]})
+    chat, schema = _expand_task(num_new=5).format_input(
+        {"node_path": ["Science", "Physics"], "existing_children": ["Optics"]}
+    )
     text = chat[-1]["content"]
     assert text.rstrip().endswith("New specific leaf topics wanted: 5")
     assert "Node: Science > Physics" in text and "Existing children: Optics" in text
@@ -224,11 +261,15 @@ def test_expand_tree_with_a_schema_forced_model_keeps_the_tree_valid() -> None:
     tree = small_tree()
     before = tree.counts()["leaf_tags"]
     llm = load_llm("builtin:tiny-random", max_new_tokens=200, temperature=0.7, seed=0)
-    tree, log = expand_tree(tree, llm, level="leaves", nodes=[("Science", "Physics"), ("Cooking", "Baking")], num_new=3)
+    tree, log = expand_tree(
+        tree, llm, level="leaves", nodes=[("Science", "Physics"), ("Cooking", "Baking")], num_new=3
+    )
     assert [row["node_path"] for row in log] == [["Science", "Physics"], ["Cooking", "Baking"]]
     added = sum(len(row["accepted"]) for row in log)
     assert tree.counts()["leaf_tags"] == before + added
     for row in log:  # every node either added something, rejected something, or recorded why not
         assert row["accepted"] or row["rejected"] or row["error"]
     tree.validate()
-    assert len({normalize_tag(leaf) for _, _, leaf in tree.leaf_paths()}) == tree.counts()["leaf_tags"]
+    assert (
+        len({normalize_tag(leaf) for _, _, leaf in tree.leaf_paths()}) == tree.counts()["leaf_tags"]
+    )

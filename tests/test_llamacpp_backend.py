@@ -31,7 +31,10 @@ def test_bounded_integers_become_enums_everywhere_in_the_schema() -> None:
         "properties": {
             "score": {"type": "integer", "minimum": -5, "maximum": 5},
             "open": {"type": "integer", "minimum": 0},
-            "items": {"type": "array", "items": {"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 4}},
+            "items": {
+                "type": "array",
+                "items": {"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 4},
+            },
             "huge": {"type": "integer", "minimum": 0, "maximum": 10**6},
         },
     }
@@ -45,7 +48,9 @@ def test_bounded_integers_become_enums_everywhere_in_the_schema() -> None:
 
 @needs_llama_cpp
 def test_smollm2_on_llama_cpp_schema_forced_outputs_all_parse() -> None:
-    llm = load_llm("builtin:smollm2-135m", structured_output=Verdict, max_new_tokens=96, temperature=0)
+    llm = load_llm(
+        "builtin:smollm2-135m", structured_output=Verdict, max_new_tokens=96, temperature=0
+    )
     assert isinstance(llm, LlamaCppLLM)
     llm.load()
     try:

