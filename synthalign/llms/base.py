@@ -44,6 +44,7 @@ class Completion:
     input_tokens: int
     output_tokens: int
     error: str | None = None
+    retries: int = 0
 
 
 def context_overflow(prompt_tokens: int, context: int) -> str:
