@@ -132,9 +132,9 @@ def test_simpo_trains_saves_and_resumes_from_checkpoint(tmp_path: Path) -> None:
 def test_recipe_errors_are_one_line(tmp_path: Path) -> None:
     from synthalign.trainers.common import (
         load_train_recipe,
-        load_training_dataset,
         trl_config_kwargs,
     )
+    from synthalign.trainers.data import load_training_dataset
     from synthalign.trainers.sft import SFTRecipe
     from synthalign.trainers.simpo import SimPORecipe
 

@@ -27,14 +27,17 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from synthalign.cards.base import versions
-from synthalign.errors import RecipeError, SeedDataError
+from synthalign.errors import RecipeError
 from synthalign.models import resolve_model
 from synthalign.recipes import RecipePath, StrictModel, load_recipe, parse_recipe
+from synthalign.trainers.data import load_training_splits
+from synthalign.trainers.mixture import DatasetMixture
+from synthalign.trainers.trl_keys import from_trl_keys
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -141,6 +144,33 @@ class TrainRecipe(StrictModel):
     trainer_args: dict[str, Any] = Field(
         default_factory=dict, description="extra keyword arguments for TRL's config class"
     )
+    model_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="from_pretrained arguments (revision, dtype, attn_implementation, ...)",
+    )
+    tokenizer: str | None = Field(default=None, description="tokenizer, when not the model's")
+    chat_template: str | None = Field(default=None, description="Jinja chat template to use")
+    dataset_mixture: DatasetMixture | None = Field(
+        default=None, description="the handbook's mixture of datasets (instead of dataset)"
+    )
+    eval_split: str | None = Field(
+        default=None, description="split of dataset to evaluate on (TRL's dataset_test_split)"
+    )
+    overwrite: bool = Field(
+        default=False, description="start afresh in output_dir (like --overwrite)"
+    )
+
+    trl_config: ClassVar[str | None] = None
+    """TRL's config class (``module:Class``) whose fields a recipe may use directly."""
+    _eval_dataset: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ecosystem_keys(cls, data: Any) -> Any:
+        """TRL's and the alignment-handbook's keys, rewritten into ours (see trl_keys)."""
+        if not isinstance(data, dict):
+            return data
+        return from_trl_keys(data, cls.model_fields, cls.trl_config)
 
     @model_validator(mode="after")
     def _check_length(self) -> TrainRecipe:
@@ -157,6 +187,7 @@ class TrainRecipe(StrictModel):
             "model": model,
             "args": args,
             "train_dataset": dataset,
+            "eval_dataset": self._eval_dataset,
             "processing_class": tokenizer,
             "peft_config": peft_config,
         }
@@ -188,67 +219,13 @@ def load_train_recipe(
         updates["output_dir"] = str(output)
     if updates:
         recipe = parse_recipe({**recipe.model_dump(), **updates}, cls)
-    if not recipe.dataset:
+    if recipe.dataset and recipe.dataset_mixture:
+        raise RecipeError("set dataset or dataset_mixture, not both")
+    if not recipe.dataset and not recipe.dataset_mixture:
         raise RecipeError(
             "no training dataset: set 'dataset' in the recipe or pass --dataset DIR_OR_REPO_ID"
         )
     return recipe
-
-
-def load_training_dataset(recipe: TrainRecipe, required: list[str]) -> Dataset:
-    """``load_dataset(DIR_OR_ID, config)`` with one-line errors and a column check."""
-    from datasets import load_dataset
-
-    source = recipe.dataset or ""
-    path = Path(source).expanduser()
-    target = str(path) if path.exists() else source
-    if source.startswith((".", "/", "~")) and not path.exists():
-        raise SeedDataError(
-            f"training dataset {source} not found: pass a Hub-layout folder or a Hub dataset id"
-        )
-    if path.is_dir() and recipe.dataset_config:
-        _check_config_has_rows(path, recipe.dataset_config)
-    try:
-        data = load_dataset(target, recipe.dataset_config, split=recipe.dataset_split)
-    except Exception as exc:  # datasets raises many types; the first line says what happened
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SeedDataError(
-            f"cannot load training dataset {source!r} (config {recipe.dataset_config!r}): {message}"
-        ) from None
-    missing = [c for c in required if c not in data.column_names]
-    if missing:
-        raise SeedDataError(
-            f"training dataset {source!r} lacks column(s) {missing}; it has {data.column_names}: "
-            "pick the config that holds TRL-format columns (dataset_config)"
-        )
-    if len(data) == 0:
-        raise SeedDataError(
-            f"training dataset {source!r} (config {recipe.dataset_config!r}) "
-            "has no rows to train on"
-        )
-    if recipe.max_samples is not None:
-        data = data.select(range(min(recipe.max_samples, len(data))))
-    return data.select_columns(required)
-
-
-def _check_config_has_rows(folder: Path, config: str) -> None:
-    """A config the run published no rows for is absent from its folder (a zero-row
-    config cannot load): say so, instead of datasets' "BuilderConfig not found"."""
-    record_path = folder / "synthalign.json"
-    if (folder / "data" / config).is_dir() or not record_path.is_file():
-        return
-    try:
-        counts = json.loads(record_path.read_text(encoding="utf-8")).get("counts") or {}
-    except (OSError, ValueError):
-        counts = {}
-    with_rows = sorted(name for name, n in counts.items() if n) or sorted(
-        p.name for p in (folder / "data").iterdir() if p.is_dir()
-    )
-    raise SeedDataError(
-        f"training dataset {folder} has no rows in config '{config}' (the run published none; "
-        f"configs with rows: {', '.join(with_rows) or 'none'}): "
-        "see its card's funnel, or set dataset_config"
-    )
 
 
 def precision_flags(precision: str) -> dict[str, bool]:
@@ -262,16 +239,26 @@ def precision_flags(precision: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def load_model_and_tokenizer(spec: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer; a chat template is required (the data is chats)."""
+def load_model_and_tokenizer(
+    spec: str, recipe: TrainRecipe | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer; a chat template is required (the data is chats).
+
+    The recipe's ``model_kwargs`` go to ``from_pretrained`` (``dtype`` defaults to
+    ``auto``); its ``tokenizer`` and ``chat_template`` replace the model's own.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: transformers
 
     path = resolve_model(spec)
+    model_kwargs = {"dtype": "auto", **(recipe.model_kwargs if recipe else {})}
+    tokenizer_path = resolve_model(recipe.tokenizer) if recipe and recipe.tokenizer else path
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
-    except OSError as exc:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        model = AutoModelForCausalLM.from_pretrained(path, **model_kwargs)
+    except (OSError, ValueError, ImportError) as exc:
         raise RecipeError(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}") from None
+    if recipe and recipe.chat_template:
+        tokenizer.chat_template = recipe.chat_template
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
@@ -465,12 +452,13 @@ def run_training(
     from transformers import set_seed  # heavy: transformers
 
     output_dir = Path(recipe.output_dir).expanduser()
+    overwrite = overwrite or recipe.overwrite
     owner = training_owner(output_dir)
     if owner is not None and owner != kind and not overwrite:
         claim_output(output_dir, kind, overwrite=False)  # one line, before any data or model loads
-    dataset = load_training_dataset(recipe, required_columns)
+    dataset, recipe._eval_dataset = load_training_splits(recipe, required_columns)
     set_seed(recipe.seed)
-    model, tokenizer = load_model_and_tokenizer(recipe.model)
+    model, tokenizer = load_model_and_tokenizer(recipe.model, recipe)
     fresh = claim_output(output_dir, kind, overwrite=overwrite)
     trainer = build_trainer(model, tokenizer, dataset, output_dir)
     beat = heartbeat_callback()

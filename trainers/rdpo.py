@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 from trl import DPOConfig, DPOTrainer
@@ -290,6 +290,8 @@ class RDPOTrainRecipe(TrainRecipe):
     )
     tau_column: str = "tau"
 
+    trl_config: ClassVar[str | None] = "trl:DPOConfig"
+
 
 def build_trainer(
     recipe: RDPOTrainRecipe,
@@ -311,14 +313,7 @@ def build_trainer(
     except ValueError as exc:
         raise RecipeError(f"{kind} trainer settings: {str(exc).splitlines()[0]}") from None
     trainer_cls = RDPOTrainer if kind == "rdpo" else DPOTrainer
-    peft_config = recipe.lora.peft_config() if recipe.lora and recipe.lora.enabled else None
-    return trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
+    return trainer_cls(**recipe.trainer_kwargs(model, tokenizer, dataset, args))
 
 
 def train_from_recipe(

@@ -19,7 +19,7 @@ Example recipe (``pipelines/recipes/*-sft.yaml`` style)::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -36,6 +36,8 @@ class SFTRecipe(TrainRecipe):
         description="learn only the assistant turns (the template must mark them with {% generation %})",
     )
     packing: bool = False
+
+    trl_config: ClassVar[str | None] = "trl:SFTConfig"
 
 
 def build_trainer(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
@@ -51,6 +51,8 @@ class SimPORecipe(TrainRecipe):
         ge=1,
         description="prompts longer than this keep their last tokens (None: only max_length applies)",
     )
+
+    trl_config: ClassVar[str | None] = "trl.experimental.cpo:CPOConfig"
 
     @model_validator(mode="after")
     def _one_gamma(self) -> SimPORecipe:
