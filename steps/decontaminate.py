@@ -156,14 +156,12 @@ class DecontaminateRows(Step):
     def from_recipe(
         cls, block: Decontaminate, columns: list[str], **kwargs: Any
     ) -> "DecontaminateRows":
+        settings = block.model_dump(exclude={"against", "batch_size"})
         return cls(
             columns=columns,
             against=block.against,
-            ngram=block.ngram,
-            embedding_threshold=block.embedding_threshold,
-            action=block.action,
-            model=block.model,
             encode_batch_size=block.batch_size,
+            **settings,
             **kwargs,
         )
 

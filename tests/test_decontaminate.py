@@ -158,3 +158,23 @@ def test_card_section_counts_matches_per_set_or_says_not_checked() -> None:
     assert "| mini_arith | 1 | 1 |" in text and "| mini_facts | 1 | 0 |" in text
     assert "3 row(s) matched and were published, flagged" in text
     assert "Not checked" in decontamination_section({"all": rows}, ["all"], {"recipe": {}})
+
+
+def test_step_from_the_recipe_block_keeps_every_setting() -> None:
+    block = Decontaminate.model_validate(
+        {
+            "against": [str(ARITH)],
+            "ngram": 8,
+            "embedding_threshold": None,
+            "action": "flag",
+            "batch_size": 16,
+        }
+    )
+    step = DecontaminateRows.from_recipe(block, ["prompt"], name="decontaminate")
+    assert (step.ngram, step.embedding_threshold, step.action, step.encode_batch_size) == (
+        8,
+        None,
+        "flag",
+        16,
+    )
+    assert step.against[0].name == "mini_arith" and step.columns == ["prompt"]
