@@ -19,6 +19,7 @@ from synthalign.cards.base import (
     reproducibility_metadata,
     size_category,
 )
+from synthalign.cards.decontamination import decontamination_section
 from synthalign.cards.diversity import diversity_section
 from synthalign.outcome import Funnel
 
@@ -86,5 +87,6 @@ def frame_card(
         body += funnel + "\n"
     diversity, figures = diversity_section(datasets, default, info)
     body += "\n" + diversity
+    body += "\n" + decontamination_section(datasets, funnel_configs or list(datasets), info)
     body += "\n" + _usage(method, default, list(datasets))
     return CardContent(metadata=metadata, body=body, figures={**section.figures, **figures})

@@ -51,6 +51,7 @@ from synthalign.steps.condor import (
     RefineResponse,
     SplitQuestionsByDifficulty,
 )
+from synthalign.steps.decontaminate import decontaminated
 from synthalign.steps.knowledge_tree import (
     DEFAULT_TREE,
     TASK_TYPES,
@@ -263,7 +264,13 @@ def build_pipeline(recipe: CondorRecipe, state: State | None = None) -> Pipeline
             )
             for config in CONFIGS
         ]
-        sample >> questions >> split >> answer >> critique >> refine >> outputs
+        checked = decontaminated(
+            sample >> questions >> split >> answer >> critique >> refine,
+            recipe.decontaminate,
+            ["question", "response", "refined_response"],
+            input_batch_size=recipe.refine.batch_size,
+        )
+        checked >> outputs
     return pipeline
 
 

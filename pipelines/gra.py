@@ -39,6 +39,7 @@ from synthalign.contract import Method, Progress, State
 from synthalign.errors import RecipeError
 from synthalign.llms.pool import PoolLLM, PoolMember, pool_members
 from synthalign.recipes import Dedup, LLMRole, Recipe, SeedData, StrictModel
+from synthalign.steps.decontaminate import decontaminated
 from synthalign.steps.embeddings import EmbedTexts
 from synthalign.steps.gra import DEFAULT_CONFIG, REJECTED_CONFIG, SEEDS_CONFIG, round_config
 from synthalign.steps.gra_generate import (
@@ -255,7 +256,14 @@ def build_pipeline(recipe: GRARecipe, state: State | None = None) -> Pipeline:
         load >> describe >> [PublishSeeds(name=SEEDS_CONFIG), candidates[0], embed_pool]
         for before, after in pairwise(candidates):
             before >> after
-        [candidates[-1], embed_pool] >> dedup >> enrich >> leaves
+        checked = decontaminated(
+            [candidates[-1], embed_pool] >> dedup,
+            recipe.decontaminate,
+            ["instruction", "response"],
+            set_drop=True,
+            input_batch_size=batch,
+        )
+        checked >> enrich >> leaves
         if previous:
             earlier = LoadEarlierRounds(
                 name="load_earlier_rounds", previous=previous, round_index=r, batch_size=batch

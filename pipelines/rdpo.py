@@ -45,6 +45,7 @@ from synthalign.contract import Method, State
 from synthalign.errors import RecipeError
 from synthalign.llms import OpenAICompatLLM, SynthLLM, load_llm
 from synthalign.recipes import LLMRole, Recipe, RewardModel, SeedData, StrictModel
+from synthalign.steps.decontaminate import decontaminated
 from synthalign.steps.rdpo import (
     PRINCIPLES,
     AttachPrinciple,
@@ -379,7 +380,15 @@ def build_pipeline(recipe: RDPORecipe, state: State | None = None) -> Pipeline:
                 name="all", system_column=system, judge_prefixes=judged, input_batch_size=batch
             ),
         ]
-        load >> attach >> converse >> score >> pair >> leaves
+        texts = ["prompt", "response_original", "response_revised"]
+        last = decontaminated(
+            load >> attach >> converse >> score >> pair,
+            recipe.decontaminate,
+            texts,
+            set_drop=True,
+            input_batch_size=batch,
+        )
+        last >> leaves
     return pipeline
 
 

@@ -51,6 +51,7 @@ from synthalign.pipelines.synpo_recipe import (
     SynPORecipe,
     llm_spec,
 )
+from synthalign.steps.decontaminate import decontaminated
 from synthalign.steps.keywords import read_paragraphs
 from synthalign.steps.scoring import ScoreWithRewardModel
 from synthalign.steps.seeds import LOCAL_SUFFIXES
@@ -432,9 +433,10 @@ def pairs_pipeline(recipe: SynPORecipe, state: State) -> Pipeline:
         )
         sample >> write >> flag >> [prompts, keep, select]
         chain = keep
-        for step in [*answers, improve, score, select]:
+        for step in [*answers, improve, score]:
             chain = chain >> step
-        select >> [candidates, pairs]
+        texts = ["prompt", "response_improved", rejected]
+        decontaminated(chain, recipe.decontaminate, texts) >> select >> [candidates, pairs]
     return pipeline
 
 

@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field, StringConstraints, create_model
 
 from synthalign.steps.base import SchemaTask, TextTask, provenance_columns
 from synthalign.steps.columns import FixedColumns
+from synthalign.steps.decontaminate import CONTAMINATION_COLUMNS, contamination_features
 from synthalign.steps.knowledge_tree import TASK_TYPES, normalize_tag
 from synthalign.steps.prompts import template_id
 from synthalign.steps.publish import PublishConfig, chat_feature, drop_features, dropped, kept
@@ -423,6 +424,7 @@ GENERATIONS_COLUMNS = [
     "knowledge_tree",
     "generation_settings",
     *ERROR_COLUMNS,
+    *CONTAMINATION_COLUMNS,
     "kept",
     "drop_stage",
     "drop_reason",
@@ -435,6 +437,8 @@ def drop_reason(row: dict[str, Any]) -> tuple[str | None, str | None]:
         error = row.get(f"{stage}_error")
         if error:
             return stage, error
+    if row.get("decontaminate_error"):
+        return "decontaminate", row["decontaminate_error"]
     for stage, column in zip(
         STAGES, ("question", "response", "critique_strengths", "refined_response"), strict=True
     ):
@@ -455,7 +459,7 @@ def format_row(row: dict[str, Any], config: str, settings: dict[str, Any]) -> di
     values = {c: row.get(c) for c in [*ROW_COLUMNS, *MODEL_COLUMNS, "knowledge_tree"]}
     values["generation_settings"] = settings
     if config == "generations":
-        errors = {c: row.get(c) for c in ERROR_COLUMNS}
+        errors = {c: row.get(c) for c in [*ERROR_COLUMNS, *CONTAMINATION_COLUMNS]}
         return {**values, **errors, **(kept() if reason is None else dropped(stage, reason))}
     if reason is not None:
         return None
@@ -496,7 +500,7 @@ def config_features(config: str, settings: dict[str, dict[str, Any]]) -> Any:
     if config != "generations":
         columns["messages"] = chat_feature()
         return Features({c: columns[c] for c in TRAIN_COLUMNS})
-    columns.update({c: text for c in ERROR_COLUMNS}, **drop_features())
+    columns.update({c: text for c in ERROR_COLUMNS}, **contamination_features(), **drop_features())
     return Features({c: columns[c] for c in GENERATIONS_COLUMNS})
 
 

@@ -12,7 +12,8 @@ block in two ways:
 
 A match records the set, the item's index and text, how it matched and the score.
 With ``action: drop`` the row leaves (``drop_stage`` ``decontaminate``, ``drop_reason``
-``contaminated: SET``); with ``flag`` it is published with the match recorded. The card
+``contaminated: SET``, also in ``decontaminate_error`` for methods that decide drops in
+their publishing step); with ``flag`` it is published with the match recorded. The card
 counts matches per set (:mod:`synthalign.cards.decontamination`).
 """
 
@@ -40,6 +41,8 @@ __all__ = [
     "CONTAMINATION_COLUMNS",
     "DecontaminateRows",
     "EvalIndex",
+    "contamination_features",
+    "decontaminated",
     "load_eval_items",
     "row_text",
 ]
@@ -172,7 +175,7 @@ class DecontaminateRows(Step):
     @property
     def outputs(self) -> "StepColumns":
         extra = ["kept", "drop_stage", "drop_reason"] if self.set_drop else []
-        return [*CONTAMINATION_COLUMNS, *extra]
+        return [*CONTAMINATION_COLUMNS, "decontaminate_error", *extra]
 
     def load(self) -> None:
         super().load()
@@ -233,16 +236,45 @@ class DecontaminateRows(Step):
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         out = []
         for row, found in zip(inputs, self._verdicts(inputs), strict=True):
-            row = {**row, **found}
-            if self.set_drop and found["contamination"] and self.action == "drop":
+            drop = found["contamination"] is not None and self.action == "drop"
+            reason = f"contaminated: {found['contamination']}" if drop else None
+            row = {**row, **found, "decontaminate_error": reason}
+            if self.set_drop and reason:
                 if row.get("kept", True) is not False:
-                    row.update(dropped("decontaminate", f"contaminated: {found['contamination']}"))
+                    row.update(dropped("decontaminate", reason))
             elif self.set_drop:
                 row.setdefault("kept", True)
                 row.setdefault("drop_stage", None)
                 row.setdefault("drop_reason", None)
             out.append(row)
         yield out
+
+
+def decontaminated(
+    last: Step, block: Decontaminate | None, columns: list[str], **kwargs: Any
+) -> Step:
+    """``last``, followed by the decontamination step when the recipe asks for one.
+
+    Every method calls this once, on the step before its publishing leaves:
+    ``decontaminated(pair, recipe.decontaminate, [...]) >> leaves``.
+    """
+    if block is None:
+        return last
+    step = DecontaminateRows.from_recipe(block, columns, name="decontaminate", **kwargs)
+    return last >> step
+
+
+def contamination_features() -> dict[str, Any]:
+    """The schema of :data:`CONTAMINATION_COLUMNS` in a published config."""
+    from datasets import Value  # heavy: datasets
+
+    text = Value("string")
+    return {
+        "contamination": text,
+        "contamination_kind": text,
+        "contamination_item": text,
+        "contamination_score": Value("float64"),
+    }
 
 
 def _found(index: EvalIndex, hit: tuple[int, int], kind: str, score: float) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from synthalign.steps.columns import FixedColumns
 from synthalign.steps.committee import INSTRUCTION_CRITERIA, RESPONSE_DIMENSIONS
+from synthalign.steps.decontaminate import CONTAMINATION_COLUMNS, contamination_features
 from synthalign.steps.dedup import greedy_semantic_dedup_details, rows_to_matrix
 from synthalign.steps.gra import (
     DEFAULT_CONFIG,
@@ -52,7 +53,7 @@ SAMPLE_COLUMNS: tuple[str, ...] = (
     "review_mean", "review_std", "review_decision", "review_reason", "adjudication",
     "adjudication_score", "adjudication_reason", "adjudication_kept", "dedup_match",
     "dedup_similarity", "generation_error", "generation_raw", "response_error", "response_raw",
-    "metadata_models", "metadata_error", "prompt_templates",
+    "metadata_models", "metadata_error", "prompt_templates", *CONTAMINATION_COLUMNS,
 )  # fmt: skip
 """Columns of the published candidate rows, in order."""
 
@@ -79,7 +80,7 @@ def sample_features() -> Features:
         "dedup_match": s, "dedup_similarity": f, "generation_error": s, "generation_raw": s,
         "response_error": s, "response_raw": s,
         "metadata_models": dict.fromkeys(METADATA_FIELDS, s), "metadata_error": s,
-        "prompt_templates": dict.fromkeys(TEMPLATES, s),
+        "prompt_templates": dict.fromkeys(TEMPLATES, s), **contamination_features(),
     }  # fmt: skip
     return Features({c: columns[c] for c in SAMPLE_COLUMNS})
 

@@ -30,6 +30,7 @@ from pydantic import Field
 
 from synthalign.steps.base import TextTask, provenance_columns
 from synthalign.steps.columns import FixedColumns
+from synthalign.steps.decontaminate import CONTAMINATION_COLUMNS
 from synthalign.steps.prompts import render, template_id
 from synthalign.steps.publish import PublishConfig, chat_feature, drop_features, dropped, kept
 from synthalign.steps.scoring import preference_probability
@@ -398,7 +399,14 @@ SFT_COLUMNS: tuple[str, ...] = (
 )
 
 FLOAT_COLUMNS = frozenset(
-    {"tau", "score_chosen", "score_rejected", "score_original", "score_revised"}
+    {
+        "tau",
+        "score_chosen",
+        "score_rejected",
+        "score_original",
+        "score_revised",
+        "contamination_score",
+    }
 )
 CHAT_COLUMNS = frozenset({"chosen", "rejected", "messages"})
 
@@ -527,6 +535,7 @@ class SelectAllRows(PublishConfig):
             "drop_stage",
             "drop_reason",
             "drop_detail",
+            *CONTAMINATION_COLUMNS,
         ]
 
     def features(self) -> "Features":

@@ -178,6 +178,8 @@ class SelectPairs(FixedColumns, GlobalStep):
         candidate = scored.get(row["paragraph_position"])
         if candidate is None:  # never reached the scorer
             return {**row, **dropped("answer", "answer failed")}
+        if candidate.get("decontaminate_error"):
+            return {**candidate, **dropped("decontaminate", candidate["decontaminate_error"])}
         options = {
             "threshold": self.threshold,
             "max_repetition": self.max_repetition,
@@ -373,6 +375,10 @@ class PairCandidates(SynPOConfig):
         "initial_error": "text",
         "improver_error": "text",
         "scoring_error": "text",
+        "contamination": "text",
+        "contamination_kind": "text",
+        "contamination_item": "text",
+        "contamination_score": "float",
         "iteration": "int",
         **_DROP,
     }

@@ -34,6 +34,7 @@ from synthalign.errors import OutputError, SeedDataError
 from synthalign.llms import check_model_folder
 from synthalign.llms.openai import API_KEY_ENV_VAR, OpenAICompatLLM, parse_openai_spec
 from synthalign.recipes import LLMRole, Recipe, RewardModel, SeedData
+from synthalign.steps.decontaminate import load_eval_items
 from synthalign.steps.seeds import read_seed_rows
 
 __all__ = [
@@ -268,6 +269,13 @@ def check_reward_models(recipe: Recipe) -> None:
             check_model_folder(section.model, f"{where}.model")
 
 
+def check_eval_sets(recipe: Recipe) -> None:
+    """Every decontamination set readable and with a text column, before any model loads."""
+    block = getattr(recipe, "decontaminate", None)
+    for spec in block.against if block else []:
+        load_eval_items(spec)
+
+
 # ------------------------------------------------------------------ all of it
 
 
@@ -279,6 +287,7 @@ def preflight(recipe: Recipe, output: Path, push_to_hub: str | None) -> None:
     check_folder(output, "--output", need)
     check_folder(cache_folder(recipe), "cache_dir", need)
     check_reward_models(recipe)
+    check_eval_sets(recipe)
     check_servers(recipe)
     if push_to_hub:
         check_push(push_to_hub)

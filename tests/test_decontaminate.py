@@ -15,7 +15,8 @@ from pydantic import ValidationError
 
 from synthalign.cards.decontamination import decontamination_section
 from synthalign.errors import RecipeError
-from synthalign.recipes import Decontaminate, EvalSet
+from synthalign.preflight import check_eval_sets
+from synthalign.recipes import Decontaminate, EvalSet, Recipe
 from synthalign.steps.decontaminate import DecontaminateRows, EvalIndex, load_eval_items
 
 EVALSETS = Path(__file__).parent / "data" / "evalsets"
@@ -178,3 +179,14 @@ def test_step_from_the_recipe_block_keeps_every_setting() -> None:
         16,
     )
     assert step.against[0].name == "mini_arith" and step.columns == ["prompt"]
+
+
+def test_preflight_names_an_unreadable_or_columnless_eval_set(tmp_path: Path) -> None:
+    missing = Recipe.model_validate({"decontaminate": {"against": [str(tmp_path / "no.jsonl")]}})
+    with pytest.raises(RecipeError, match="decontaminate.against no"):
+        check_eval_sets(missing)
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text('{"label": 1}\n')
+    columnless = Recipe.model_validate({"decontaminate": {"against": [str(odd)]}})
+    with pytest.raises(RecipeError, match="no text column"):
+        check_eval_sets(columnless)
