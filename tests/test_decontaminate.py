@@ -183,7 +183,7 @@ def test_step_from_the_recipe_block_keeps_every_setting() -> None:
 
 def test_preflight_names_an_unreadable_or_columnless_eval_set(tmp_path: Path) -> None:
     missing = Recipe.model_validate({"decontaminate": {"against": [str(tmp_path / "no.jsonl")]}})
-    with pytest.raises(RecipeError, match="decontaminate.against no"):
+    with pytest.raises(RecipeError, match=r"decontaminate\.against no"):
         check_eval_sets(missing)
     odd = tmp_path / "odd.jsonl"
     odd.write_text('{"label": 1}\n')
