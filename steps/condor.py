@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from distilabel.steps import Step, StepInput
 from pydantic import BaseModel, Field, StringConstraints, create_model
 
+from synthalign.parsing import Parsed
 from synthalign.steps.base import SchemaTask, TextTask, provenance_columns
 from synthalign.steps.columns import FixedColumns
 from synthalign.steps.knowledge_tree import TASK_TYPES, normalize_tag
@@ -197,7 +198,17 @@ class GenerateQuestions(_GatedSchemaTask):
 
     @property
     def outputs(self) -> "StepColumns":
-        return [*QUESTION_COLUMNS, *provenance_columns(self.column_prefix)]
+        return [*QUESTION_COLUMNS, "question_errors", *provenance_columns(self.column_prefix)]
+
+    def partial_columns(self, parsed: Parsed[Any], input: dict[str, Any]) -> dict[str, Any]:
+        """A call whose budget ran out in one question keeps the others: the cut one is
+        None with its reason in ``question_errors`` (one entry per difficulty)."""
+        errors = [parsed.field_errors.get(d.lower()) for d in DIFFICULTIES]
+        columns = {
+            f"question_{d.lower()}": None if error else parsed.values.get(d.lower())
+            for d, error in zip(DIFFICULTIES, errors, strict=True)
+        }
+        return {**columns, "question_errors": errors}
 
     def template_values(self, input: dict[str, Any]) -> dict[str, Any]:
         task_type = input["task_type"]
@@ -208,7 +219,8 @@ class GenerateQuestions(_GatedSchemaTask):
         }
 
     def record_columns(self, record: Any, input: dict[str, Any]) -> dict[str, Any]:
-        return {f"question_{d.lower()}": getattr(record, d.lower()) for d in DIFFICULTIES}
+        columns = {f"question_{d.lower()}": getattr(record, d.lower()) for d in DIFFICULTIES}
+        return {**columns, "question_errors": None}
 
 
 def question_problem(
@@ -240,21 +252,24 @@ def split_question_row(row: dict[str, Any], min_words: int = 3) -> list[dict[str
     """Three rows (Easy, Medium, Hard) from one question-call row.
 
     A failed call gives three rows that carry its error. A question that fails
-    :func:`question_problem` gets its own error, so only that row drops.
+    :func:`question_problem`, or that the token budget cut (``question_errors``), gets
+    its own error, so only that row drops.
     """
     base = {
         k: v
         for k, v in row.items()
-        if not (
+        if k != "question_errors"
+        and not (
             k.startswith("question_") and k.removeprefix("question_").capitalize() in DIFFICULTIES
         )
     }
+    cut = row.get("question_errors") or [None] * len(DIFFICULTIES)
     seen: set[str] = set()
     out = []
-    for difficulty in DIFFICULTIES:
+    for difficulty, cut_error in zip(DIFFICULTIES, cut, strict=True):
         text = row.get(f"question_{difficulty.lower()}")
         text = text.strip() if isinstance(text, str) else None
-        error = row.get("question_error")
+        error = row.get("question_error") or cut_error
         if error is None:
             error = question_problem(text, row.get("tag_path"), seen, min_words)
             if error is None:

@@ -460,7 +460,7 @@ class ScoreWithJudge(ScoreResponses, SchemaTask):
         prefix = self.prefix_for(score_column)
         columns: dict[str, Any] = {score_column: None, f"{prefix}_rationale": None}
         if error is None:
-            record, error = parse_model(output, JudgeVerdict)
+            record, error = parse_model(output, JudgeVerdict, frozenset({"rationale"}))
             if record is not None:
                 columns[f"{prefix}_rationale"] = record.rationale
                 if self.scale_min <= record.score <= self.scale_max:
