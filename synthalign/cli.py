@@ -116,6 +116,13 @@ ConfigOpt = Annotated[
 OutputOpt = Annotated[
     Path | None, typer.Option("--output", "-o", help="output folder (Hub dataset layout)")
 ]
+RayOpt = Annotated[
+    bool, typer.Option("--ray", help="run each pipeline on distilabel's RayPipeline")
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option("--overwrite", help="start over: replace the output folder instead of resuming"),
+]
 
 
 @app.command()
@@ -132,10 +139,8 @@ def generate(
     push_to_hub: Annotated[
         str | None, typer.Option("--push-to-hub", help="Hub dataset repo id to push to")
     ] = None,
-    ray: Annotated[bool, typer.Option("--ray", help="run on distilabel's RayPipeline")] = False,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="replace an existing output folder")
-    ] = False,
+    ray: RayOpt = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Generate a dataset with one method and write it as a Hub dataset folder."""
     from synthalign.run import generate as run  # lazy: keeps `synthalign --help` free of distilabel
@@ -200,12 +205,8 @@ def loop(
         int, typer.Option("--iterations", "-n", help="rounds / iterations to run (>= 1)")
     ],
     output: OutputOpt = None,
-    ray: Annotated[
-        bool, typer.Option("--ray", help="run each pipeline on distilabel's RayPipeline")
-    ] = False,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="start over instead of resuming")
-    ] = False,
+    ray: RayOpt = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Run rounds (GRA) or self-boosting iterations (SynPO); resumes after the last finished one."""
     from synthalign.run import loop as run  # lazy: keeps `synthalign --help` free of distilabel
