@@ -8,9 +8,13 @@ caught: a template that gains a header cannot silently slip past the cleaner.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import networkx as nx
 import pytest
 
+from synthalign.contract import get_method
+from synthalign.recipes import load_recipe
 from synthalign.steps.clean import CLEAN_REASONS, CleanColumn, CleanOutputs, clean_text
 from synthalign.steps.condor import CLEAN_COLUMNS as CONDOR
 from synthalign.steps.gra import INSTRUCTION_CLEAN, RESPONSE_CLEAN, real_keywords, real_summary
@@ -65,32 +69,39 @@ def test_the_templates_do_have_headers() -> None:
     assert "### Draft answer" in _headers("synpo_improve.jinja2")
 
 
+L = "A laser amplifies light."
+ECHOED = "[Question]\nWhat does a laser do?\n\n[Original answer]\nIt makes light.\n\n"
+
+
 @pytest.mark.parametrize(
     ("raw", "text", "reason"),
     [
-        ("A laser amplifies light by stimulated emission.", "A laser amplifies light by stimulated emission.", None),
-        ("Improved answer:\nA laser amplifies light.", "A laser amplifies light.", None),
-        ("**Refined Response:**\n\nA laser amplifies light.", "A laser amplifies light.", None),
-        ("Here is the improved answer that fixes the gaps:\nA laser amplifies light.", "A laser amplifies light.", None),
-        ("[Improved Answer Start]\nA laser amplifies light.\n[Improved Answer End]", "A laser amplifies light.", None),
-        ("Improved answers differ: lasers amplify light.", "Improved answers differ: lasers amplify light.", None),
-        ("[Question]\nWhat does a laser do?\n\n[Original answer]\nIt makes light.\n\nA laser amplifies light.", "A laser amplifies light.", None),
-        ("Assistant: A laser amplifies light.<|im_end|>\n<|im_start|>user\nThanks", "A laser amplifies light.", None),
-        ("What does a laser do? A laser amplifies light.", "A laser amplifies light.", None),
+        ("A laser amplifies light by stimulated emission.", None, None),
+        ("Improved answer:\n" + L, L, None),
+        ("**Refined Response:**\n\n" + L, L, None),
+        ("Here is the improved answer that fixes the gaps:\n" + L, L, None),
+        ("[Improved Answer Start]\n" + L + "\n[Improved Answer End]", L, None),
+        ("Improved answers differ: lasers amplify light.", None, None),
+        (ECHOED + L, L, None),
+        ("Assistant: " + L + "<|im_end|>\n<|im_start|>user\nThanks", L, None),
+        ("What does a laser do? " + L, L, None),
         ("Improved answer:", "", "empty"),
         ("What does a laser do?", "What does a laser do?", "repeats_prompt"),
         ("[Question]\nWhat does a laser do, exactly?\nIt amplifies light.", None, "echo"),
         ("The original answer is fine, but a laser amplifies light.", None, "echo"),
         ("Following the critique, a laser amplifies light.", None, "echo"),
-        ("A laser amplifies light.\n\nWeaknesses: No mechanism.", "A laser amplifies light.", None),
-        ("A laser amplifies light.\nWeaknesses: it has none.", None, "echo"),
-        ("Keep what the critique names as strengths. A laser amplifies light.", None, "echo"),
+        (L + "\n\nWeaknesses: No mechanism.", L, None),
+        (L + "\nWeaknesses: it has none.", None, "echo"),
+        ("Keep what the critique names as strengths. " + L, None, "echo"),
     ],
-)  # fmt: skip
+)
 def test_refined_answers(raw: str, text: str | None, reason: str | None) -> None:
+    """``text`` None: a clean answer comes back unchanged, an echo needs no text check."""
     cleaned, got = clean_text(raw, REFINED, ROW)
     assert got == reason
-    if text is not None:
+    if reason is None:
+        assert cleaned == (raw if text is None else text)
+    elif text is not None:
         assert cleaned == text
 
 
@@ -154,3 +165,29 @@ def test_the_step_cleans_in_place_drops_with_reasons_and_accumulates() -> None:
     assert out[4]["clean_error"] is None and out[4]["kept"] is None
     assert out[5]["clean_error"] == "echo"  # an earlier cleaning step's verdict stands
     assert {r["drop_reason"] for r in out if r.get("drop_stage") == "clean"} <= set(CLEAN_REASONS)
+
+
+# ------------------------------------------------------------------ in every pipeline
+
+RECIPES = Path(__file__).resolve().parents[1] / "pipelines" / "recipes"
+
+
+@pytest.mark.parametrize("name", ["condor", "gra", "synpo", "rdpo"])
+def test_every_method_cleans_its_model_text_before_publishing(name: str) -> None:
+    """The cleaning step is a step of the pipeline (so ``pipeline.yaml`` reruns it), after
+    the steps that write the text it cleans and before the configs the card counts."""
+    method = get_method(name)
+    recipe = load_recipe(RECIPES / f"{name}-quickstart.yaml", method.recipe_cls)
+    pipeline = method.build_pipeline(recipe, method.first_state(recipe, False))
+    dag = pipeline.dag
+    cleans = [n for n in dag if isinstance(dag.get_step(n)["step"], CleanOutputs)]
+    assert cleans, f"{name}: no cleaning step"
+    dumped = {step["name"] for step in pipeline.dump()["pipeline"]["steps"]}
+    assert set(cleans) <= dumped  # what pipeline.yaml lists
+    for clean in cleans:
+        before = nx.ancestors(dag.G, clean)
+        for spec in dag.get_step(clean)["step"].columns:
+            writers = [a for a in before if spec.column in dag.get_step(a)["step"].outputs]
+            assert writers, f"{name}/{clean}: nothing upstream writes {spec.column!r}"
+    for config in {method.default_config, *method.funnel_configs}:
+        assert set(cleans) <= nx.ancestors(dag.G, config), f"{name}: {config} skips cleaning"
