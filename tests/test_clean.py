@@ -7,6 +7,7 @@ caught: a template that gains a header cannot silently slip past the cleaner.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -191,3 +192,19 @@ def test_every_method_cleans_its_model_text_before_publishing(name: str) -> None
             assert writers, f"{name}/{clean}: nothing upstream writes {spec.column!r}"
     for config in {method.default_config, *method.funnel_configs}:
         assert set(cleans) <= nx.ancestors(dag.G, config), f"{name}: {config} skips cleaning"
+
+
+def test_real_smollm2_answers_pass_unchanged() -> None:
+    """Not too eager: answers and refinements SmolLM2-135M wrote for the Condor prompts
+    (tests/data/smollm2_clean_answers.jsonl, the ones a reader judged clean) survive as
+    written; the same run's two echoes ("incorporate the critique", "Original answer:")
+    were dropped and one "**Improved Answer**" label removed."""
+    specs = {spec.column: spec for spec in CONDOR}
+    lines = (Path(__file__).parent / "data" / "smollm2_clean_answers.jsonl").read_text()
+    rows = [json.loads(line) for line in lines.splitlines()]
+    assert len(rows) >= 25
+    for row in rows:
+        spec = specs[row["column"]]
+        cleaned, reason = clean_text(row["text"], spec, {**ROW, "question": row["question"]})
+        assert reason is None, (reason, row["text"][:200])
+        assert cleaned == row["text"].strip()
