@@ -28,6 +28,7 @@ PAPER = "[SynPO: Self-Boosting Large Language Models with Synthetic Preference D
 
 PAIR_LABELS = {
     "considered": "keyword lists",
+    "clean": "free of scaffolding",
     "prompt": "valid prompts",
     "answer": "answered",
     "improve": "improved",

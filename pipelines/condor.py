@@ -3,7 +3,8 @@
 Shape::
 
     sample_tags ─► generate_questions ─► split_by_difficulty ─► answer_question
-        ─► critique_response ─► refine_response ─► {generations, void, refined}
+        ─► critique_response ─► refine_response ─► clean_outputs
+        ─► {generations, void, refined}
 
 - ``sample_tags`` draws ``ceil(num_samples / 3)`` (tag path, task type) items from the
   World Knowledge Tree, stratified over root domains and the seven task types;
@@ -12,6 +13,10 @@ Shape::
 - ``answer_question`` answers (the paper's Condor Void), ``critique_response`` writes
   strengths / weaknesses / suggestions, ``refine_response`` rewrites the answer
   (Condor Refine);
+- ``clean_outputs`` strips scaffolding the model copied from its prompts (echoed
+  ``[Question]`` sections, "Improved answer:" labels, role tags) from both answers and
+  drops a row whose answer is left empty, still carries scaffolding or repeats the
+  question (``drop_stage`` ``clean``);
 - three leaf steps publish the configs: ``refined`` (D_R: question + refined answer,
   the default), ``void`` (D_V: question + original answer, same rows) and
   ``generations`` (every row with its errors and drop reason, for the card).
@@ -43,7 +48,9 @@ from synthalign.contract import Method, State
 from synthalign.errors import RecipeError
 from synthalign.llms import load_llm
 from synthalign.recipes import LLMRole, Recipe
+from synthalign.steps.clean import CleanOutputs
 from synthalign.steps.condor import (
+    CLEAN_COLUMNS,
     AnswerQuestion,
     CritiqueResponse,
     FormatCondorRows,
@@ -254,6 +261,11 @@ def build_pipeline(recipe: CondorRecipe, state: State | None = None) -> Pipeline
             truncated_is_error=recipe.drop_truncated,
             **_llm_step(recipe, "refine"),
         )
+        clean = CleanOutputs(
+            name="clean_outputs",
+            columns=list(CLEAN_COLUMNS),
+            input_batch_size=recipe.refine.batch_size,
+        )
         settings = recipe.generation_settings()
         outputs = [
             FormatCondorRows(
@@ -265,7 +277,7 @@ def build_pipeline(recipe: CondorRecipe, state: State | None = None) -> Pipeline
             for config in CONFIGS
         ]
         checked = decontaminated(
-            sample >> questions >> split >> answer >> critique >> refine,
+            sample >> questions >> split >> answer >> critique >> refine >> clean,
             recipe.decontaminate,
             ["question", "response", "refined_response"],
             input_batch_size=recipe.refine.batch_size,

@@ -5,8 +5,9 @@ One round is one distilabel pipeline::
     load_pool ─► describe_pool ─┬─► seeds (leaf)
                                 ├─► embed_pool ───────────────────────────────┐
                                 └─► draw_candidates ─► generate_keywords       │
-        ─► generate_instructions ─► review_instructions ─► generate_responses  │
-        ─► review_responses ─► adjudicate ─► embed_samples ─► deduplicate ◄────┘
+        ─► generate_instructions ─► clean_instructions ─► review_instructions  │
+        ─► generate_responses ─► clean_responses ─► review_responses           │
+        ─► adjudicate ─► embed_samples ─► deduplicate ◄────────────────────────┘
         ─► enrich_samples ─┬─► all, round-1 ... round-r, rejected (leaves)
     load_earlier_rounds ───┘   (rounds > 1)
 
@@ -39,9 +40,17 @@ from synthalign.contract import Method, Progress, State
 from synthalign.errors import RecipeError
 from synthalign.llms.pool import PoolLLM, PoolMember, pool_members
 from synthalign.recipes import Dedup, LLMRole, Recipe, SeedData, StrictModel
+from synthalign.steps.clean import CleanOutputs
 from synthalign.steps.decontaminate import decontaminated
 from synthalign.steps.embeddings import EmbedTexts
-from synthalign.steps.gra import DEFAULT_CONFIG, REJECTED_CONFIG, SEEDS_CONFIG, round_config
+from synthalign.steps.gra import (
+    DEFAULT_CONFIG,
+    INSTRUCTION_CLEAN,
+    REJECTED_CONFIG,
+    RESPONSE_CLEAN,
+    SEEDS_CONFIG,
+    round_config,
+)
 from synthalign.steps.gra_generate import (
     DrawCandidates,
     GenerateInstructions,
@@ -206,6 +215,7 @@ def _embedder(recipe: GRARecipe, name: str, **where: Any) -> EmbedTexts:
 def _candidate_steps(recipe: GRARecipe, r: int) -> list[Any]:
     """Draw -> Generator -> Reviewers -> Adjudicator -> embeddings, in pipeline order."""
     members = [m.name for m in recipe.members()]
+    batch = {"input_batch_size": recipe.generation.batch_size}
     reviews = {"min_valid_reviews": recipe.min_valid_reviews}
     committee = {**reviews, "min_mean_score": recipe.min_mean_score}
     return [
@@ -217,8 +227,10 @@ def _candidate_steps(recipe: GRARecipe, r: int) -> list[Any]:
         ),
         GenerateKeywords(name="generate_keywords", **_llm_step(recipe)),
         GenerateInstructions(name="generate_instructions", **_llm_step(recipe)),
+        CleanOutputs(name="clean_instructions", columns=[INSTRUCTION_CLEAN], set_drop=True, **batch),
         ReviewInstructions(name="review_instructions", **reviews, **_llm_step(recipe)),
         GenerateResponses(name="generate_responses", **_llm_step(recipe)),
+        CleanOutputs(name="clean_responses", columns=[RESPONSE_CLEAN], set_drop=True, **batch),
         ReviewResponses(
             name="review_responses", **committee, max_score_std=recipe.max_score_std,
             **_llm_step(recipe),

@@ -3,6 +3,7 @@
 Shape (the public code's one-conversation generation)::
 
     load_seeds ─► attach_principle ─► self_critique_revision (teacher: answer, critique, revision)
+        ─► clean_outputs (scaffolding out, or the row out)
         ─► score_with_judge | score_with_reward_model (both responses)
         ─► pair_with_preference_probability (tau, chosen/rejected, drop columns)
         ─► {rdpo, dpo, sft, all}
@@ -45,8 +46,10 @@ from synthalign.contract import Method, State
 from synthalign.errors import RecipeError
 from synthalign.llms import OpenAICompatLLM, SynthLLM, load_llm
 from synthalign.recipes import LLMRole, Recipe, RewardModel, SeedData, StrictModel
+from synthalign.steps.clean import CleanOutputs
 from synthalign.steps.decontaminate import decontaminated
 from synthalign.steps.rdpo import (
+    CLEAN_COLUMNS,
     PRINCIPLES,
     AttachPrinciple,
     PairWithPreferenceProbability,
@@ -355,6 +358,9 @@ def build_pipeline(recipe: RDPORecipe, state: State | None = None) -> Pipeline:
             input_batch_size=batch,
             resources=teacher.resources.step_resources(),
         )
+        clean = CleanOutputs(
+            name="clean_outputs", columns=list(CLEAN_COLUMNS), input_batch_size=batch
+        )
         score = score_step(recipe, system)
         judged = score.prefixes if isinstance(score, ScoreWithJudge) else []
         pair = PairWithPreferenceProbability(
@@ -382,7 +388,7 @@ def build_pipeline(recipe: RDPORecipe, state: State | None = None) -> Pipeline:
         ]
         texts = ["prompt", "response_original", "response_revised"]
         last = decontaminated(
-            load >> attach >> converse >> score >> pair,
+            load >> attach >> converse >> clean >> score >> pair,
             recipe.decontaminate,
             texts,
             set_drop=True,

@@ -51,17 +51,20 @@ from synthalign.pipelines.synpo_recipe import (
     SynPORecipe,
     llm_spec,
 )
+from synthalign.steps.clean import CleanOutputs
 from synthalign.steps.decontaminate import decontaminated
 from synthalign.steps.keywords import read_paragraphs
 from synthalign.steps.scoring import ScoreWithRewardModel
 from synthalign.steps.seeds import LOCAL_SUFFIXES
 from synthalign.steps.synpo import (
+    PROMPT_CLEAN,
     AnswerPrompt,
     AnswerPromptInitial,
     FlagInvalidPrompts,
     GeneratePromptFromKeywords,
     ImproveResponse,
     KeepValidPrompts,
+    response_clean,
 )
 from synthalign.steps.synpo_data import (
     BuildGeneratorExamples,
@@ -384,6 +387,11 @@ def pairs_pipeline(recipe: SynPORecipe, state: State) -> Pipeline:
             name="generate_prompts",
             **_role(recipe, recipe.prompt_decoding, models["generator"], seed),
         )
+        clean_prompts = CleanOutputs(
+            name="clean_prompts",
+            columns=[PROMPT_CLEAN],
+            input_batch_size=recipe.prompt_decoding.batch_size,
+        )
         flag = FlagInvalidPrompts(
             name="flag_invalid_prompts",
             min_words=f.prompt_min_words,
@@ -405,6 +413,11 @@ def pairs_pipeline(recipe: SynPORecipe, state: State) -> Pipeline:
         improve = ImproveResponse(
             name="improve_responses",
             **_role(recipe, recipe.improver_decoding, models["improver"], seed),
+        )
+        clean_responses = CleanOutputs(
+            name="clean_responses",
+            columns=response_clean(rejected),
+            input_batch_size=recipe.improver_decoding.batch_size,
         )
         score = ScoreWithRewardModel.from_reward_model(
             recipe.scorer.reward_model,
@@ -431,9 +444,9 @@ def pairs_pipeline(recipe: SynPORecipe, state: State) -> Pipeline:
             rejected_from=recipe.rejected_from,
             models=models,
         )
-        sample >> write >> flag >> [prompts, keep, select]
+        sample >> write >> clean_prompts >> flag >> [prompts, keep, select]
         chain = keep
-        for step in [*answers, improve, score]:
+        for step in [*answers, improve, clean_responses, score]:
             chain = chain >> step
         texts = ["prompt", "response_improved", rejected]
         decontaminated(chain, recipe.decontaminate, texts) >> select >> [candidates, pairs]

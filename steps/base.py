@@ -38,7 +38,7 @@ from pydantic import BaseModel, Field
 import synthalign.compat  # distilabel fixes: a filter that drops every row
 import synthalign.offline  # noqa: F401  (no citation fetches)
 from synthalign.llms.pool import Generation
-from synthalign.parsing import NO_OUTPUT, parse_model
+from synthalign.parsing import NO_OUTPUT, Parsed, parse_model, parse_partial
 from synthalign.steps.columns import FixedColumns
 from synthalign.steps.prompts import render, template_id
 
@@ -123,9 +123,15 @@ class _PromptTask(FixedColumns, Task):
 
 
 class SchemaTask(_PromptTask):
-    """A task whose output is a pydantic record enforced by the backend's grammar."""
+    """A task whose output is a pydantic record enforced by the backend's grammar.
+
+    A record the token budget cut (:mod:`synthalign.llms.closing`) fails as a whole
+    unless the cut fields are in ``allow_cut`` or :meth:`partial_columns` makes
+    columns of what survived.
+    """
 
     output_model: ClassVar[type[BaseModel]]
+    allow_cut: ClassVar[frozenset[str]] = frozenset()
 
     def format_input(self, input: dict[str, Any]) -> "FormattedInput":
         return (self.messages(input), {"format": "json", "schema": _schema_of(self.output_model)})
@@ -134,14 +140,24 @@ class SchemaTask(_PromptTask):
         """Map a parsed record to output columns (default: its fields as they are)."""
         return record.model_dump()
 
+    def partial_columns(self, parsed: Parsed[Any], input: dict[str, Any]) -> dict[str, Any] | None:
+        """Columns of a record whose fields the token budget cut (``parsed.values``,
+        ``parsed.field_errors``), or None when the record fails as a whole (default)."""
+        return None
+
     def format_output(
         self, output: str | None, input: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        record, error = parse_model(output, self.output_model)
+        parsed = parse_partial(output, self.output_model, self.allow_cut)
         columns = self.empty_columns()
-        if record is not None:
-            columns.update(self.record_columns(record, input or {}))
-        return {**columns, **self._provenance(output, error)}
+        if parsed.record is not None:
+            columns.update(self.record_columns(parsed.record, input or {}))
+        elif parsed.field_errors:
+            partial = self.partial_columns(parsed, input or {})
+            if partial is not None:
+                raw = {f"{self.column_prefix}_raw": output}  # kept: part of it failed
+                return {**columns, **partial, **self._provenance(output, None), **raw}
+        return {**columns, **self._provenance(output, parsed.error)}
 
 
 class TextTask(_PromptTask):
@@ -220,6 +236,7 @@ class RoutedTask(_PromptTask):
     """
 
     output_model: ClassVar[type[BaseModel] | None] = None
+    allow_cut: ClassVar[frozenset[str]] = frozenset()
     column_prefix: ClassVar[str] = ""
     max_new_tokens: int = Field(default=2048, ge=1, description="token budget of free-text outputs")
     structured_max_new_tokens: int = Field(
@@ -273,7 +290,7 @@ class RoutedTask(_PromptTask):
             return CallResult(**base, text=generation.text, error=generation.error)
         output_model = self._model_of(call)
         if output_model is not None:
-            record, error = parse_model(generation.text, output_model)
+            record, error = parse_model(generation.text, output_model, self.allow_cut)
             return CallResult(**base, text=generation.text, record=record, error=error)
         text = (generation.text or "").strip()
         budget = self.budget(call)

@@ -20,14 +20,15 @@ the same configs.
 
 # No `from __future__ import annotations`: distilabel finds the batch argument of
 # `process` by its runtime `StepInput` annotation.
-import re
 from functools import cache
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from distilabel.steps import Step, StepInput
 from pydantic import BaseModel, Field, StringConstraints, create_model
 
+from synthalign.parsing import Parsed
 from synthalign.steps.base import SchemaTask, TextTask, provenance_columns
+from synthalign.steps.clean import CleanColumn
 from synthalign.steps.columns import FixedColumns
 from synthalign.steps.decontaminate import CONTAMINATION_COLUMNS, contamination_features
 from synthalign.steps.knowledge_tree import TASK_TYPES, normalize_tag
@@ -198,7 +199,17 @@ class GenerateQuestions(_GatedSchemaTask):
 
     @property
     def outputs(self) -> "StepColumns":
-        return [*QUESTION_COLUMNS, *provenance_columns(self.column_prefix)]
+        return [*QUESTION_COLUMNS, "question_errors", *provenance_columns(self.column_prefix)]
+
+    def partial_columns(self, parsed: Parsed[Any], input: dict[str, Any]) -> dict[str, Any]:
+        """A call whose budget ran out in one question keeps the others: the cut one is
+        None with its reason in ``question_errors`` (one entry per difficulty)."""
+        errors = [parsed.field_errors.get(d.lower()) for d in DIFFICULTIES]
+        columns = {
+            f"question_{d.lower()}": None if error else parsed.values.get(d.lower())
+            for d, error in zip(DIFFICULTIES, errors, strict=True)
+        }
+        return {**columns, "question_errors": errors}
 
     def template_values(self, input: dict[str, Any]) -> dict[str, Any]:
         task_type = input["task_type"]
@@ -209,7 +220,8 @@ class GenerateQuestions(_GatedSchemaTask):
         }
 
     def record_columns(self, record: Any, input: dict[str, Any]) -> dict[str, Any]:
-        return {f"question_{d.lower()}": getattr(record, d.lower()) for d in DIFFICULTIES}
+        columns = {f"question_{d.lower()}": getattr(record, d.lower()) for d in DIFFICULTIES}
+        return {**columns, "question_errors": None}
 
 
 def question_problem(
@@ -241,21 +253,24 @@ def split_question_row(row: dict[str, Any], min_words: int = 3) -> list[dict[str
     """Three rows (Easy, Medium, Hard) from one question-call row.
 
     A failed call gives three rows that carry its error. A question that fails
-    :func:`question_problem` gets its own error, so only that row drops.
+    :func:`question_problem`, or that the token budget cut (``question_errors``), gets
+    its own error, so only that row drops.
     """
     base = {
         k: v
         for k, v in row.items()
-        if not (
+        if k != "question_errors"
+        and not (
             k.startswith("question_") and k.removeprefix("question_").capitalize() in DIFFICULTIES
         )
     }
+    cut = row.get("question_errors") or [None] * len(DIFFICULTIES)
     seen: set[str] = set()
     out = []
-    for difficulty in DIFFICULTIES:
+    for difficulty, cut_error in zip(DIFFICULTIES, cut, strict=True):
         text = row.get(f"question_{difficulty.lower()}")
         text = text.strip() if isinstance(text, str) else None
-        error = row.get("question_error")
+        error = row.get("question_error") or cut_error
         if error is None:
             error = question_problem(text, row.get("tag_path"), seen, min_words)
             if error is None:
@@ -337,51 +352,13 @@ class CritiqueResponse(_GatedSchemaTask):
 
 # ------------------------------------------------------------------ stage 4: refine
 
-_PREAMBLE = re.compile(
-    r"""^\s*(?:
-        (?:\#+\s*|\*\*\s*|\[\s*)?
-        (?:improved|refined|revised|rewritten|better|updated|final|new)\s+
-        (?:answer|response|version)(?:\s+start)?
-        \s*(?:\*\*|\])?\s*:?\s*(?:\*\*)?\s*(?:\n|$)
-      | here\s+is\s+(?:the|an|my|a)\s+(?:improved|refined|revised|rewritten|better|updated)\s+
-        (?:answer|response|version)[^\n:]{0,80}:\s*
-    )""",
-    re.IGNORECASE | re.VERBOSE,
-)
-_BLOCK = re.compile(
-    r"\[\s*improved\s+answer\s+start\s*\](.*?)(?:\[\s*improved\s+answer\s+end\s*\]|$)",
-    re.IGNORECASE | re.DOTALL,
-)
-
-
-def clean_refined_text(text: str | None) -> tuple[str | None, str | None]:
-    """The refined answer without the wrapping small models add; ``(text, error)``.
-
-    Strips a leading label ("Improved answer:", "Here is the refined response:") and,
-    if the model copied a ``[Improved Answer Start] ... [End]`` block, keeps its inside.
-    Anything else is left as written. Never raises.
-    """
-    if text is None:
-        return None, "no output (generation failed)"
-    stripped = text.strip()
-    block = _BLOCK.search(stripped)
-    if block:
-        stripped = block.group(1).strip()
-    for _ in range(2):  # a label can follow a heading line
-        new = _PREAMBLE.sub("", stripped, count=1).strip()
-        if new == stripped:
-            break
-        stripped = new
-    if not stripped:
-        return None, "empty output" if not text.strip() else "empty output after removing the label"
-    return stripped, None
-
 
 class RefineResponse(_GatedTextTask):
     """An improved answer written from the question, the original answer and the critique.
 
     The original answer stays in ``response``; the improvement goes to
-    ``refined_response`` (labels such as "Improved answer:" removed).
+    ``refined_response`` as written: :data:`CLEAN_COLUMNS` (the pipeline's
+    ``clean_outputs`` step) removes labels, echoed sections and the like.
     """
 
     template: ClassVar[str] = "condor_refine.jinja2"
@@ -391,11 +368,14 @@ class RefineResponse(_GatedTextTask):
         "question", "response", "critique_strengths", "critique_weaknesses", "critique_suggestions",
     )  # fmt: skip
 
-    def format_output(
-        self, output: str | None, input: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        text, error = clean_refined_text(output)
-        return {self.output_column: text, **self._provenance(output, error)}
+
+CLEAN_COLUMNS: tuple[CleanColumn, ...] = (
+    CleanColumn(column="response", templates=["condor_answer.jinja2"], prompt_column="question"),
+    CleanColumn(
+        column="refined_response", templates=["condor_refine.jinja2"], prompt_column="question"
+    ),
+)
+"""What the cleaning step checks: both published answers, against the prompts they came from."""
 
 
 # ------------------------------------------------------------------ published configs
@@ -425,6 +405,8 @@ GENERATIONS_COLUMNS = [
     "generation_settings",
     *ERROR_COLUMNS,
     *CONTAMINATION_COLUMNS,
+    "clean_error",
+    "clean_changed",
     "kept",
     "drop_stage",
     "drop_reason",
@@ -432,7 +414,8 @@ GENERATIONS_COLUMNS = [
 
 
 def drop_reason(row: dict[str, Any]) -> tuple[str | None, str | None]:
-    """``(stage, reason)`` of the first stage that failed this row, or ``(None, None)``."""
+    """``(stage, reason)`` of the first stage that failed this row, or ``(None, None)``;
+    the cleaning step (stage ``clean``) comes after the four LLM stages."""
     for stage in STAGES:
         error = row.get(f"{stage}_error")
         if error:
@@ -445,6 +428,8 @@ def drop_reason(row: dict[str, Any]) -> tuple[str | None, str | None]:
         value = row.get(column)
         if not isinstance(value, str) or not value.strip():
             return stage, f"empty {column}"
+    if row.get("clean_error"):
+        return "clean", row["clean_error"]
     return None, None
 
 
@@ -459,7 +444,10 @@ def format_row(row: dict[str, Any], config: str, settings: dict[str, Any]) -> di
     values = {c: row.get(c) for c in [*ROW_COLUMNS, *MODEL_COLUMNS, "knowledge_tree"]}
     values["generation_settings"] = settings
     if config == "generations":
-        errors = {c: row.get(c) for c in [*ERROR_COLUMNS, *CONTAMINATION_COLUMNS]}
+        errors = {
+            c: row.get(c)
+            for c in [*ERROR_COLUMNS, *CONTAMINATION_COLUMNS, "clean_error", "clean_changed"]
+        }
         return {**values, **errors, **(kept() if reason is None else dropped(stage, reason))}
     if reason is not None:
         return None
@@ -500,7 +488,12 @@ def config_features(config: str, settings: dict[str, dict[str, Any]]) -> Any:
     if config != "generations":
         columns["messages"] = chat_feature()
         return Features({c: columns[c] for c in TRAIN_COLUMNS})
-    columns.update({c: text for c in ERROR_COLUMNS}, **contamination_features(), **drop_features())
+    columns.update(
+        {c: text for c in [*ERROR_COLUMNS, "clean_error"]},
+        **contamination_features(),
+        **drop_features(),
+    )
+    columns["clean_changed"] = List(text)
     return Features({c: columns[c] for c in GENERATIONS_COLUMNS})
 
 

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import pyarrow.parquet as pq
 
 from synthalign.steps.base import RoutedTask
+from synthalign.steps.clean import CleanColumn
 from synthalign.steps.publish import dropped
 
 DOMAINS: tuple[str, ...] = (
@@ -55,17 +56,57 @@ TEMPLATES: dict[str, str] = {
 
 STAGES: tuple[str, ...] = (
     "generation",
+    "clean",
     "instruction_review",
     "response",
     "response_review",
     "adjudication",
     "dedup",
 )
-"""Where a candidate can leave the funnel (``drop_stage``), in pipeline order."""
+"""Where a candidate can leave the funnel (``drop_stage``), in pipeline order (``clean``:
+the cleaning of the instruction, and later of the response)."""
+
+INSTRUCTION_CLEAN = CleanColumn(
+    column="instruction", templates=[TEMPLATES["instruction"]], markers=["<boi>", "<eoi>"]
+)
+"""The Generator's instruction: inside ``<boi>...<eoi>`` (Prompt 5), free of the prompt's
+sections and sentences."""
+RESPONSE_CLEAN = CleanColumn(
+    column="response", templates=[TEMPLATES["response"]], prompt_column="instruction"
+)
 
 SEEDS_CONFIG = "seeds"
 DEFAULT_CONFIG = "all"
 REJECTED_CONFIG = "rejected"
+
+
+PLACEHOLDERS: frozenset[str] = frozenset(
+    {"keyword", "keywords", "the keywords", "new keywords", "domain", "the domain", "summary",
+     "the summary", "instruction", "the instruction", "example", "examples"}
+)  # fmt: skip
+"""Field names and template words a small model returns instead of a label
+(``['keywords', 'keywords', 'keywords']``): never a real keyword or summary."""
+
+ECHOED_LABEL = "echo: the label repeats the prompt's field names"
+
+
+def real_keywords(values: list[str] | None) -> list[str]:
+    """At most three distinct keywords, without placeholders (:data:`PLACEHOLDERS`)."""
+    seen: set[str] = set()
+    out = []
+    for value in values or []:
+        text = str(value).strip().strip("'\"").strip()
+        key = " ".join(text.lower().split())
+        if key and key not in PLACEHOLDERS and key not in seen:
+            seen.add(key)
+            out.append(text)
+    return out[:3]
+
+
+def real_summary(value: str | None) -> str | None:
+    """The summary, or None when it is a placeholder."""
+    text = (value or "").strip()
+    return None if " ".join(text.lower().strip(" .'\"").split()) in PLACEHOLDERS else text
 
 
 def round_config(round_index: int) -> str:

@@ -14,6 +14,7 @@
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
@@ -24,10 +25,12 @@ from synthalign.steps.base import Call, CallResult
 from synthalign.steps.columns import FixedColumns
 from synthalign.steps.gra import (
     DOMAINS,
+    ECHOED_LABEL,
     METADATA_FIELDS,
     TEMPLATES,
     GRATask,
     in_play,
+    real_keywords,
     with_templates,
 )
 from synthalign.steps.gra_pool import KeywordSet, metadata_complete
@@ -218,8 +221,14 @@ class GenerateKeywords(_GeneratorTask):
     def values(self, row: dict[str, Any]) -> dict[str, Any]:
         return {"domain": row["domain"], "examples": row["examples"]}
 
+    def merge(self, row: dict[str, Any], results: Sequence[CallResult]) -> dict[str, Any]:
+        (result,) = results
+        if result.error is None and not real_keywords(result.record.keywords):
+            result = replace(result, error=ECHOED_LABEL)  # ['keywords', 'keywords', ...]
+        return super().merge(row, [result])
+
     def answer(self, result: CallResult) -> Any:
-        return [k for k in result.record.keywords if k][:3]
+        return real_keywords(result.record.keywords)
 
 
 class GenerateInstructions(_GeneratorTask):

@@ -24,10 +24,13 @@ from synthalign.steps.columns import FixedColumns
 from synthalign.steps.gra import (
     DEFAULT_CONFIG,
     DOMAINS,
+    ECHOED_LABEL,
     METADATA_FIELDS,
     SEEDS_CONFIG,
     TEMPLATES,
     published_rows,
+    real_keywords,
+    real_summary,
     with_templates,
 )
 from synthalign.steps.seeds import generator_batches, read_seed_rows
@@ -240,7 +243,13 @@ class DescribeExamples(RoutedTask):
                 errors.append(f"{result.key}: {result.error}")
                 continue
             value = getattr(result.record, result.key)
-            labels[result.key] = [k for k in value if k][:3] if result.key == "keywords" else value
+            if result.key == "keywords":
+                value = real_keywords(value) or None
+            elif result.key == "summary":
+                value = real_summary(value)
+            if value is None:
+                errors.append(f"{result.key}: {ECHOED_LABEL}")
+            labels[result.key] = value
         return {
             **labels,
             "metadata_models": {field: models.get(field) for field in METADATA_FIELDS},

@@ -53,7 +53,7 @@ SAMPLE_COLUMNS: tuple[str, ...] = (
     "review_mean", "review_std", "review_decision", "review_reason", "adjudication",
     "adjudication_score", "adjudication_reason", "adjudication_kept", "dedup_match",
     "dedup_similarity", "generation_error", "generation_raw", "response_error", "response_raw",
-    "metadata_models", "metadata_error", "prompt_templates", *CONTAMINATION_COLUMNS,
+    "clean_changed", "metadata_models", "metadata_error", "prompt_templates", *CONTAMINATION_COLUMNS,
 )  # fmt: skip
 """Columns of the published candidate rows, in order."""
 
@@ -78,7 +78,7 @@ def sample_features() -> Features:
         "adjudication": {"model": s, **scores, "reason": s, **failure},
         "adjudication_score": f, "adjudication_reason": s, "adjudication_kept": b,
         "dedup_match": s, "dedup_similarity": f, "generation_error": s, "generation_raw": s,
-        "response_error": s, "response_raw": s,
+        "response_error": s, "response_raw": s, "clean_changed": List(s),
         "metadata_models": dict.fromkeys(METADATA_FIELDS, s), "metadata_error": s,
         "prompt_templates": dict.fromkeys(TEMPLATES, s), **contamination_features(),
     }  # fmt: skip

@@ -146,6 +146,7 @@ class ReviewResponses(_ReviewTask):
 
     template: ClassVar[str] = TEMPLATES["response_review"]
     output_model: ClassVar[type[BaseModel]] = ResponseReview
+    allow_cut: ClassVar[frozenset[str]] = frozenset({"feedback"})  # the scores still count
     stage: ClassVar[str] = "response_review"
     input_columns: ClassVar[tuple[str, ...]] = ("instruction", "response", "roles")
     output_columns: ClassVar[tuple[str, ...]] = (
@@ -191,6 +192,7 @@ class Adjudicate(GRATask):
 
     template: ClassVar[str] = TEMPLATES["adjudication"]
     output_model: ClassVar[type[BaseModel]] = AdjudicationReview
+    allow_cut: ClassVar[frozenset[str]] = frozenset({"reason"})  # the scores still count
     stage: ClassVar[str] = "adjudication"
     input_columns: ClassVar[tuple[str, ...]] = (
         "instruction", "response", "response_reviews", "review_decision", "roles",

@@ -29,6 +29,7 @@ from distilabel.steps import Step, StepInput
 from pydantic import Field
 
 from synthalign.steps.base import TextTask, provenance_columns
+from synthalign.steps.clean import CleanColumn
 from synthalign.steps.columns import FixedColumns
 from synthalign.steps.decontaminate import CONTAMINATION_COLUMNS
 from synthalign.steps.prompts import render, template_id
@@ -222,6 +223,19 @@ class SelfCritiqueRevision(TextTask):
         return rows
 
 
+CLEAN_COLUMNS: tuple[CleanColumn, ...] = (
+    CleanColumn(
+        column="response_original", templates=["rdpo_answer.jinja2"], prompt_column="prompt"
+    ),
+    CleanColumn(
+        column="response_revised",
+        templates=["rdpo_revision.jinja2", "rdpo_critique.jinja2"],
+        prompt_column="prompt",
+    ),
+)
+"""What the cleaning step checks: both responses of a pair; the revision against the two
+prompts of the conversation it ends (it must not talk about "my critique")."""
+
 # ---------------------------------------------------------------- pairing and tau
 
 TURN_DROPS: tuple[tuple[str, str, str], ...] = (
@@ -268,8 +282,9 @@ class PairWithPreferenceProbability(FixedColumns, Step):
     revisions are often worse.
 
     Every row gets ``kept``, ``drop_stage`` and ``drop_reason`` (None when kept): the
-    first failure among answer (stage ``generation``), ``critique``, ``revision``,
-    judge / reward-model ``scoring``, and ``pairing`` (identical responses, ties with
+    first failure among answer (stage ``generation``), ``critique``, ``revision``, output
+    cleaning (``clean``: scaffolding left in a response), judge / reward-model
+    ``scoring``, and ``pairing`` (identical responses, ties with
     ``tie="drop"``). ``drop_detail`` keeps the underlying error text.
     """
 
@@ -309,6 +324,8 @@ class PairWithPreferenceProbability(FixedColumns, Step):
         for column, stage, reason in TURN_DROPS:
             if row.get(column):
                 return stage, reason, str(row[column])
+        if row.get("clean_error"):
+            return "clean", row["clean_error"], "a response still carries prompt scaffolding"
         for prefix in self.judge_prefixes:
             error = row.get(f"{prefix}_error")
             if error:
@@ -409,12 +426,13 @@ FLOAT_COLUMNS = frozenset(
     }
 )
 CHAT_COLUMNS = frozenset({"chosen", "rejected", "messages"})
+LIST_COLUMNS = frozenset({"clean_changed"})
 
 
 def config_features(columns: Iterable[str], chats: Iterable[str] = ()) -> "Features":
     """One schema for every rDPO config: chats, float scores (a judge's integer scores
     too, so every scorer's configs concatenate), the drop columns, strings otherwise."""
-    from datasets import Features, Value  # heavy: datasets
+    from datasets import Features, List, Value  # heavy: datasets
 
     chat_columns = CHAT_COLUMNS | set(chats)
     drops = drop_features()
@@ -424,6 +442,8 @@ def config_features(columns: Iterable[str], chats: Iterable[str] = ()) -> "Featu
             features[name] = chat_feature()
         elif name in drops:
             features[name] = drops[name]
+        elif name in LIST_COLUMNS:
+            features[name] = List(Value("string"))
         else:
             features[name] = Value("float64" if name in FLOAT_COLUMNS else "string")
     return Features(features)
@@ -525,6 +545,8 @@ class SelectAllRows(PublishConfig):
             "principle",
             "principle_text",
             *turns,
+            "clean_error",
+            "clean_changed",
             "score_original",
             "score_revised",
             "scorer",

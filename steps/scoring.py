@@ -7,7 +7,9 @@ that the rDPO loss uses as a per-example soft label.
 
 Names here are shared with other methods; keep them stable:
 
-- :func:`preference_probability`: the score -> tau map (clip and tie policies).
+- :func:`preference_probability`: the score -> tau map (clip and tie policies);
+  :func:`calibrated_temperature` (T from a run's own score gaps) and
+  :func:`coarse_tau` (a binary or three-level judge's map, which does not tie).
 - :class:`RewardModelScorer`: a plain reward-model wrapper whose batched scores
   equal its one-at-a-time scores (padding side chosen by probing the model).
 - :class:`ScoreWithRewardModel`: a distilabel step scoring response columns with it
@@ -22,6 +24,7 @@ Names here are shared with other methods; keep them stable:
 # No `from __future__ import annotations`: distilabel finds the batch argument of
 # `process` by its runtime `StepInput` annotation.
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from distilabel.steps import Step, StepInput
@@ -47,6 +50,8 @@ __all__ = [
     "ScoreWithJudge",
     "ScoreWithRewardModel",
     "as_conversation",
+    "calibrated_temperature",
+    "coarse_tau",
     "preference_probability",
 ]
 
@@ -93,6 +98,44 @@ def preference_probability(
     # numerically stable logistic for large |z|
     tau = 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
     return min(max(tau, lo), hi)
+
+
+def calibrated_temperature(gaps: Sequence[float]) -> float:
+    """The T that makes ``sigmoid(gap / T)`` use its range on this run's score gaps.
+
+    T is the population standard deviation of the gaps (``s_revised - s_original`` of
+    every scored pair). A reward model's raw scale is arbitrary: ArmoRM-style gaps of a
+    few hundredths give tau 0.50-0.53 with T = 1, which leaves the rDPO loss almost no
+    gradient. Dividing by the gaps' own spread makes tau invariant to shifting or
+    scaling every score by a constant, and spreads it over most of (0, 1) whatever the
+    scorer's units. Fewer than two finite gaps, or gaps that do not spread, give 1.0.
+    """
+    finite = [float(g) for g in gaps if g is not None and math.isfinite(float(g))]
+    if len(finite) < 2:
+        return 1.0
+    mean = sum(finite) / len(finite)
+    std = math.sqrt(sum((g - mean) ** 2 for g in finite) / len(finite))
+    return std if std > 1e-12 else 1.0
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+def coarse_tau(steps: float, tie_tau: float = 0.6, step_tau: float = 0.9) -> float:
+    """tau of a pair scored on a binary or three-level judge scale, ``steps`` levels apart.
+
+    On such a scale most pairs tie (a 0/1 judge calls both responses safe), and
+    ``sigmoid(0) = 0.5`` would make every tie a pair with no preference at all. A tie is
+    absence of evidence, not evidence of equality: the revision was written to follow the
+    principle, so a tie keeps that prior, ``tie_tau``. Each level the revision gains
+    (loses) moves the log-odds by ``logit(step_tau) - logit(tie_tau)``: with the
+    defaults, a tie gives 0.6, one level up 0.9, one down 0.2, two up 0.98, two down 0.04.
+    """
+    if not (0.0 < tie_tau < 1.0 and 0.0 < step_tau < 1.0):
+        raise ValueError("tie_tau and step_tau must lie strictly between 0 and 1")
+    z = _logit(tie_tau) + steps * (_logit(step_tau) - _logit(tie_tau))
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
 
 # --------------------------------------------------------------- reward models
@@ -460,7 +503,7 @@ class ScoreWithJudge(ScoreResponses, SchemaTask):
         prefix = self.prefix_for(score_column)
         columns: dict[str, Any] = {score_column: None, f"{prefix}_rationale": None}
         if error is None:
-            record, error = parse_model(output, JudgeVerdict)
+            record, error = parse_model(output, JudgeVerdict, frozenset({"rationale"}))
             if record is not None:
                 columns[f"{prefix}_rationale"] = record.rationale
                 if self.scale_min <= record.score <= self.scale_max:

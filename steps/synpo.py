@@ -33,6 +33,7 @@ from distilabel.steps import GlobalStep, Step, StepInput
 from pydantic import Field
 
 from synthalign.steps.base import TextTask
+from synthalign.steps.clean import CleanColumn
 from synthalign.steps.columns import FixedColumns
 from synthalign.steps.keywords import stopwords
 from synthalign.steps.publish import DROP_COLUMNS, dropped, kept
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from distilabel.typing import StepOutput
 
 __all__ = [
+    "PROMPT_CLEAN",
     "AnswerPrompt",
     "AnswerPromptInitial",
     "FlagInvalidPrompts",
@@ -51,6 +53,7 @@ __all__ = [
     "normalize_prompt",
     "prompt_invalid_reason",
     "repeated_ngram_fraction",
+    "response_clean",
     "score_gap",
     "score_gap_passes",
     "too_repetitive",
@@ -174,6 +177,24 @@ def flag_prompts(
     return reasons
 
 
+# ------------------------------------------------------------------- cleaning
+
+PROMPT_CLEAN = CleanColumn(column="prompt", templates=["synpo_keywords_to_prompt.jinja2"])
+"""A generated prompt must not repeat the keywords-to-prompt template."""
+
+
+def response_clean(rejected_column: str) -> list[CleanColumn]:
+    """The chosen (improved) and rejected responses of a pair, against the prompt."""
+    return [
+        CleanColumn(
+            column="response_improved", templates=["synpo_improve.jinja2"], prompt_column="prompt"
+        ),
+        CleanColumn(
+            column=rejected_column, templates=["synpo_answer.jinja2"], prompt_column="prompt"
+        ),
+    ]
+
+
 # ------------------------------------------------------------------- steps
 
 
@@ -192,7 +213,9 @@ class GeneratePromptFromKeywords(TextTask):
 class FlagInvalidPrompts(FixedColumns, GlobalStep):
     """Marks every generated prompt kept, or dropped at stage ``prompt`` with the reason.
 
-    Global, because "repeated" needs to see all prompts of the iteration at once.
+    Global, because "repeated" needs to see all prompts of the iteration at once. A
+    prompt the cleaning step could not clean (``clean_error``: it echoes the template)
+    is dropped at stage ``clean`` with that reason.
     """
 
     input_columns: ClassVar[tuple[str, ...]] = ("keywords", "prompt", "prompt_gen_error")
@@ -212,7 +235,10 @@ class FlagInvalidPrompts(FixedColumns, GlobalStep):
             language=self.language,
         )
         for row, reason in zip(inputs, reasons, strict=True):
-            row.update(kept() if reason is None else dropped("prompt", reason))
+            if row.get("clean_error") and not row.get("prompt_gen_error"):
+                row.update(dropped("clean", row["clean_error"]))
+            else:
+                row.update(kept() if reason is None else dropped("prompt", reason))
         yield inputs
 
 

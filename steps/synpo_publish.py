@@ -67,6 +67,7 @@ IMPROVE_TEMPLATE = "synpo_improve.jinja2"
 IMPROVER_STAGES: tuple[str, ...] = ("answer", "score", "score gap")
 """Where an improver-set row can leave, in pipeline order (its ``drop_stage``)."""
 PAIR_STAGES: tuple[str, ...] = (
+    "clean",
     "prompt",
     "answer",
     "improve",
@@ -75,7 +76,8 @@ PAIR_STAGES: tuple[str, ...] = (
     "repetition",
     "sample",
 )
-"""Where a keyword list's row can leave the pairs stage, in pipeline order."""
+"""Where a keyword list's row can leave the pairs stage, in pipeline order (``clean``: the
+generated prompt, or later a response, still carries prompt scaffolding)."""
 
 
 def _user(text: str) -> list[dict[str, str]]:
@@ -120,6 +122,8 @@ def pair_fate(
         fate = dropped("answer", "answer failed")
     elif row.get("improver_error") or not chosen:
         fate = dropped("improve", "improvement failed")
+    elif row.get("clean_error"):
+        fate = dropped("clean", row["clean_error"])
     elif gap is None:
         fate = dropped("score", "not scored")
     elif not score_gap_passes(row["score_chosen"], row["score_rejected"], threshold):
@@ -349,6 +353,7 @@ class PromptRows(SynPOConfig):
         "prompt_gen_error": "text",
         "prompt_gen_model": "text",
         "prompt_gen_prompt": "text",
+        "clean_changed": "texts",
         "iteration": "int",
         **_DROP,
     }
@@ -379,6 +384,8 @@ class PairCandidates(SynPOConfig):
         "contamination_kind": "text",
         "contamination_item": "text",
         "contamination_score": "float",
+        "clean_error": "text",
+        "clean_changed": "texts",
         "iteration": "int",
         **_DROP,
     }

@@ -19,8 +19,6 @@ from synthalign.steps.condor import (
     AnswerQuestion,
     CritiqueResponse,
     GenerateQuestions,
-    RefineResponse,
-    clean_refined_text,
     drop_reason,
     format_row,
     split_question_row,
@@ -195,54 +193,6 @@ def test_critique_parser(raw: str, error: str | None) -> None:
         assert out["critique_strengths"] is None and out["critique_raw"] == raw
 
 
-# ------------------------------------------------------------------ refinement parser
-
-
-@pytest.mark.parametrize(
-    ("raw", "text", "error"),
-    [
-        (
-            "A laser amplifies light by stimulated emission.",
-            "A laser amplifies light by stimulated emission.",
-            None,
-        ),
-        ("Improved answer:\nA laser amplifies light.", "A laser amplifies light.", None),
-        ("**Refined Response:**\n\nA laser amplifies light.", "A laser amplifies light.", None),
-        (
-            "Here is the improved answer that fixes the gaps:\nA laser amplifies light.",
-            "A laser amplifies light.",
-            None,
-        ),
-        (
-            "[Improved Answer Start]\nA laser amplifies light.\n[Improved Answer End]",
-            "A laser amplifies light.",
-            None,
-        ),
-        (
-            "[Improved Answer Start]\nA laser amplifies li",
-            "A laser amplifies li",
-            None,
-        ),  # truncated block
-        (
-            "Improved answers differ: lasers amplify light.",
-            "Improved answers differ: lasers amplify light.",
-            None,
-        ),
-        ("Improved answer:", None, "empty output after removing the label"),
-        ("   ", None, "empty output"),
-        (None, None, "no output"),
-    ],
-)
-def test_refined_text_parser(raw: str | None, text: str | None, error: str | None) -> None:
-    got_text, got_error = clean_refined_text(raw)
-    assert got_text == text
-    assert got_error is None if error is None else got_error.startswith(error)
-    out = _task(RefineResponse).format_output(raw, {})
-    assert out["refined_response"] == text
-    assert (out["refine_error"] or "").startswith(error or "")
-    assert out["refine_raw"] == (raw if error else None)
-
-
 # ------------------------------------------------------------------ gating and truncation (real tiny model)
 
 
@@ -340,10 +290,11 @@ def test_pipeline_shape_and_load_stages() -> None:
         "answer_question",
         "critique_response",
         "refine_response",
+        "clean_outputs",
     ]
     for a, b in pairwise(order):
         assert list(pipeline.dag.get_step_successors(a)) == [b]
-    assert sorted(pipeline.dag.get_step_successors("refine_response")) == sorted(CONFIGS)
+    assert sorted(pipeline.dag.get_step_successors("clean_outputs")) == sorted(CONFIGS)
     sample = pipeline.dag.get_step("sample_tags")["step"]
     assert sample.num_items == 7 and sample.tree == "default"
     assert CondorRecipe.model_validate({**TINY_CONDOR, "load_stages": "sequential"}).sequential()

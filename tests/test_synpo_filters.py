@@ -219,7 +219,7 @@ def test_select_pairs_filters_counts_and_samples_every_keyword_list() -> None:
     assert sorted(fates[i][1] or "kept" for i in (0, 5, 6)).count("not sampled") == 1
     funnel = stage_funnel([r["drop_stage"] for r in judged], PAIR_STAGES, PAIR_LABELS)
     assert funnel == {
-        "keyword lists": 9, "valid prompts": 7, "answered": 7, "improved": 6, "scored": 5,
+        "keyword lists": 9, "free of scaffolding": 9, "valid prompts": 7, "answered": 7, "improved": 6, "scored": 5,
         "score gap passed": 4, "repetition passed": 3, "pairs sampled": 2,
     }  # fmt: skip
     assert _select() == judged  # a seeded sample

@@ -10,11 +10,14 @@ every row of a step.
 from __future__ import annotations
 
 import json
+from collections import deque
 from typing import Any
 
 import torch
 import transformers
 import xgrammar as xgr
+
+from synthalign.llms.closing import TRUNCATED, FieldBudget, FieldPlan, plan_fields
 
 # xgrammar (0.2.x) compiles a string with ``maxLength`` to a character class that lets
 # raw control characters through and forbids escapes, so a schema-forced output can
@@ -46,12 +49,16 @@ def json_schema_ebnf(schema: dict[str, Any]) -> str:
 
 
 class GrammarCache:
-    """Compiles JSON schemas once per tokenizer."""
+    """Compiles JSON schemas once per tokenizer, with each schema's field-budget plan."""
 
     def __init__(self, tokenizer: Any, vocab_size: int) -> None:
+        self.tokenizer = tokenizer
         self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
         self.compiler = xgr.GrammarCompiler(self.info)
         self._cache: dict[str, xgr.CompiledGrammar] = {}
+        self._plans: dict[str, FieldPlan | None] = {}
+        self._texts: list[str] | None = None
+        self.close_ids: list[int] = tokenizer.encode(TRUNCATED + '"', add_special_tokens=False)
 
     def get(self, schema: dict[str, Any]) -> xgr.CompiledGrammar:
         key = json.dumps(schema, sort_keys=True)
@@ -59,9 +66,33 @@ class GrammarCache:
             self._cache[key] = self.compiler.compile_grammar(json_schema_ebnf(schema))
         return self._cache[key]
 
+    def budget(self, schema: dict[str, Any], max_new_tokens: int) -> FieldBudget | None:
+        """A fresh :class:`~synthalign.llms.closing.FieldBudget` for one row of ``schema``."""
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._plans:
+            self._plans[key] = plan_fields(schema)
+        plan = self._plans[key]
+        if plan is None:
+            return None
+        return FieldBudget(plan, budget=max_new_tokens, close_tokens=len(self.close_ids))
+
+    @property
+    def token_texts(self) -> list[str]:
+        """The text of every token alone (what :class:`FieldBudget` reads)."""
+        if self._texts is None:
+            size = self.info.vocab_size
+            self._texts = self.tokenizer.batch_decode([[i] for i in range(size)])
+        return self._texts
+
 
 class BatchGrammarProcessor(transformers.LogitsProcessor):
-    """Masks logits row by row; rows with ``None`` grammar are left free."""
+    """Masks logits row by row; rows with ``None`` grammar are left free.
+
+    With ``budgets`` (one :class:`~synthalign.llms.closing.FieldBudget` or None per
+    row), a top-level string that has used its share of the token budget is closed by
+    forcing ``close_ids`` (the tokens of ``TRUNCATED + '"'``) through the grammar, so
+    the properties after it still get written.
+    """
 
     def __init__(
         self,
@@ -69,6 +100,9 @@ class BatchGrammarProcessor(transformers.LogitsProcessor):
         vocab_size: int,
         suppress_tokens: list[int] | None = None,
         special_tokens: list[int] | None = None,
+        budgets: list[FieldBudget | None] | None = None,
+        token_texts: list[str] | None = None,
+        close_ids: list[int] | None = None,
     ) -> None:
         # The model's own ``suppress_tokens`` are applied here, after the grammar, and
         # only where the grammar leaves another choice: run as a separate processor
@@ -80,13 +114,40 @@ class BatchGrammarProcessor(transformers.LogitsProcessor):
         self.matchers = [xgr.GrammarMatcher(g) if g is not None else None for g in grammars]
         self.vocab_size = vocab_size
         self.bitmask = xgr.allocate_token_bitmask(len(grammars), vocab_size)
+        self.budgets = budgets or [None] * len(grammars)
+        self.token_texts = token_texts or []
+        self.close_ids = close_ids or []
+        self.forcing: list[deque[int]] = [deque() for _ in grammars]
         self._started = False
+
+    def _accept(self, i: int, token: int) -> None:
+        matcher = self.matchers[i]
+        if matcher is None or matcher.is_terminated():
+            return
+        matcher.accept_token(token)
+        if self.forcing[i]:
+            self.forcing[i].popleft()
+        budget = self.budgets[i]
+        if budget is not None and budget.feed(self.token_texts[token]) and not self.forcing[i]:
+            self.forcing[i].extend(self.close_ids)
+
+    def _force(self, work: torch.Tensor) -> None:
+        """Rows closing a string: only the next closing token, if the grammar allows it."""
+        for i, queue in enumerate(self.forcing):
+            if not queue:
+                continue
+            token = queue[0]
+            if not torch.isfinite(work[i, token]):
+                queue.clear()  # the grammar does not allow it here: let the row go on
+                continue
+            keep = work[i, token].clone()
+            work[i, :] = float("-inf")
+            work[i, token] = keep
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self._started:
-            for i, matcher in enumerate(self.matchers):
-                if matcher is not None and not matcher.is_terminated():
-                    matcher.accept_token(int(input_ids[i, -1]))
+            for i in range(len(self.matchers)):
+                self._accept(i, int(input_ids[i, -1]))
         self._started = True
         constrained = [i for i, m in enumerate(self.matchers) if m is not None]
         if constrained:
@@ -97,6 +158,7 @@ class BatchGrammarProcessor(transformers.LogitsProcessor):
                     matcher.fill_next_token_bitmask(self.bitmask, i)
             work = scores[:, : self.vocab_size].float().cpu()
             xgr.apply_token_bitmask_inplace(work, self.bitmask)
+            self._force(work)
             scores[:, : self.vocab_size] = work.to(scores.device, scores.dtype)
             rows = torch.tensor(constrained, dtype=torch.long, device=scores.device)
             if len(self.special):

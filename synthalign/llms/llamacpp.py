@@ -4,7 +4,9 @@ The Python bindings serve one sequence at a time, so prompts are issued in order
 JSON schemas are enforced by llama.cpp's grammar sampler (``response_format`` with a
 schema). Its schema converter (llama-cpp-python 0.3) ignores ``minimum``/``maximum``,
 so a bounded integer is handed over as the enum of its values, which the grammar does
-enforce (a 0-10 score can then never come back as 12). Install with
+enforce (a 0-10 score can then never come back as 12). A schema-forced answer cut by
+``max_tokens`` is closed into valid JSON (:func:`synthalign.llms.closing.close_json`), so
+the cut field fails alone. Install with
 ``pip install 'synthalign[llamacpp]'``.
 """
 
@@ -16,6 +18,7 @@ from pydantic import Field, PrivateAttr
 
 from synthalign.errors import BackendError
 from synthalign.llms.base import ChatType, Completion, Decoding, JSONSchema, SynthLLM
+from synthalign.llms.closing import close_json
 from synthalign.models import is_builtin, resolve_model, smollm2_gguf_path
 
 MAX_ENUM_RANGE = 1000
@@ -47,6 +50,11 @@ class LlamaCppLLM(SynthLLM):
     n_ctx: int = Field(default=4096, description="context window in tokens")
     n_threads: int | None = Field(default=None, description="CPU threads; default all cores")
     n_gpu_layers: int = 0
+    repeat_penalty: float | None = Field(
+        default=None,
+        gt=0,
+        description="llama.cpp's repeat_penalty; None: 1.1 for the built-in model, its default otherwise",
+    )
 
     _llm: Any = PrivateAttr(default=None)
 
@@ -81,6 +89,10 @@ class LlamaCppLLM(SynthLLM):
         self, conversations: list[ChatType], schemas: list[JSONSchema | None], *, decoding: Decoding
     ) -> list[Completion]:
         completions = []
+        extra = dict(decoding.extra)
+        penalty = self.repeat_penalty or (1.1 if is_builtin(self.model) else None)
+        if penalty is not None:
+            extra.setdefault("repeat_penalty", penalty)
         for conversation, schema in zip(conversations, schemas, strict=True):
             response_format = (
                 {"type": "json_object", "schema": bounded_ints_as_enums(schema)} if schema else None
@@ -92,12 +104,13 @@ class LlamaCppLLM(SynthLLM):
                 top_p=decoding.top_p,
                 seed=decoding.seed,
                 response_format=response_format,
-                **decoding.extra,
+                **extra,
             )
             usage = out.get("usage") or {}
+            text = out["choices"][0]["message"]["content"] or ""
             completions.append(
                 Completion(
-                    text=out["choices"][0]["message"]["content"] or "",
+                    text=close_json(text, schema) if schema else text,
                     input_tokens=int(usage.get("prompt_tokens", 0)),
                     output_tokens=int(usage.get("completion_tokens", 0)),
                 )

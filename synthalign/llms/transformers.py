@@ -20,7 +20,12 @@ from synthalign.llms.base import (
     SynthLLM,
     context_overflow,
 )
-from synthalign.models import resolve_model
+from synthalign.llms.closing import close_json
+from synthalign.models import is_builtin, resolve_model
+
+BUILTIN_REPETITION_PENALTY = 1.1
+"""Mild: enough to pull a small model out of a loop, without bending the grammar's choices
+(a penalty only rescales logits; the grammar mask still decides what is allowed)."""
 
 
 class TransformersLLM(SynthLLM):
@@ -32,6 +37,14 @@ class TransformersLLM(SynthLLM):
         default=None, description="micro-batch size handed to generate(); None = the whole batch"
     )
     trust_remote_code: bool = False
+    repetition_penalty: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "transformers' repetition_penalty; None: 1.1 for the built-in models (a 135M model "
+            "otherwise loops inside a string until its budget runs out), off for others"
+        ),
+    )
 
     _model: Any = PrivateAttr(default=None)
     _tokenizer: Any = PrivateAttr(default=None)
@@ -61,6 +74,11 @@ class TransformersLLM(SynthLLM):
 
     def unload(self) -> None:
         self._model = self._tokenizer = self._grammars = None
+
+    def _repetition_penalty(self) -> float:
+        if self.repetition_penalty is not None:
+            return self.repetition_penalty
+        return BUILTIN_REPETITION_PENALTY if is_builtin(self.model) else 1.0
 
     def context_length(self) -> int:
         """Tokens the model can attend to (prompt + completion)."""
@@ -117,13 +135,25 @@ class TransformersLLM(SynthLLM):
         batch = self._tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding=True)
         batch = {k: v.to(self._model.device) for k, v in batch.items()}
         grammars = [self._grammars.get(s) if s is not None else None for s in schemas]
+        room = self.context_length() - batch["input_ids"].shape[1]
+        max_new = max(1, min(decoding.max_new_tokens, room))
         suppress = self._model.generation_config.suppress_tokens
         processors = []
         if suppress or any(g is not None for g in grammars):
             eos = self._tokenizer.eos_token_id
             special = [t for t in self._tokenizer.all_special_ids if t != eos]
+            cache = self._grammars
+            budgets = [cache.budget(s, max_new) if s is not None else None for s in schemas]
             processors.append(
-                BatchGrammarProcessor(grammars, self._grammars.info.vocab_size, suppress, special)
+                BatchGrammarProcessor(
+                    grammars,
+                    cache.info.vocab_size,
+                    suppress,
+                    special,
+                    budgets=budgets,
+                    token_texts=cache.token_texts if any(budgets) else None,
+                    close_ids=cache.close_ids,
+                )
             )
         sampling: dict[str, Any] = {"do_sample": False}
         if not decoding.greedy:
@@ -132,11 +162,12 @@ class TransformersLLM(SynthLLM):
                 "temperature": decoding.temperature,
                 "top_p": decoding.top_p,
             }
-        room = self.context_length() - batch["input_ids"].shape[1]
+        if self._repetition_penalty() != 1.0:
+            sampling["repetition_penalty"] = self._repetition_penalty()
         with torch.inference_mode():
             out = self._model.generate(
                 **batch,
-                max_new_tokens=max(1, min(decoding.max_new_tokens, room)),
+                max_new_tokens=max_new,
                 logits_processor=processors or None,
                 pad_token_id=self._tokenizer.pad_token_id,
                 eos_token_id=self._tokenizer.eos_token_id,
@@ -147,7 +178,7 @@ class TransformersLLM(SynthLLM):
             )
         prompt_len = batch["input_ids"].shape[1]
         completions = []
-        for row, prompt in zip(out, ids, strict=True):
+        for row, prompt, schema in zip(out, ids, schemas, strict=True):
             new = row[prompt_len:].tolist()
             n_out = len(new)
             for j, tok in enumerate(new):
@@ -155,5 +186,7 @@ class TransformersLLM(SynthLLM):
                     n_out = j + 1 if tok == self._tokenizer.eos_token_id else j
                     break
             text = self._tokenizer.decode(new[:n_out], skip_special_tokens=True)
+            if schema is not None:  # a JSON cut by the budget still parses
+                text = close_json(text, schema)
             completions.append(Completion(text=text, input_tokens=len(prompt), output_tokens=n_out))
         return completions

