@@ -5,8 +5,9 @@ Shape (the public code's one-conversation generation)::
     load_seeds ─► attach_principle ─► self_critique_revision (teacher: answer, critique, revision)
         ─► clean_outputs (scaffolding out, or the row out)
         ─► score_with_judge | score_with_reward_model (both responses)
-        ─► pair_with_preference_probability (tau, chosen/rejected, drop columns)
-        ─► {rdpo, dpo, sft, all}
+        ─► pair_with_preference_probability (chosen/rejected, drop columns)
+        ─► calibrate_tau (a global step: T from all of the run's score gaps)
+        ─► {rdpo, dpo, sft, dsc, all}
 
 Published configs (leaf steps of the pipeline, so a rerun of ``pipeline.yaml`` yields
 them too; each declares its schema):
@@ -18,6 +19,9 @@ them too; each declares its schema):
   (``synthalign train dpo``).
 - ``sft``: the kept pairs as ``messages`` (prompt + chosen), the paper's SFT baseline
   (``synthalign train sft`` with ``dataset_config: sft``).
+- ``dsc``: the revisions the scorer prefers to their originals as ``messages``, the
+  paper's distilled self-critique baseline (``synthalign train sft`` with
+  ``dataset_config: dsc``).
 - ``all``: every row, failures included, with ``kept`` / ``drop_stage`` /
   ``drop_reason`` (the card's funnel) and ``drop_detail``.
 
@@ -53,6 +57,7 @@ from synthalign.steps.rdpo import (
     AttachPrinciple,
     PairWithPreferenceProbability,
     SelectAllRows,
+    SelectDSCMessages,
     SelectPreferencePairs,
     SelectSFTMessages,
     SelfCritiqueRevision,
@@ -60,8 +65,9 @@ from synthalign.steps.rdpo import (
 )
 from synthalign.steps.scoring import JUDGE_SCALES, ScoreWithJudge, ScoreWithRewardModel
 from synthalign.steps.seeds import LoadSeeds, seed_rows
+from synthalign.steps.tau import COARSE_SCALE_RANGE, CalibrateTau
 
-CONFIGS: tuple[str, ...] = ("rdpo", "dpo", "sft", "all")
+CONFIGS: tuple[str, ...] = ("rdpo", "dpo", "sft", "dsc", "all")
 
 # ------------------------------------------------------------------ recipe
 
@@ -155,11 +161,12 @@ class BehaviourSection(StrictModel):
 class ScoringSection(StrictModel):
     """How both responses are scored, and how the scores become tau.
 
-    ``tau_temperature`` (T in sigmoid((s_rev - s_orig) / T)) defaults by scorer: 1 for a
-    reward model (Bradley-Terry scores are already log-odds), and a quarter of the
-    scale's range for a judge, so a full-scale jump gives tau = sigmoid(4) ~ 0.98 on
-    any scale and one step of 0-5 about 0.69. The paper gives no value; this keeps the
-    three judge scales comparable.
+    ``tau_temperature`` is T in tau = sigmoid((s_chosen - s_rejected) / T). ``auto`` (the
+    default) sets T from the run's own score gaps, the standard deviation of s_revised -
+    s_original over the kept pairs (:class:`~synthalign.steps.tau.CalibrateTau`), so
+    tau uses its range whatever the scorer's units; a 0/1 or three-level judge gets a
+    level map that does not tie at 0.5 instead (tie 0.6, one level up 0.9, one down
+    0.2). A positive number fixes T.
     """
 
     renamed: ClassVar[dict[str, str]] = {"temperature": "tau_temperature"}
@@ -167,11 +174,20 @@ class ScoringSection(StrictModel):
     kind: Literal["judge", "reward_model"] = "judge"
     judge: JudgeRole | None = None
     reward_model: RewardModel | None = None
-    tau_temperature: float | None = Field(
-        default=None,
-        gt=0,
-        description="T of tau = sigmoid(score gap / T); default: by scorer (see above)",
+    tau_temperature: float | Literal["auto"] = Field(
+        default="auto",
+        description="T of tau = sigmoid(score gap / T): 'auto' (from the run's gaps) or T > 0",
     )
+
+    @field_validator("tau_temperature", mode="before")
+    @classmethod
+    def _auto_or_positive(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValueError(f"must be 'auto' or a positive number, got {value!r}")
+        return float(value)
+
     clip: tuple[float, float] = (0.0, 1.0)
     tie: Literal["keep", "drop"] = "keep"
 
@@ -220,14 +236,16 @@ class RDPORecipe(Recipe):
             labels = preset.scale_labels  # the preset's words only fit the preset's scale
         return rubric, scale, labels
 
-    def tau_temperature(self) -> float:
-        """The T the run uses: ``scoring.tau_temperature``, else the scorer's default."""
-        if self.scoring.tau_temperature is not None:
-            return self.scoring.tau_temperature
+    def tau_temperature(self) -> float | Literal["auto"]:
+        """The recipe's T: ``"auto"`` (calibrated over the run) or a fixed number."""
+        return self.scoring.tau_temperature
+
+    def tau_scorer(self) -> Literal["reward_model", "judge", "coarse_judge"]:
+        """How :class:`CalibrateTau` reads the scores: a 0/1 or three-level judge is coarse."""
         if self.scoring.kind == "reward_model":
-            return 1.0
+            return "reward_model"
         lo, hi = self.judge_settings()[1]
-        return (hi - lo) / 4.0
+        return "coarse_judge" if hi - lo <= COARSE_SCALE_RANGE else "judge"
 
     def reward_model(self) -> RewardModel:
         return self.scoring.reward_model or RewardModel()
@@ -331,6 +349,7 @@ def build_pipeline(recipe: RDPORecipe, state: State | None = None) -> Pipeline:
     seeds, teacher = recipe.seed_data, recipe.teacher
     system = "system" if seeds.system_column else None
     batch = teacher.batch_size
+    fixed = recipe.tau_temperature()
     with Pipeline(
         name=recipe.name,
         description="rDPO self-critique preference pairs",
@@ -365,13 +384,19 @@ def build_pipeline(recipe: RDPORecipe, state: State | None = None) -> Pipeline:
         pair = PairWithPreferenceProbability(
             name="pair_with_preference_probability",
             chosen=recipe.chosen,
-            tau_temperature=recipe.tau_temperature(),
+            tau_temperature=fixed if isinstance(fixed, float) else 1.0,
             clip=list(recipe.scoring.clip),
             tie=recipe.scoring.tie,
             system_column=system,
             judge_prefixes=judged,
             generation=generation_record(recipe),
             input_batch_size=batch,
+        )
+        calibrate = CalibrateTau(
+            name="calibrate_tau",
+            tau_temperature=fixed,
+            clip=list(recipe.scoring.clip),
+            scorer=recipe.tau_scorer(),
         )
         leaves = [
             SelectPreferencePairs(
@@ -381,11 +406,12 @@ def build_pipeline(recipe: RDPORecipe, state: State | None = None) -> Pipeline:
                 name="dpo", with_tau=False, judge_prefixes=judged, input_batch_size=batch
             ),
             SelectSFTMessages(name="sft", input_batch_size=batch),
+            SelectDSCMessages(name="dsc", input_batch_size=batch),
             SelectAllRows(
                 name="all", system_column=system, judge_prefixes=judged, input_batch_size=batch
             ),
         ]
-        load >> attach >> converse >> clean >> score >> pair >> leaves
+        load >> attach >> converse >> clean >> score >> pair >> calibrate >> leaves
     return pipeline
 
 
