@@ -99,6 +99,9 @@ def _recipe_line(recipe: Mapping[str, Any]) -> str:
     scoring = recipe.get("scoring") or {}
     if scoring.get("kind") == "judge":
         scorer = f"LLM judge `{(scoring.get('judge') or {}).get('llm', '?')}`"
+    elif scoring.get("kind") == "pairwise":
+        llm = (scoring.get("pairwise") or {}).get("llm", "?")
+        scorer = f"pairwise model `{llm}` (both orders, P(revised preferred))"
     else:
         model = (scoring.get("reward_model") or {}).get("model", "builtin:tiny-reward")
         scorer = f"reward model `{model}`"

@@ -5,6 +5,7 @@ Shape (the public code's one-conversation generation)::
     load_seeds ─► attach_principle ─► self_critique_revision (teacher: answer, critique, revision)
         ─► clean_outputs (scaffolding out, or the row out)
         ─► score_with_judge | score_with_reward_model (both responses)
+            | compare_pairwise (both responses at once, in both orders)
         ─► pair_with_preference_probability (chosen/rejected, drop columns)
         ─► calibrate_tau (a global step: T from all of the run's score gaps)
         ─► {rdpo, dpo, sft, dsc, all}
@@ -49,8 +50,9 @@ from synthalign.cards.rdpo import build_card
 from synthalign.contract import Method, State
 from synthalign.errors import RecipeError
 from synthalign.llms import OpenAICompatLLM, SynthLLM, load_llm
-from synthalign.recipes import LLMRole, Recipe, RewardModel, SeedData, StrictModel
+from synthalign.recipes import LLMRole, PairwiseModel, Recipe, RewardModel, SeedData, StrictModel
 from synthalign.steps.clean import CleanOutputs
+from synthalign.steps.pairwise import CompareWithLLM
 from synthalign.steps.rdpo import (
     CLEAN_COLUMNS,
     PRINCIPLES,
@@ -171,9 +173,12 @@ class ScoringSection(StrictModel):
 
     renamed: ClassVar[dict[str, str]] = {"temperature": "tau_temperature"}
 
-    kind: Literal["judge", "reward_model"] = "judge"
+    kind: Literal["judge", "reward_model", "pairwise"] = "judge"
     judge: JudgeRole | None = None
     reward_model: RewardModel | None = None
+    pairwise: PairwiseModel | None = Field(
+        default=None, description="kind pairwise: the model comparing original and revision"
+    )
     tau_temperature: float | Literal["auto"] = Field(
         default="auto",
         description="T of tau = sigmoid(score gap / T): 'auto' (from the run's gaps) or T > 0",
@@ -195,6 +200,10 @@ class ScoringSection(StrictModel):
     def _check_kind(self) -> ScoringSection:
         if self.kind == "judge" and self.judge is None:
             raise ValueError("scoring.kind is 'judge' but scoring.judge (with llm) is missing")
+        if self.kind == "pairwise" and self.pairwise is None:
+            raise ValueError(
+                "scoring.kind is 'pairwise' but scoring.pairwise (with llm) is missing"
+            )
         lo, hi = self.clip
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError("scoring.clip must be [lo, hi] with 0 <= lo <= hi <= 1")
@@ -216,9 +225,15 @@ class RDPORecipe(Recipe):
     scoring: ScoringSection = Field(default_factory=lambda: ScoringSection(kind="reward_model"))
     chosen: Literal["revised", "higher_score"] = "revised"
 
+    def scorer_role(self) -> JudgeRole | PairwiseModel | None:
+        """The LLM that scores (judge or pairwise), None for a reward model."""
+        return {"judge": self.scoring.judge, "pairwise": self.scoring.pairwise}.get(
+            self.scoring.kind
+        )
+
     def llm_specs(self) -> list[str]:
-        judge = self.scoring.judge if self.scoring.kind == "judge" else None
-        return [self.teacher.llm, *([judge.llm] if judge else [])]
+        role = self.scorer_role()
+        return [self.teacher.llm, *([role.llm] if role else [])]
 
     def judge_settings(self) -> tuple[str, tuple[int, int], str | None]:
         """Rubric, scale and scale labels: the recipe's, else the principle preset's."""
@@ -240,10 +255,10 @@ class RDPORecipe(Recipe):
         """The recipe's T: ``"auto"`` (calibrated over the run) or a fixed number."""
         return self.scoring.tau_temperature
 
-    def tau_scorer(self) -> Literal["reward_model", "judge", "coarse_judge"]:
+    def tau_scorer(self) -> Literal["reward_model", "judge", "coarse_judge", "pairwise"]:
         """How :class:`CalibrateTau` reads the scores: a 0/1 or three-level judge is coarse."""
-        if self.scoring.kind == "reward_model":
-            return "reward_model"
+        if self.scoring.kind != "judge":
+            return self.scoring.kind
         lo, hi = self.judge_settings()[1]
         return "coarse_judge" if hi - lo <= COARSE_SCALE_RANGE else "judge"
 
@@ -267,14 +282,14 @@ def override_llms(recipe: RDPORecipe, llms: list[str]) -> RDPORecipe:
     """``--llm TEACHER [JUDGE]``: one spec serves as teacher (and judge, when judging)."""
     if len(llms) > 2:
         raise RecipeError("rdpo takes at most two --llm specs: the teacher, then the judge")
-    if recipe.scoring.kind != "judge" and len(llms) == 2:
+    role = recipe.scorer_role()
+    if role is None and len(llms) == 2:
         raise RecipeError("a second --llm is the judge, but this recipe scores with a reward model")
     teacher = recipe.teacher.model_copy(update={"llm": llms[0]})
     scoring = recipe.scoring
-    if scoring.judge is not None and scoring.kind == "judge":
-        scoring = scoring.model_copy(
-            update={"judge": scoring.judge.model_copy(update={"llm": llms[-1]})}
-        )
+    if role is not None:
+        kind = scoring.kind
+        scoring = scoring.model_copy(update={kind: role.model_copy(update={"llm": llms[-1]})})
     return recipe.model_copy(update={"teacher": teacher, "scoring": scoring})
 
 
@@ -294,6 +309,9 @@ def scorer_record(recipe: RDPORecipe) -> dict[str, Any]:
     """Which scorer made the scores, as each row's ``generation`` records it."""
     if recipe.scoring.kind == "reward_model":
         return {"kind": "reward_model", "model": recipe.reward_model().model}
+    if recipe.scoring.pairwise is not None and recipe.scoring.kind == "pairwise":
+        role = recipe.scoring.pairwise
+        return {"kind": "pairwise", "llm": role.llm, "criterion": pairwise_criterion(recipe)}
     judge = recipe.scoring.judge
     assert judge is not None  # the recipe validates it
     scale = list(recipe.judge_settings()[1])
@@ -319,8 +337,33 @@ def generation_record(recipe: RDPORecipe) -> dict[str, Any]:
     }
 
 
-def score_step(recipe: RDPORecipe, system: str | None) -> ScoreWithJudge | ScoreWithRewardModel:
-    """The scorer of both responses: the recipe's reward model or LLM judge."""
+def pairwise_criterion(recipe: RDPORecipe) -> str:
+    """What the pairwise judge compares on: the recipe's criterion, else the principle
+    preset's rubric, else the principle statement itself."""
+    role = recipe.scoring.pairwise
+    preset = PRINCIPLES.get(recipe.behaviour.principle)
+    if role is not None and role.criterion:
+        return role.criterion
+    if preset is not None and not recipe.behaviour.principle_text:
+        return preset.rubric
+    return resolve_principle(recipe.behaviour.principle, recipe.behaviour.principle_text)[1]
+
+
+Scorer = ScoreWithJudge | ScoreWithRewardModel | CompareWithLLM
+
+
+def score_step(recipe: RDPORecipe, system: str | None) -> Scorer:
+    """The scorer of both responses: the recipe's reward model, LLM judge or pairwise model."""
+    if recipe.scoring.pairwise is not None and recipe.scoring.kind == "pairwise":
+        role = recipe.scoring.pairwise
+        return CompareWithLLM(
+            name="compare_pairwise",
+            llm=role_llm(role, recipe.seed),
+            criterion=pairwise_criterion(recipe),
+            system_column=system,
+            input_batch_size=role.batch_size,
+            resources=role.resources.step_resources(),
+        )
     if recipe.scoring.kind == "reward_model":
         return ScoreWithRewardModel.from_reward_model(
             recipe.reward_model(),
@@ -381,6 +424,8 @@ def build_pipeline(recipe: RDPORecipe, state: State | None = None) -> Pipeline:
         )
         score = score_step(recipe, system)
         judged = score.prefixes if isinstance(score, ScoreWithJudge) else []
+        if isinstance(score, CompareWithLLM):
+            judged = [score.column_prefix]
         pair = PairWithPreferenceProbability(
             name="pair_with_preference_probability",
             chosen=recipe.chosen,
