@@ -52,7 +52,7 @@ from synthalign.errors import RecipeError
 from synthalign.llms import OpenAICompatLLM, SynthLLM, load_llm
 from synthalign.recipes import LLMRole, PairwiseModel, Recipe, RewardModel, SeedData, StrictModel
 from synthalign.steps.clean import CleanOutputs
-from synthalign.steps.pairwise import CompareWithLLM
+from synthalign.steps.pairwise import CompareWithLLM, response_scorer
 from synthalign.steps.rdpo import (
     CLEAN_COLUMNS,
     PRINCIPLES,
@@ -354,15 +354,15 @@ Scorer = ScoreWithJudge | ScoreWithRewardModel | CompareWithLLM
 
 def score_step(recipe: RDPORecipe, system: str | None) -> Scorer:
     """The scorer of both responses: the recipe's reward model, LLM judge or pairwise model."""
-    if recipe.scoring.pairwise is not None and recipe.scoring.kind == "pairwise":
-        role = recipe.scoring.pairwise
-        return CompareWithLLM(
-            name="compare_pairwise",
-            llm=role_llm(role, recipe.seed),
+    if recipe.scoring.kind == "pairwise":
+        return response_scorer(
+            "pairwise",
+            recipe.reward_model(),
+            recipe.scoring.pairwise,
+            seed=recipe.seed,
             criterion=pairwise_criterion(recipe),
+            name="compare_pairwise",
             system_column=system,
-            input_batch_size=role.batch_size,
-            resources=role.resources.step_resources(),
         )
     if recipe.scoring.kind == "reward_model":
         return ScoreWithRewardModel.from_reward_model(

@@ -26,15 +26,30 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from distilabel.steps import StepInput
 from pydantic import BaseModel, Field
 
+from synthalign.llms import OpenAICompatLLM, load_llm
 from synthalign.parsing import parse_model
+from synthalign.recipes import PairwiseModel, RewardModel
 from synthalign.steps.base import SchemaTask, provenance_columns
 from synthalign.steps.prompts import template_id
-from synthalign.steps.scoring import ScoreResponses, as_conversation
+from synthalign.steps.scoring import ScoreResponses, ScoreWithRewardModel, as_conversation
 
 if TYPE_CHECKING:
     from distilabel.typing import FormattedInput, StepColumns, StepOutput
 
-__all__ = ["PROBABILITY_BOUNDS", "CompareWithLLM", "PairwiseScores", "PairwiseVerdict"]
+__all__ = [
+    "DEFAULT_CRITERION",
+    "PROBABILITY_BOUNDS",
+    "CompareWithLLM",
+    "PairwiseScores",
+    "PairwiseVerdict",
+    "response_scorer",
+]
+
+DEFAULT_CRITERION = (
+    "The better reply answers the user's request more helpfully: correct, complete, clear "
+    "and to the point."
+)
+"""What a pairwise judge compares on when neither the recipe nor the method says."""
 
 PROBABILITY_BOUNDS = (0.01, 0.99)
 """A pairwise probability is held inside these bounds so its log-odds stay finite."""
@@ -193,3 +208,33 @@ class CompareWithLLM(PairwiseScores, SchemaTask):
         """The engine failed for the whole batch: every row records it."""
         failed = (None, None, "generation failed (see pipeline log)", None)
         return [{**row, **self._columns(failed)} for row in step_output]
+
+
+def response_scorer(
+    kind: Literal["reward_model", "pairwise"],
+    reward_model: RewardModel,
+    pairwise: PairwiseModel | None,
+    *,
+    seed: int,
+    criterion: str | None = None,
+    **kwargs: Any,
+) -> ScoreWithRewardModel | CompareWithLLM:
+    """The step that scores two response columns: the recipe's reward model, or its
+    pairwise model (then ``score_<first> - score_<second>`` is the log-odds that the
+    first response is preferred). ``kwargs`` are step arguments (name, columns)."""
+    if kind != "pairwise":
+        return ScoreWithRewardModel.from_reward_model(reward_model, **kwargs)
+    if pairwise is None:
+        raise ValueError("scoring kind 'pairwise' needs its pairwise block (with llm)")
+    llm = load_llm(
+        pairwise.spec(None), engine_kwargs=pairwise.engine_kwargs, **pairwise.decoding(seed)
+    )
+    if pairwise.api_key is not None and isinstance(llm, OpenAICompatLLM):
+        llm.api_key = pairwise.api_key
+    return CompareWithLLM(
+        llm=llm,
+        criterion=pairwise.criterion or criterion or DEFAULT_CRITERION,
+        input_batch_size=pairwise.batch_size,
+        resources=pairwise.resources.step_resources(),
+        **kwargs,
+    )

@@ -127,3 +127,36 @@ def test_rdpo_with_a_pairwise_scorer_on_a_real_model(tmp_path: Path) -> None:
         else:
             assert row["drop_reason"]
     assert "pairwise model `builtin:tiny-random`" in (out / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_synpo_keeps_pairs_by_the_pairwise_preference(tmp_path: Path) -> None:
+    """SynPO's quickstart with ``scorer: {kind: pairwise}``: both the improver set and the
+    pairs are scored by the pairwise model, and the gap is its log-odds for chosen."""
+    from datasets import load_dataset
+
+    source = RECIPES / "synpo-quickstart.yaml"
+    recipe = yaml.safe_load(source.read_text())
+    for section in ("seed_data", "corpus"):
+        recipe[section]["source"] = str(RECIPES / recipe[section]["source"])
+    recipe["cache_dir"] = str(tmp_path / "cache")
+    recipe["scorer"] = {
+        "kind": "pairwise",
+        "pairwise": {"llm": "builtin:tiny-random", "max_new_tokens": 96},
+        "improver_threshold": -1.0,
+        "pair_threshold": -1.0,  # tiny-random has no taste: keep every scored pair
+    }
+    path = tmp_path / "synpo.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "pairs"
+    proc = subprocess.run(
+        [str(SYNTHALIGN), "generate", "synpo", "--config", str(path), "--output", str(out)],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pairs = load_dataset(str(out), "pairs", split="train")
+    assert len(pairs) > 0 and all(s.startswith("pairwise_llm:") for s in pairs["scorer"])
+    for chosen, rejected, gap in zip(
+        pairs["score_chosen"], pairs["score_rejected"], pairs["score_gap"], strict=True
+    ):
+        assert chosen == 0.0 and gap == pytest.approx(-rejected)  # logit P(chosen preferred)
