@@ -31,14 +31,22 @@ def _floats(values: list[Any]) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(float(v))]
 
 
-def tau_histogram(taus: list[float]) -> bytes:
+def tau_histogram(taus: list[float], before: list[float] | None = None) -> bytes:
+    """tau after calibration, over the same pairs at T = 1 (``before``) when given."""
     fig = new_figure(6.0, 3.6)
     ax = fig.add_subplot()
-    ax.hist(taus, bins=20, range=(0.0, 1.0), color="#4472c4", edgecolor="white")
+    if before:
+        ax.hist(before, bins=20, range=(0.0, 1.0), color="#bbbbbb", label="before (T = 1)")
+    ax.hist(
+        taus, bins=20, range=(0.0, 1.0), color="#4472c4", edgecolor="white", alpha=0.75,
+        label="after calibration" if before else None,
+    )  # fmt: skip
     ax.axvline(0.5, color="#999999", linestyle="--", linewidth=1)
     ax.set_xlabel("tau = P(chosen preferred)")
     ax.set_ylabel("pairs")
     ax.set_title(f"tau over {len(taus)} pairs")
+    if before:
+        ax.legend(loc="upper left", fontsize=8)
     return figure_png(fig)
 
 
@@ -75,7 +83,8 @@ INTRO = (
     "made with synthalign. A teacher answered each prompt, critiqued its answer against a stated "
     "principle and revised it, in one conversation. An external scorer rated both responses and "
     "`tau = sigmoid((score_chosen - score_rejected) / T)` is the probability that `chosen` is "
-    "preferred; the rDPO loss uses it as a per-example soft label."
+    "preferred; the rDPO loss uses it as a per-example soft label. T is calibrated on the run's "
+    "own score gaps unless the recipe fixes it."
 )
 TRAIN = (
     "A config with 0 rows is not published (no row reached it). Train: `synthalign train rdpo "
@@ -90,6 +99,9 @@ def _recipe_line(recipe: Mapping[str, Any]) -> str:
     scoring = recipe.get("scoring") or {}
     if scoring.get("kind") == "judge":
         scorer = f"LLM judge `{(scoring.get('judge') or {}).get('llm', '?')}`"
+    elif scoring.get("kind") == "pairwise":
+        llm = (scoring.get("pairwise") or {}).get("llm", "?")
+        scorer = f"pairwise model `{llm}` (both orders, P(revised preferred))"
     else:
         model = (scoring.get("reward_model") or {}).get("model", "builtin:tiny-reward")
         scorer = f"reward model `{model}`"
@@ -98,7 +110,34 @@ def _recipe_line(recipe: Mapping[str, Any]) -> str:
     return f"Teacher `{teacher}`, principle `{principle}`, scored by {scorer}; chosen = `{chosen}`."
 
 
-def _tau_section(taus: list[float]) -> str:
+def _std(values: list[float]) -> float:
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def _calibration(everything: Dataset | None) -> tuple[list[float], str | None]:
+    """The kept pairs' tau at T = 1 and a line naming the calibration and its T."""
+    names = everything.column_names if everything is not None else []
+    if everything is None or not {"tau_t1", "tau_temperature", "tau_calibration"} <= set(names):
+        return [], None
+    kept = [r for r in everything.select_columns(["kept", *CALIBRATION]) if r["kept"]]
+    if not kept:
+        return [], None
+    mode, temperature = kept[0]["tau_calibration"], kept[0]["tau_temperature"]
+    rule = {
+        "auto": "`tau_temperature: auto`: T = standard deviation of score_revised - "
+        "score_original over the kept pairs",
+        "fixed": "a fixed `tau_temperature`",
+        "judge levels": "`tau_temperature: auto` on a 0/1 or three-level judge: the level "
+        "map (tie 0.6, one level up 0.9, one down 0.2), no T",
+        "pairwise": "a pairwise scorer: tau is its P(revised preferred), T = 1",
+    }.get(mode, str(mode))
+    t_text = f"T = {temperature:.4g}" if temperature is not None else "no T"
+    before = _floats([r["tau_t1"] for r in kept])
+    return before, f"Calibration: {rule} ({t_text})."
+
+
+def _tau_section(taus: list[float], before: list[float], line: str | None) -> str:
     ordered = sorted(taus)
 
     def quantile(q: float) -> float:
@@ -109,11 +148,15 @@ def _tau_section(taus: list[float]) -> str:
         ["mean tau", sum(taus) / len(taus)],
         ["median tau", quantile(0.5)],
         ["5% / 95%", f"{quantile(0.05):.3f} / {quantile(0.95):.3f}"],
+        ["std of tau (after calibration)", f"{_std(taus):.3f}"],
+        *([["std of tau at T = 1 (before)", f"{_std(before):.3f}"]] if before else []),
         ["pairs with tau < 0.5 (scorer prefers the rejected)", sum(t < 0.5 for t in taus)],
         ["pairs with tau = 0.5 (tie)", sum(t == 0.5 for t in taus)],
     ]
-    return "## tau\n\n![tau histogram](figures/tau_hist.png)\n\n" + markdown_table(
-        stats, ["statistic", "value"]
+    return (
+        "## tau\n\n![tau histogram](figures/tau_hist.png)\n\n"
+        + (f"{line}\n\n" if line else "")
+        + markdown_table(stats, ["statistic", "value"])
     )
 
 
@@ -145,8 +188,9 @@ def _figures_and_sections(datasets: Mapping[str, Dataset]) -> tuple[dict[str, by
     sections: list[str] = []
     taus = _floats(rdpo["tau"]) if rdpo is not None and "tau" in rdpo.column_names else []
     if taus:
-        figures["tau_hist.png"] = tau_histogram(taus)
-        sections.append(_tau_section(taus))
+        before, line = _calibration(datasets.get("all"))
+        figures["tau_hist.png"] = tau_histogram(taus, before)
+        sections.append(_tau_section(taus, before, line))
     scored = _scored_rows(datasets.get("all"))
     if scored:
         original, revised, kept = (list(t) for t in zip(*scored, strict=True))
@@ -197,9 +241,13 @@ def build_card(datasets: Mapping[str, Dataset], info: Mapping[str, Any]) -> Card
     return CardContent(metadata=metadata, body=body + "\n", figures=figures)
 
 
+CALIBRATION: list[str] = ["tau_t1", "tau_temperature", "tau_calibration"]
+
 CONFIG_USE: dict[str, str] = {
     "rdpo": "prompt/chosen/rejected + tau: `synthalign train rdpo` (default)",
     "dpo": "the same pairs without tau: `synthalign train dpo` baseline",
     "sft": "prompt + chosen as `messages`: `synthalign train sft` baseline (dataset_config: sft)",
+    "dsc": "revisions the scorer prefers to the original, as `messages`: the distilled "
+    "self-critique baseline, `synthalign train sft` (dataset_config: dsc)",
     "all": "every row, failures included, with kept / drop_stage / drop_reason / drop_detail",
 }

@@ -5,8 +5,10 @@ Shape (the public code's one-conversation generation)::
     load_seeds ─► attach_principle ─► self_critique_revision (teacher: answer, critique, revision)
         ─► clean_outputs (scaffolding out, or the row out)
         ─► score_with_judge | score_with_reward_model (both responses)
-        ─► pair_with_preference_probability (tau, chosen/rejected, drop columns)
-        ─► {rdpo, dpo, sft, all}
+            | compare_pairwise (both responses at once, in both orders)
+        ─► pair_with_preference_probability (chosen/rejected, drop columns)
+        ─► calibrate_tau (a global step: T from all of the run's score gaps)
+        ─► {rdpo, dpo, sft, dsc, all}
 
 Published configs (leaf steps of the pipeline, so a rerun of ``pipeline.yaml`` yields
 them too; each declares its schema):
@@ -18,6 +20,9 @@ them too; each declares its schema):
   (``synthalign train dpo``).
 - ``sft``: the kept pairs as ``messages`` (prompt + chosen), the paper's SFT baseline
   (``synthalign train sft`` with ``dataset_config: sft``).
+- ``dsc``: the revisions the scorer prefers to their originals as ``messages``, the
+  paper's distilled self-critique baseline (``synthalign train sft`` with
+  ``dataset_config: dsc``).
 - ``all``: every row, failures included, with ``kept`` / ``drop_stage`` /
   ``drop_reason`` (the card's funnel) and ``drop_detail``.
 
@@ -45,15 +50,17 @@ from synthalign.cards.rdpo import build_card
 from synthalign.contract import Method, State
 from synthalign.errors import RecipeError
 from synthalign.llms import OpenAICompatLLM, SynthLLM, load_llm
-from synthalign.recipes import LLMRole, Recipe, RewardModel, SeedData, StrictModel
+from synthalign.recipes import LLMRole, PairwiseModel, Recipe, RewardModel, SeedData, StrictModel
 from synthalign.steps.clean import CleanOutputs
 from synthalign.steps.decontaminate import decontaminated
+from synthalign.steps.pairwise import CompareWithLLM, response_scorer
 from synthalign.steps.rdpo import (
     CLEAN_COLUMNS,
     PRINCIPLES,
     AttachPrinciple,
     PairWithPreferenceProbability,
     SelectAllRows,
+    SelectDSCMessages,
     SelectPreferencePairs,
     SelectSFTMessages,
     SelfCritiqueRevision,
@@ -61,8 +68,9 @@ from synthalign.steps.rdpo import (
 )
 from synthalign.steps.scoring import JUDGE_SCALES, ScoreWithJudge, ScoreWithRewardModel
 from synthalign.steps.seeds import LoadSeeds, seed_rows
+from synthalign.steps.tau import COARSE_SCALE_RANGE, CalibrateTau
 
-CONFIGS: tuple[str, ...] = ("rdpo", "dpo", "sft", "all")
+CONFIGS: tuple[str, ...] = ("rdpo", "dpo", "sft", "dsc", "all")
 
 # ------------------------------------------------------------------ recipe
 
@@ -156,23 +164,36 @@ class BehaviourSection(StrictModel):
 class ScoringSection(StrictModel):
     """How both responses are scored, and how the scores become tau.
 
-    ``tau_temperature`` (T in sigmoid((s_rev - s_orig) / T)) defaults by scorer: 1 for a
-    reward model (Bradley-Terry scores are already log-odds), and a quarter of the
-    scale's range for a judge, so a full-scale jump gives tau = sigmoid(4) ~ 0.98 on
-    any scale and one step of 0-5 about 0.69. The paper gives no value; this keeps the
-    three judge scales comparable.
+    ``tau_temperature`` is T in tau = sigmoid((s_chosen - s_rejected) / T). ``auto`` (the
+    default) sets T from the run's own score gaps, the standard deviation of s_revised -
+    s_original over the kept pairs (:class:`~synthalign.steps.tau.CalibrateTau`), so
+    tau uses its range whatever the scorer's units; a 0/1 or three-level judge gets a
+    level map that does not tie at 0.5 instead (tie 0.6, one level up 0.9, one down
+    0.2). A positive number fixes T.
     """
 
     renamed: ClassVar[dict[str, str]] = {"temperature": "tau_temperature"}
 
-    kind: Literal["judge", "reward_model"] = "judge"
+    kind: Literal["judge", "reward_model", "pairwise"] = "judge"
     judge: JudgeRole | None = None
     reward_model: RewardModel | None = None
-    tau_temperature: float | None = Field(
-        default=None,
-        gt=0,
-        description="T of tau = sigmoid(score gap / T); default: by scorer (see above)",
+    pairwise: PairwiseModel | None = Field(
+        default=None, description="kind pairwise: the model comparing original and revision"
     )
+    tau_temperature: float | Literal["auto"] = Field(
+        default="auto",
+        description="T of tau = sigmoid(score gap / T): 'auto' (from the run's gaps) or T > 0",
+    )
+
+    @field_validator("tau_temperature", mode="before")
+    @classmethod
+    def _auto_or_positive(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValueError(f"must be 'auto' or a positive number, got {value!r}")
+        return float(value)
+
     clip: tuple[float, float] = (0.0, 1.0)
     tie: Literal["keep", "drop"] = "keep"
 
@@ -180,6 +201,10 @@ class ScoringSection(StrictModel):
     def _check_kind(self) -> ScoringSection:
         if self.kind == "judge" and self.judge is None:
             raise ValueError("scoring.kind is 'judge' but scoring.judge (with llm) is missing")
+        if self.kind == "pairwise" and self.pairwise is None:
+            raise ValueError(
+                "scoring.kind is 'pairwise' but scoring.pairwise (with llm) is missing"
+            )
         lo, hi = self.clip
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError("scoring.clip must be [lo, hi] with 0 <= lo <= hi <= 1")
@@ -201,9 +226,15 @@ class RDPORecipe(Recipe):
     scoring: ScoringSection = Field(default_factory=lambda: ScoringSection(kind="reward_model"))
     chosen: Literal["revised", "higher_score"] = "revised"
 
+    def scorer_role(self) -> JudgeRole | PairwiseModel | None:
+        """The LLM that scores (judge or pairwise), None for a reward model."""
+        return {"judge": self.scoring.judge, "pairwise": self.scoring.pairwise}.get(
+            self.scoring.kind
+        )
+
     def llm_specs(self) -> list[str]:
-        judge = self.scoring.judge if self.scoring.kind == "judge" else None
-        return [self.teacher.llm, *([judge.llm] if judge else [])]
+        role = self.scorer_role()
+        return [self.teacher.llm, *([role.llm] if role else [])]
 
     def judge_settings(self) -> tuple[str, tuple[int, int], str | None]:
         """Rubric, scale and scale labels: the recipe's, else the principle preset's."""
@@ -221,14 +252,16 @@ class RDPORecipe(Recipe):
             labels = preset.scale_labels  # the preset's words only fit the preset's scale
         return rubric, scale, labels
 
-    def tau_temperature(self) -> float:
-        """The T the run uses: ``scoring.tau_temperature``, else the scorer's default."""
-        if self.scoring.tau_temperature is not None:
-            return self.scoring.tau_temperature
-        if self.scoring.kind == "reward_model":
-            return 1.0
+    def tau_temperature(self) -> float | Literal["auto"]:
+        """The recipe's T: ``"auto"`` (calibrated over the run) or a fixed number."""
+        return self.scoring.tau_temperature
+
+    def tau_scorer(self) -> Literal["reward_model", "judge", "coarse_judge", "pairwise"]:
+        """How :class:`CalibrateTau` reads the scores: a 0/1 or three-level judge is coarse."""
+        if self.scoring.kind != "judge":
+            return self.scoring.kind
         lo, hi = self.judge_settings()[1]
-        return (hi - lo) / 4.0
+        return "coarse_judge" if hi - lo <= COARSE_SCALE_RANGE else "judge"
 
     def reward_model(self) -> RewardModel:
         return self.scoring.reward_model or RewardModel()
@@ -250,14 +283,14 @@ def override_llms(recipe: RDPORecipe, llms: list[str]) -> RDPORecipe:
     """``--llm TEACHER [JUDGE]``: one spec serves as teacher (and judge, when judging)."""
     if len(llms) > 2:
         raise RecipeError("rdpo takes at most two --llm specs: the teacher, then the judge")
-    if recipe.scoring.kind != "judge" and len(llms) == 2:
+    role = recipe.scorer_role()
+    if role is None and len(llms) == 2:
         raise RecipeError("a second --llm is the judge, but this recipe scores with a reward model")
     teacher = recipe.teacher.model_copy(update={"llm": llms[0]})
     scoring = recipe.scoring
-    if scoring.judge is not None and scoring.kind == "judge":
-        scoring = scoring.model_copy(
-            update={"judge": scoring.judge.model_copy(update={"llm": llms[-1]})}
-        )
+    if role is not None:
+        kind = scoring.kind
+        scoring = scoring.model_copy(update={kind: role.model_copy(update={"llm": llms[-1]})})
     return recipe.model_copy(update={"teacher": teacher, "scoring": scoring})
 
 
@@ -277,6 +310,9 @@ def scorer_record(recipe: RDPORecipe) -> dict[str, Any]:
     """Which scorer made the scores, as each row's ``generation`` records it."""
     if recipe.scoring.kind == "reward_model":
         return {"kind": "reward_model", "model": recipe.reward_model().model}
+    if recipe.scoring.pairwise is not None and recipe.scoring.kind == "pairwise":
+        role = recipe.scoring.pairwise
+        return {"kind": "pairwise", "llm": role.llm, "criterion": pairwise_criterion(recipe)}
     judge = recipe.scoring.judge
     assert judge is not None  # the recipe validates it
     scale = list(recipe.judge_settings()[1])
@@ -302,8 +338,33 @@ def generation_record(recipe: RDPORecipe) -> dict[str, Any]:
     }
 
 
-def score_step(recipe: RDPORecipe, system: str | None) -> ScoreWithJudge | ScoreWithRewardModel:
-    """The scorer of both responses: the recipe's reward model or LLM judge."""
+def pairwise_criterion(recipe: RDPORecipe) -> str:
+    """What the pairwise judge compares on: the recipe's criterion, else the principle
+    preset's rubric, else the principle statement itself."""
+    role = recipe.scoring.pairwise
+    preset = PRINCIPLES.get(recipe.behaviour.principle)
+    if role is not None and role.criterion:
+        return role.criterion
+    if preset is not None and not recipe.behaviour.principle_text:
+        return preset.rubric
+    return resolve_principle(recipe.behaviour.principle, recipe.behaviour.principle_text)[1]
+
+
+Scorer = ScoreWithJudge | ScoreWithRewardModel | CompareWithLLM
+
+
+def score_step(recipe: RDPORecipe, system: str | None) -> Scorer:
+    """The scorer of both responses: the recipe's reward model, LLM judge or pairwise model."""
+    if recipe.scoring.kind == "pairwise":
+        return response_scorer(
+            "pairwise",
+            recipe.reward_model(),
+            recipe.scoring.pairwise,
+            seed=recipe.seed,
+            criterion=pairwise_criterion(recipe),
+            name="compare_pairwise",
+            system_column=system,
+        )
     if recipe.scoring.kind == "reward_model":
         return ScoreWithRewardModel.from_reward_model(
             recipe.reward_model(),
@@ -332,6 +393,7 @@ def build_pipeline(recipe: RDPORecipe, state: State | None = None) -> Pipeline:
     seeds, teacher = recipe.seed_data, recipe.teacher
     system = "system" if seeds.system_column else None
     batch = teacher.batch_size
+    fixed = recipe.tau_temperature()
     with Pipeline(
         name=recipe.name,
         description="rDPO self-critique preference pairs",
@@ -363,16 +425,24 @@ def build_pipeline(recipe: RDPORecipe, state: State | None = None) -> Pipeline:
         )
         score = score_step(recipe, system)
         judged = score.prefixes if isinstance(score, ScoreWithJudge) else []
+        if isinstance(score, CompareWithLLM):
+            judged = [score.column_prefix]
         pair = PairWithPreferenceProbability(
             name="pair_with_preference_probability",
             chosen=recipe.chosen,
-            tau_temperature=recipe.tau_temperature(),
+            tau_temperature=fixed if isinstance(fixed, float) else 1.0,
             clip=list(recipe.scoring.clip),
             tie=recipe.scoring.tie,
             system_column=system,
             judge_prefixes=judged,
             generation=generation_record(recipe),
             input_batch_size=batch,
+        )
+        calibrate = CalibrateTau(
+            name="calibrate_tau",
+            tau_temperature=fixed,
+            clip=list(recipe.scoring.clip),
+            scorer=recipe.tau_scorer(),
         )
         leaves = [
             SelectPreferencePairs(
@@ -382,6 +452,7 @@ def build_pipeline(recipe: RDPORecipe, state: State | None = None) -> Pipeline:
                 name="dpo", with_tau=False, judge_prefixes=judged, input_batch_size=batch
             ),
             SelectSFTMessages(name="sft", input_batch_size=batch),
+            SelectDSCMessages(name="dsc", input_batch_size=batch),
             SelectAllRows(
                 name="all", system_column=system, judge_prefixes=judged, input_batch_size=batch
             ),
@@ -394,7 +465,7 @@ def build_pipeline(recipe: RDPORecipe, state: State | None = None) -> Pipeline:
             set_drop=True,
             input_batch_size=batch,
         )
-        last >> leaves
+        last >> calibrate >> leaves
     return pipeline
 
 

@@ -54,7 +54,7 @@ from synthalign.pipelines.synpo_recipe import (
 from synthalign.steps.clean import CleanOutputs
 from synthalign.steps.decontaminate import decontaminated
 from synthalign.steps.keywords import read_paragraphs
-from synthalign.steps.scoring import ScoreWithRewardModel
+from synthalign.steps.pairwise import response_scorer
 from synthalign.steps.seeds import LOCAL_SUFFIXES
 from synthalign.steps.synpo import (
     PROMPT_CLEAN,
@@ -346,8 +346,11 @@ def improver_set_pipeline(recipe: SynPORecipe, state: State) -> Pipeline:
             name="answer_seed_prompts",
             **_role(recipe, decoding, policy, state.data["generation_seed"]),
         )
-        score = ScoreWithRewardModel.from_reward_model(
+        score = response_scorer(
+            recipe.scorer.kind,
             recipe.scorer.reward_model,
+            recipe.scorer.pairwise,
+            seed=recipe.seed,
             name="score_gold_and_policy",
             response_columns=["response", "response_policy"],
             score_columns=["score_gold", "score_policy"],
@@ -419,8 +422,11 @@ def pairs_pipeline(recipe: SynPORecipe, state: State) -> Pipeline:
             columns=response_clean(rejected),
             input_batch_size=recipe.improver_decoding.batch_size,
         )
-        score = ScoreWithRewardModel.from_reward_model(
+        score = response_scorer(
+            recipe.scorer.kind,
             recipe.scorer.reward_model,
+            recipe.scorer.pairwise,
+            seed=recipe.seed,
             name="score_pairs",
             response_columns=["response_improved", rejected],
             score_columns=["score_chosen", "score_rejected"],

@@ -13,7 +13,15 @@ from typing import Any, ClassVar, Literal, Self
 
 from pydantic import Field, model_validator
 
-from synthalign.recipes import LLMRole, Recipe, RecipePath, RewardModel, SeedData, StrictModel
+from synthalign.recipes import (
+    LLMRole,
+    PairwiseModel,
+    Recipe,
+    RecipePath,
+    RewardModel,
+    SeedData,
+    StrictModel,
+)
 from synthalign.trainers.sft import SFTRecipe
 from synthalign.trainers.simpo import SimPORecipe
 
@@ -117,13 +125,25 @@ class ScorerSection(StrictModel):
         key: f"scorer.reward_model.{key}"
         for key in ("model", "batch_size", "max_length", "torch_dtype", "trust_remote_code")
     }
+    kind: Literal["reward_model", "pairwise"] = "reward_model"
     reward_model: RewardModel = Field(default_factory=RewardModel)
+    pairwise: PairwiseModel | None = Field(
+        default=None,
+        description="kind pairwise: an LLM comparing the two responses (the gaps become "
+        "log-odds of P(first preferred), so a threshold of 0.2 means P > 0.55)",
+    )
     improver_threshold: float = Field(
         default=0.02, description="keep seed rows where gold - policy score > this"
     )
     pair_threshold: float = Field(
         default=0.02, description="keep pairs where chosen - rejected score > this"
     )
+
+    @model_validator(mode="after")
+    def _pairwise_model(self) -> Self:
+        if self.kind == "pairwise" and self.pairwise is None:
+            raise ValueError("scorer.kind is 'pairwise' but scorer.pairwise (with llm) is missing")
+        return self
 
 
 class FilterSection(StrictModel):

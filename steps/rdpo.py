@@ -387,6 +387,7 @@ RDPO_COLUMNS: tuple[str, ...] = (
     "chosen",
     "rejected",
     "tau",
+    "tau_temperature",
     "score_chosen",
     "score_rejected",
     "score_original",
@@ -416,15 +417,11 @@ SFT_COLUMNS: tuple[str, ...] = (
 )
 
 FLOAT_COLUMNS = frozenset(
-    {
-        "tau",
-        "score_chosen",
-        "score_rejected",
-        "score_original",
-        "score_revised",
-        "contamination_score",
-    }
-)
+    {"tau", "tau_t1", "tau_temperature", "score_chosen", "score_rejected", "score_original",
+     "score_revised", "contamination_score"}
+)  # fmt: skip
+TAU_COLUMNS: tuple[str, ...] = ("tau", "tau_temperature")
+"""What the ``dpo`` view leaves out (hard labels)."""
 CHAT_COLUMNS = frozenset({"chosen", "rejected", "messages"})
 LIST_COLUMNS = frozenset({"clean_changed"})
 
@@ -479,7 +476,7 @@ class SelectPreferencePairs(PublishConfig):
 
     @property
     def outputs(self) -> "StepColumns":
-        columns = [c for c in RDPO_COLUMNS if self.with_tau or c != "tau"]
+        columns = [c for c in RDPO_COLUMNS if self.with_tau or c not in TAU_COLUMNS]
         return [*columns, *judge_columns(self.judge_prefixes, provenance=False)]
 
     def features(self) -> "Features":
@@ -518,6 +515,39 @@ class SelectSFTMessages(PublishConfig):
         ]
 
 
+DSC_COLUMNS: tuple[str, ...] = (
+    "messages", "principle", "tau", "score_original", "score_revised", "revision_model",
+    "revision_prompt",
+)  # fmt: skip
+
+
+class SelectDSCMessages(PublishConfig):
+    """Publishes ``dsc``: the rDPO paper's distilled self-critique baseline, SFT on the
+    revisions the scorer prefers to their originals (``score_revised >
+    score_original``), as ``messages`` (prompt + revision) for ``synthalign train sft``."""
+
+    input_columns: ClassVar[tuple[str, ...]] = (
+        "prompt_messages", "response_revised", "score_original", "score_revised", "kept",
+    )  # fmt: skip
+    output_columns: ClassVar[tuple[str, ...]] = DSC_COLUMNS
+
+    def features(self) -> "Features":
+        return config_features(DSC_COLUMNS)
+
+    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        yield [
+            {
+                **{c: row.get(c) for c in DSC_COLUMNS},
+                "messages": [
+                    *row["prompt_messages"],
+                    {"role": "assistant", "content": row["response_revised"]},
+                ],
+            }
+            for row in inputs
+            if row.get("kept") and float(row["score_revised"]) > float(row["score_original"])
+        ]
+
+
 class SelectAllRows(PublishConfig):
     """Publishes every row, failures included, with its drop columns: ``all``, the
     config the card's funnel counts and the place to read failed rows' raw outputs."""
@@ -552,6 +582,9 @@ class SelectAllRows(PublishConfig):
             "scorer",
             *scoring,
             *PAIR_COLUMNS,
+            "tau_t1",
+            "tau_temperature",
+            "tau_calibration",
             "generation",
             "kept",
             "drop_stage",

@@ -100,22 +100,26 @@ def preference_probability(
     return min(max(tau, lo), hi)
 
 
-def calibrated_temperature(gaps: Sequence[float]) -> float:
+def calibrated_temperature(gaps: Sequence[float | None]) -> float:
     """The T that makes ``sigmoid(gap / T)`` use its range on this run's score gaps.
 
-    T is the population standard deviation of the gaps (``s_revised - s_original`` of
-    every scored pair). A reward model's raw scale is arbitrary: ArmoRM-style gaps of a
-    few hundredths give tau 0.50-0.53 with T = 1, which leaves the rDPO loss almost no
-    gradient. Dividing by the gaps' own spread makes tau invariant to shifting or
-    scaling every score by a constant, and spreads it over most of (0, 1) whatever the
-    scorer's units. Fewer than two finite gaps, or gaps that do not spread, give 1.0.
+    T is the population standard deviation of the finite gaps (``s_revised -
+    s_original`` of every kept pair). A reward model's raw scale is arbitrary:
+    ArmoRM-style gaps of a few hundredths give tau 0.50-0.53 with T = 1, which leaves
+    the rDPO loss almost no gradient. Dividing by the gaps' own spread makes tau
+    invariant to shifting every score by a constant (gaps unchanged) or scaling every
+    score by c > 0 (gaps and T both times c), and spreads it over most of (0, 1)
+    whatever the scorer's units. Gaps without spread fall back to their mean absolute
+    value (every pair equally sure: tau = sigmoid(+-1)); no gaps or all-zero gaps to 1.0.
     """
     finite = [float(g) for g in gaps if g is not None and math.isfinite(float(g))]
-    if len(finite) < 2:
+    if not finite:
         return 1.0
     mean = sum(finite) / len(finite)
     std = math.sqrt(sum((g - mean) ** 2 for g in finite) / len(finite))
-    return std if std > 1e-12 else 1.0
+    if len(finite) >= 2 and std > 1e-9 * max(abs(g) for g in finite):
+        return std
+    return abs(mean) if mean != 0 else 1.0
 
 
 def _logit(p: float) -> float:

@@ -368,3 +368,17 @@ def load_recipe(path: str | Path, cls: type[R]) -> R:
             f"{path}: a recipe is a YAML mapping of keys to values, got {type(data).__name__}"
         )
     return parse_recipe(data, cls, str(path), recipe_dir=path.parent)
+
+
+class PairwiseModel(LLMRole):
+    """A pairwise scorer (PairRM-style): sees two responses to one prompt and gives
+    P(the second is preferred). Today an LLM asked to compare them in both orders
+    (:class:`synthalign.steps.pairwise.CompareWithLLM`); greedy, as a verdict."""
+
+    llm: str = Field(description="LLM spec of the pairwise judge")
+    temperature: float = Field(default=0.0, ge=0, description="0 = greedy")
+    max_new_tokens: int = Field(default=256, ge=16)
+    batch_size: int = Field(default=512, ge=1, description="comparisons per engine call / 2")
+    criterion: str | None = Field(
+        default=None, description="what makes a response better (default: the method's own)"
+    )
