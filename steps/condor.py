@@ -394,6 +394,11 @@ ROW_COLUMNS = [
     "critique_weaknesses",
     "critique_suggestions",
 ]
+# what the draw says about the tree (``knowledge_tree.tree_stats``), in the generations config
+TREE_STATS = [
+    "base_leaf_tags", "leaf_tags", "added_tags", "rejected_tags", "failed_calls",
+    "sampled_leaf_tags",
+]  # fmt: skip
 MODEL_COLUMNS = [f"{stage}_{kind}" for stage in STAGES for kind in ("model", "prompt")]
 ERROR_COLUMNS = [f"{stage}_{kind}" for stage in STAGES for kind in ("error", "raw")]
 TRAIN_COLUMNS = ["messages", *ROW_COLUMNS, *MODEL_COLUMNS, "knowledge_tree", "generation_settings"]
@@ -401,6 +406,7 @@ GENERATIONS_COLUMNS = [
     *ROW_COLUMNS,
     *MODEL_COLUMNS,
     "knowledge_tree",
+    "knowledge_tree_stats",
     "generation_settings",
     *ERROR_COLUMNS,
     "clean_error",
@@ -441,6 +447,7 @@ def format_row(row: dict[str, Any], config: str, settings: dict[str, Any]) -> di
     values["generation_settings"] = settings
     if config == "generations":
         errors = {c: row.get(c) for c in [*ERROR_COLUMNS, "clean_error", "clean_changed"]}
+        errors["knowledge_tree_stats"] = row.get("knowledge_tree_stats")
         return {**values, **errors, **(kept() if reason is None else dropped(stage, reason))}
     if reason is not None:
         return None
@@ -483,6 +490,7 @@ def config_features(config: str, settings: dict[str, dict[str, Any]]) -> Any:
         return Features({c: columns[c] for c in TRAIN_COLUMNS})
     columns.update({c: text for c in [*ERROR_COLUMNS, "clean_error"]}, **drop_features())
     columns["clean_changed"] = List(text)
+    columns["knowledge_tree_stats"] = {k: Value("int64") for k in TREE_STATS}
     return Features({c: columns[c] for c in GENERATIONS_COLUMNS})
 
 

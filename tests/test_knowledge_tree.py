@@ -12,14 +12,13 @@ from synthalign.errors import SeedDataError
 from synthalign.llms import load_llm
 from synthalign.steps.knowledge_tree import (
     TASK_TYPES,
-    ExpandKnowledgeTree,
     KnowledgeTree,
     SampleKnowledgeTasks,
-    expand_tree,
     load_tree,
     normalize_tag,
     stratified_items,
 )
+from synthalign.steps.tree_expansion import ExpandKnowledgeTree, expand_tree
 
 
 def small_tree() -> KnowledgeTree:
