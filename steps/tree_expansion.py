@@ -194,8 +194,8 @@ def grow_tree(
     ``counts`` resumes them.
     """
     leaves = tree.counts()["leaf_tags"]
-    counts = dict(counts or dict.fromkeys(EXPANSION_COUNTS, 0), leaf_tags=leaves)
-    counts.setdefault("base_leaf_tags", leaves)
+    fresh = {**dict.fromkeys(EXPANSION_COUNTS, 0), "base_leaf_tags": leaves}
+    counts = {**fresh, **(counts or {}), "leaf_tags": leaves}
     while leaves < expand_to and counts["rounds"] < max_rounds:
         need = expand_to - leaves
         subs = sorted(
@@ -277,14 +277,11 @@ class GrowKnowledgeTree(FixedColumns, GeneratorStep):
 
     def grow(self, path: Path) -> dict[str, int]:
         partial = path.with_name(f"{path.stem}.partial.yaml")
-        tree, counts = load_grown(partial) if partial.is_file() else (load_tree(self.base), None)
-        base_leaves = load_tree(self.base).counts()["leaf_tags"]
-        counts = {
-            **dict.fromkeys(EXPANSION_COUNTS, 0),
-            **(counts or {}),
-            "base_leaf_tags": base_leaves,
-        }
-        tree.name = f"{load_tree(self.base).name}+grown-{self.expand_to}"
+        base = load_tree(self.base)
+        base_leaves = base.counts()["leaf_tags"]
+        tree, counts = load_grown(partial) if partial.is_file() else (base, None)
+        tree.name = f"{base.name}+grown-{self.expand_to}"
+        counts = {**(counts or {}), "base_leaf_tags": base_leaves}
         tree, counts = grow_tree(
             tree, self.task(), self.expand_to, max_rounds=self.max_rounds,
             checkpoint=partial, counts=counts,
@@ -301,7 +298,7 @@ class GrowKnowledgeTree(FixedColumns, GeneratorStep):
     def task(self) -> ExpandKnowledgeTree:
         if self._task is None:
             self._task = ExpandKnowledgeTree(
-                llm=self.llm, num_new=self.num_new, add_raw_output=False, add_raw_input=False,
+                name=f"{self.name}_expand", llm=self.llm, num_new=self.num_new, add_raw_output=False, add_raw_input=False,
                 input_batch_size=self.batch_size,
             )  # fmt: skip
             self._task.load()
