@@ -302,7 +302,7 @@ def test_pipeline_shape_and_load_stages() -> None:
     assert sorted(pipeline.dag.get_step_successors("clean_outputs")) == sorted(CONFIGS)
     sample = pipeline.dag.get_step("sample_tags")["step"]
     assert sample.num_items == 7 and sample.tree == "default"
-    assert sample.tag_sampling == "proportional" and sample.tag_fraction == 1.0
+    assert sample.tag_sampling == recipe.tag_sampling and sample.tag_fraction == 1.0
     assert CondorRecipe.model_validate({**TINY_CONDOR, "load_stages": "sequential"}).sequential()
 
 

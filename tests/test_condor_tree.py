@@ -48,6 +48,7 @@ GROWN = {
     "num_samples": 9,
     "knowledge_tree": {"expand_to": 1040, "num_new": 6, "llm": {"max_new_tokens": 200}},
     "tag_fraction": 0.5,
+    "tag_sampling": "proportional",
 }
 
 
