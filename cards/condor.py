@@ -248,6 +248,43 @@ def _settings(generations: Dataset, recipe: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _tree_base(recipe: dict[str, Any]) -> str:
+    tree = recipe.get("knowledge_tree") or "default"
+    return str(tree.get("base", "default")) if isinstance(tree, dict) else str(tree)
+
+
+def tree_lines(generations: Dataset, recipe: dict[str, Any]) -> str:
+    """The tree's growth (base -> grown leaf tags, tags added / rejected, failed calls)
+    and the draw (proportional or per root, the fraction of leaves), as card bullets."""
+    stats = {}
+    if "knowledge_tree_stats" in generations.column_names and len(generations):
+        stats = generations[0]["knowledge_tree_stats"] or {}
+    tree = recipe.get("knowledge_tree") if isinstance(recipe.get("knowledge_tree"), dict) else {}
+    lines = []
+    if tree.get("expand_to"):
+        model = (tree.get("llm") or {}).get("llm") or recipe.get("llm") or "?"
+        lines.append(
+            f"- Tree grown by `{model}` (stage `grow_tree`, `expand_to: {tree['expand_to']}`): "
+            f"{stats.get('base_leaf_tags', '?')} -> {stats.get('leaf_tags', '?')} leaf tags, "
+            f"{stats.get('added_tags', '?')} tags added, {stats.get('rejected_tags', '?')} proposals "
+            f"rejected as duplicates or invalid, {stats.get('failed_calls', '?')} calls with unparsable output.\n"
+        )
+    sampling = recipe.get("tag_sampling", "proportional")
+    how = (
+        "every leaf tag equally likely (a root domain's share is its share of the leaves)"
+        if sampling == "proportional"
+        else "every root domain an equal share"
+    )
+    fraction = float(recipe.get("tag_fraction", 1.0))
+    sampled = stats.get("sampled_leaf_tags")
+    lines.append(
+        f"- Tag sampling `{sampling}`: {how}; `tag_fraction: {fraction:g}`"
+        + (f" ({sampled} of {stats.get('leaf_tags')} leaf tags)" if sampled is not None else "")
+        + ".\n"
+    )
+    return "".join(lines)
+
+
 def _examples(refined: Dataset, n: int = 3) -> str:
     """A few kept rows, one per difficulty where possible, in full provenance."""
     if not len(refined):
@@ -357,9 +394,10 @@ def build_card(datasets: dict[str, Dataset], info: dict[str, Any]) -> CardConten
         "`task_type`, `difficulty`, `sample_index` (the question call), the critique columns, the model and prompt "
         "template (name@hash) of each stage, the knowledge tree id and `generation_settings`.\n",
         "## How it was made\n",
-        f"- Knowledge tree: `{', '.join(tree) or recipe.get('knowledge_tree', 'default')}`; "
+        f"- Knowledge tree: `{', '.join(tree) or _tree_base(recipe)}`; "
         f"{len(roots)} root domains and {len(task_types)} task types among the kept rows.\n"
-        f"- {calls} question calls (one per sampled tag x task type, stratified over root domains and task types, "
+        f"{tree_lines(generations, recipe)}"
+        f"- {calls} question calls (one per sampled tag x task type, stratified over task types, "
         f"seed {info.get('seed', recipe.get('seed', 0))}) -> {total} question rows -> **{len(refined)} kept** ({kept_share}).\n"
         f"- Rows with a parse error or empty text{' (or an answer cut off at max_new_tokens)' if recipe.get('drop_truncated', True) else ''} "
         "at any stage are dropped from both `void` and `refined`, so the two configs hold the same questions.\n",

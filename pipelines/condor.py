@@ -2,12 +2,17 @@
 
 Shape::
 
-    sample_tags ─► generate_questions ─► split_by_difficulty ─► answer_question
+    [grow_tree ─►] sample_tags ─► generate_questions ─► split_by_difficulty ─► answer_question
         ─► critique_response ─► refine_response ─► clean_outputs
         ─► {generations, void, refined}
 
+- ``grow_tree`` (only with ``knowledge_tree.expand_to``) grows the base tree with an
+  LLM to that many leaf tags, deduplicated, and caches the grown tree as a file keyed
+  by base tree, size and LLM (a rerun or resume reuses it);
 - ``sample_tags`` draws ``ceil(num_samples / 3)`` (tag path, task type) items from the
-  World Knowledge Tree, stratified over root domains and the seven task types;
+  World Knowledge Tree (or the ``tag_fraction`` of its leaves the seed picks), every
+  leaf tag equally likely (``tag_sampling: proportional``; ``per_root`` gives every
+  root domain an equal share), stratified over the seven task types;
 - ``generate_questions`` writes an Easy, a Medium and a Hard question per item and
   ``split_by_difficulty`` makes each its own row;
 - ``answer_question`` answers (the paper's Condor Void), ``critique_response`` writes
@@ -47,7 +52,7 @@ from synthalign.cards.condor import build_card
 from synthalign.contract import Method, State
 from synthalign.errors import RecipeError
 from synthalign.llms import load_llm
-from synthalign.recipes import LLMRole, Recipe
+from synthalign.recipes import LLMRole, Recipe, StrictModel
 from synthalign.steps.clean import CleanOutputs
 from synthalign.steps.condor import (
     CLEAN_COLUMNS,
@@ -63,11 +68,15 @@ from synthalign.steps.knowledge_tree import (
     DEFAULT_TREE,
     TASK_TYPES,
     SampleKnowledgeTasks,
+    load_tree,
     sampling_tree,
 )
+from synthalign.steps.tree_expansion import GrowKnowledgeTree, SampleGrownTree, grown_tree_file
 
 CONFIGS: tuple[str, ...] = ("refined", "void", "generations")
+CACHE_ROOT = "~/.cache/distilabel"  # distilabel's own default cache folder
 ROLES: tuple[str, ...] = ("question", "answer", "critique", "refine")
+TREE_ROLE = "knowledge_tree"
 QUESTIONS_PER_CALL = 3
 
 # ------------------------------------------------------------------ recipe
@@ -98,6 +107,38 @@ class CritiqueSection(RoleSection):
     )
 
 
+class ExpandRole(LLMRole):
+    """The model that grows the tree (a short JSON list of names per call)."""
+
+    max_new_tokens: int = 512
+
+
+class KnowledgeTreeSection(StrictModel):
+    """Which tree the tags come from, and whether an LLM grows it first (the paper's
+    tree has 8,400+ leaf tags; the shipped one 1,028: ``expand_to: 8400`` closes the gap)."""
+
+    base: str = Field(default=DEFAULT_TREE, description="'default' or a path to a tree YAML file")
+    expand_to: int | None = Field(
+        default=None,
+        ge=1,
+        description="grow the base tree with `llm` to this many leaf tags first (default: no growth)",
+    )
+    llm: ExpandRole = Field(default_factory=ExpandRole, description="the model that grows the tree")
+    num_new: int = Field(default=8, ge=1, le=12, description="new leaf tags asked per call")
+    max_rounds: int = Field(default=50, ge=1, description="rounds of growth at most")
+
+    @field_validator("llm", mode="before")
+    @classmethod
+    def _spec_alone(cls, value: Any) -> Any:
+        return {"llm": value} if isinstance(value, str) else value
+
+    @field_validator("base")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        # pipeline.yaml must rerun from any directory: store the tree path absolute.
+        return value if value == DEFAULT_TREE else str(Path(value).expanduser().absolute())
+
+
 class CondorRecipe(Recipe):
     """A Condor run: the model(s), the knowledge tree, how many samples, decoding per role."""
 
@@ -107,8 +148,19 @@ class CondorRecipe(Recipe):
         default_factory=dict,
         description="backend options for every LLM (tensor_parallel_size, max_batch_size, ...)",
     )
-    knowledge_tree: str = Field(
-        default=DEFAULT_TREE, description="'default' or a path to a tree YAML file"
+    knowledge_tree: KnowledgeTreeSection = Field(
+        default_factory=KnowledgeTreeSection,
+        description="'default', a tree YAML path, or {base, expand_to, llm} to grow the tree first",
+    )
+    tag_sampling: Literal["proportional", "per_root"] = Field(
+        default="proportional",
+        description="proportional: every leaf tag equally likely (the paper); per_root: every root domain an equal share",
+    )
+    tag_fraction: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="sample from this seeded fraction of the leaf tags (the paper's 25% / 50% / 100% coverage runs)",
     )
     num_samples: int = Field(
         default=20_000,
@@ -143,21 +195,31 @@ class CondorRecipe(Recipe):
             raise ValueError("needs at least one task type")
         return value
 
+    @field_validator("knowledge_tree", mode="before")
+    @classmethod
+    def _tree_name_alone(cls, value: Any) -> Any:
+        return {"base": value} if isinstance(value, str | Path) else value
+
     @model_validator(mode="after")
-    def _absolute_tree(self) -> CondorRecipe:
-        # pipeline.yaml must rerun from any directory: store the tree path absolute.
-        if self.knowledge_tree != DEFAULT_TREE:
-            self.knowledge_tree = str(Path(self.knowledge_tree).expanduser().absolute())
+    def _expansion_has_a_model(self) -> CondorRecipe:
+        if self.knowledge_tree.expand_to is not None:
+            self.knowledge_tree.llm.spec(self.llm)
         return self
 
-    def role(self, name: str) -> RoleSection:
-        return getattr(self, name)
+    def role(self, name: str) -> LLMRole:
+        return self.knowledge_tree.llm if name == TREE_ROLE else getattr(self, name)
 
     def role_spec(self, name: str) -> str:
         return self.role(name).spec(self.llm)
 
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The LLM roles this run uses (the tree's only when it grows the tree)."""
+        grows = self.knowledge_tree.expand_to is not None
+        return (TREE_ROLE, *ROLES) if grows else ROLES
+
     def llm_specs(self) -> list[str]:
-        return list(dict.fromkeys(self.role_spec(r) for r in ROLES))
+        return list(dict.fromkeys(self.role_spec(r) for r in self.roles))
 
     @property
     def num_calls(self) -> int:
@@ -174,8 +236,15 @@ class CondorRecipe(Recipe):
 
 
 def preflight(recipe: CondorRecipe) -> None:
-    """Load the tree and check the domain filter before any model loads."""
-    sampling_tree(recipe.knowledge_tree, recipe.root_domains, recipe.task_types)
+    """Load the tree and check the domain filter and growth target before any model loads."""
+    tree = recipe.knowledge_tree
+    sampling_tree(tree.base, recipe.root_domains, recipe.task_types, recipe.tag_fraction)
+    leaves = load_tree(tree.base).counts()["leaf_tags"]
+    if tree.expand_to is not None and tree.expand_to <= leaves:
+        raise RecipeError(
+            f"knowledge_tree.expand_to ({tree.expand_to}) must be above the base tree's "
+            f"{leaves} leaf tags; leave it out to use the tree as it is"
+        )
 
 
 def override_llms(recipe: CondorRecipe, llms: list[str]) -> CondorRecipe:
@@ -189,6 +258,7 @@ def override_llms(recipe: CondorRecipe, llms: list[str]) -> CondorRecipe:
         data["llm"] = llms[0]
         for role in ROLES:
             data[role]["llm"] = None
+        data["knowledge_tree"]["llm"]["llm"] = None
     else:
         for role, spec in zip(ROLES, llms, strict=True):
             data[role]["llm"] = spec
@@ -222,6 +292,44 @@ def _llm_step(recipe: CondorRecipe, role: str) -> dict[str, Any]:
     }
 
 
+def _sample_tags(recipe: CondorRecipe) -> Any:
+    """``sample_tags`` over the named tree, or ``grow_tree >> sample_tags`` when the
+    recipe grows it (the returned step is the one the questions connect to)."""
+    draw = {
+        "num_items": recipe.num_calls,
+        "task_types": recipe.task_types,
+        "root_domains": recipe.root_domains,
+        "tag_sampling": recipe.tag_sampling,
+        "tag_fraction": recipe.tag_fraction,
+        "seed": recipe.seed,
+    }
+    tree = recipe.knowledge_tree
+    if tree.expand_to is None:
+        return SampleKnowledgeTasks(
+            name="sample_tags", tree=tree.base, batch_size=recipe.question.batch_size, **draw
+        )
+    key = {"llm": recipe.role_spec(TREE_ROLE), "num_new": tree.num_new}
+    key.update(tree.llm.decoding(recipe.seed))
+    grow = GrowKnowledgeTree(
+        name="grow_tree",
+        llm=_llm(recipe, TREE_ROLE),
+        base=tree.base,
+        expand_to=tree.expand_to,
+        tree_file=str(
+            grown_tree_file(recipe.cache_dir or CACHE_ROOT, tree.base, tree.expand_to, key)
+        ),
+        num_new=tree.num_new,
+        max_rounds=tree.max_rounds,
+        batch_size=tree.llm.batch_size,
+        resources=tree.llm.resources.step_resources(),
+    )
+    sample = SampleGrownTree(
+        name="sample_tags", input_batch_size=recipe.question.batch_size, **draw
+    )
+    grow >> sample
+    return sample
+
+
 def build_pipeline(recipe: CondorRecipe, state: State | None = None) -> Pipeline:
     """The distilabel pipeline for a recipe (see the module docstring for its shape)."""
     with Pipeline(
@@ -229,15 +337,7 @@ def build_pipeline(recipe: CondorRecipe, state: State | None = None) -> Pipeline
         description="Condor: knowledge-tree questions, answers, self-critique and refined answers",
         cache_dir=recipe.cache_dir,
     ) as pipeline:
-        sample = SampleKnowledgeTasks(
-            name="sample_tags",
-            tree=recipe.knowledge_tree,
-            num_items=recipe.num_calls,
-            task_types=recipe.task_types,
-            root_domains=recipe.root_domains,
-            seed=recipe.seed,
-            batch_size=recipe.question.batch_size,
-        )
+        sample = _sample_tags(recipe)
         questions = GenerateQuestions(
             name="generate_questions",
             max_question_chars=recipe.question.max_question_chars,

@@ -395,6 +395,11 @@ ROW_COLUMNS = [
     "critique_weaknesses",
     "critique_suggestions",
 ]
+# what the draw says about the tree (``knowledge_tree.tree_stats``), in the generations config
+TREE_STATS = [
+    "base_leaf_tags", "leaf_tags", "added_tags", "rejected_tags", "failed_calls",
+    "sampled_leaf_tags",
+]  # fmt: skip
 MODEL_COLUMNS = [f"{stage}_{kind}" for stage in STAGES for kind in ("model", "prompt")]
 ERROR_COLUMNS = [f"{stage}_{kind}" for stage in STAGES for kind in ("error", "raw")]
 TRAIN_COLUMNS = ["messages", *ROW_COLUMNS, *MODEL_COLUMNS, "knowledge_tree", "generation_settings"]
@@ -402,6 +407,7 @@ GENERATIONS_COLUMNS = [
     *ROW_COLUMNS,
     *MODEL_COLUMNS,
     "knowledge_tree",
+    "knowledge_tree_stats",
     "generation_settings",
     *ERROR_COLUMNS,
     *CONTAMINATION_COLUMNS,
@@ -448,6 +454,7 @@ def format_row(row: dict[str, Any], config: str, settings: dict[str, Any]) -> di
             c: row.get(c)
             for c in [*ERROR_COLUMNS, *CONTAMINATION_COLUMNS, "clean_error", "clean_changed"]
         }
+        errors["knowledge_tree_stats"] = row.get("knowledge_tree_stats")
         return {**values, **errors, **(kept() if reason is None else dropped(stage, reason))}
     if reason is not None:
         return None
@@ -494,6 +501,7 @@ def config_features(config: str, settings: dict[str, dict[str, Any]]) -> Any:
         **drop_features(),
     )
     columns["clean_changed"] = List(text)
+    columns["knowledge_tree_stats"] = {k: Value("int64") for k in TREE_STATS}
     return Features({c: columns[c] for c in GENERATIONS_COLUMNS})
 
 

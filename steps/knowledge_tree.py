@@ -7,19 +7,22 @@ module holds
 
 - :class:`KnowledgeTree`: the three-level tree, loaded from and saved to YAML
   (``default`` is the English tree shipped in ``steps/data/knowledge_tree.yaml``);
-- :class:`ExpandKnowledgeTree`: an LLM task that proposes new sub-domains or leaf tags
-  under a node, schema-forced, with duplicates and tags already in the tree rejected;
-  :func:`expand_tree` runs it over a tree without a pipeline;
-- :func:`stratified_items` and :class:`SampleKnowledgeTasks`: the generator step that
-  yields (tag path, task type) items so that every root domain and every task type
-  gets an equal share, seeded and reproducible.
+- the tag sampling: :func:`proportional_items` (the default: every leaf tag equally
+  likely, so a root domain's share is its share of the leaves) or
+  :func:`stratified_items` (``per_root``: every root domain an equal share), both
+  stratified over the seven task types, seeded and reproducible; :func:`tag_subset`
+  keeps a seeded fraction of the leaves (the paper's 25% / 50% / 100% tag-coverage
+  experiment);
+- :class:`SampleKnowledgeTasks`: the generator step of that draw over a named tree
+  (:class:`~synthalign.steps.tree_expansion.SampleGrownTree` is the same draw over
+  the tree an expansion step wrote).
 
-The tree is referenced by name or path (never inlined) so ``pipeline.yaml`` reruns it.
+The LLM expansion of a tree lives in :mod:`synthalign.steps.tree_expansion`. The tree
+is referenced by name or path (never inlined) so ``pipeline.yaml`` reruns it.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import random
 import re
@@ -27,20 +30,18 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from math import gcd
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import yaml
 from distilabel.steps import GeneratorStep
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field
 
 from synthalign.errors import SeedDataError
-from synthalign.llms import load_llm
 from synthalign.recipes import read_yaml
-from synthalign.steps.base import SchemaTask, provenance_columns
 from synthalign.steps.columns import FixedColumns
 
 if TYPE_CHECKING:
-    from distilabel.typing import GeneratorStepOutput, StepColumns
+    from distilabel.typing import GeneratorStepOutput
 
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_TREE = "default"
@@ -271,6 +272,54 @@ def load_tree(source: str | Path = DEFAULT_TREE) -> KnowledgeTree:
 
 # -------------------------------------------------------------------- sampling
 
+TAG_SAMPLING: tuple[str, ...] = ("proportional", "per_root")
+
+
+def tag_subset(tree: KnowledgeTree, fraction: float, seed: int = 0) -> KnowledgeTree:
+    """The tree restricted to ``round(fraction * leaves)`` leaf tags (at least one).
+
+    Each leaf gets a rank from a hash of ``seed`` and its path, and the lowest ranks are
+    kept: the subset is the same on every run and machine for a seed, and a smaller
+    fraction's subset lies inside a larger one's (25% inside 50% inside 100%), which is
+    what a coverage experiment compares. Sub-domains and roots left empty are dropped.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"tag_fraction must be in (0, 1], got {fraction}")
+    paths = tree.leaf_paths()
+    if fraction == 1:
+        return tree
+    keep = set(sorted(paths, key=lambda p: _rank(seed, p))[: max(1, round(fraction * len(paths)))])
+    domains: dict[str, dict[str, list[str]]] = {}
+    for root, sub, leaf in paths:
+        if (root, sub, leaf) in keep:
+            domains.setdefault(root, {}).setdefault(sub, []).append(leaf)
+    return KnowledgeTree(domains, tree.name, tree.description, tree.source)
+
+
+def _rank(seed: int, path: tuple[str, str, str]) -> str:
+    return hashlib.sha256("\x00".join([str(seed), *path]).encode("utf-8")).hexdigest()
+
+
+def _item(k: int, path: tuple[str, str, str], task: str) -> dict[str, Any]:
+    root, sub, leaf = path
+    return {
+        "sample_index": k,
+        "tag_path": [root, sub, leaf],
+        "root_domain": root,
+        "sub_domain": sub,
+        "tag": leaf,
+        "task_type": task,
+    }
+
+
+def _checked(n: int, task_types: Iterable[str]) -> list[str]:
+    tasks = list(task_types)
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if not tasks:
+        raise ValueError("at least one task type is needed")
+    return tasks
+
 
 def stratified_items(
     tree: KnowledgeTree,
@@ -290,35 +339,73 @@ def stratified_items(
     asked for a few items spreads them over its sub-domains before repeating one; a
     leaf repeats only when the root's leaves run out.
     """
-    task_types = list(task_types)
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    if not task_types:
-        raise ValueError("at least one task type is needed")
+    tasks = _checked(n, task_types)
     rng = random.Random(seed)
     roots = tree.roots
     rng.shuffle(roots)
-    tasks = list(task_types)
     rng.shuffle(tasks)
     leaf_streams = {root: _leaf_stream(tree, root, rng) for root in sorted(roots)}
     r, t = len(roots), len(tasks)
     lcm = r * t // gcd(r, t)
-    items = []
-    for k in range(n):
-        root = roots[k % r]
-        task = tasks[(k + k // lcm) % t]
-        _, sub, leaf = next(leaf_streams[root])
-        items.append(
-            {
-                "sample_index": k,
-                "tag_path": [root, sub, leaf],
-                "root_domain": root,
-                "sub_domain": sub,
-                "tag": leaf,
-                "task_type": task,
-            }
-        )
-    return items
+    return [_item(k, next(leaf_streams[roots[k % r]]), tasks[(k + k // lcm) % t]) for k in range(n)]
+
+
+def proportional_items(
+    tree: KnowledgeTree,
+    n: int,
+    *,
+    task_types: Iterable[str] = tuple(TASK_TYPES),
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """``n`` (tag path, task type) items with every leaf tag equally likely (the paper's draw).
+
+    A root domain gets its share of the leaves as its share of the items, rounded by
+    largest remainder (so within one of ``n * leaves_r / leaves``); the roots' items are
+    interleaved by even spacing, so a prefix is proportional too. Task type ``k mod T``
+    (seeded relabeling) keeps the seven types within one of an equal share. Within a
+    root, leaves come round-robin over sub-domains as in :func:`stratified_items`, so a
+    leaf repeats only when its root's leaves run out.
+    """
+    tasks = _checked(n, task_types)
+    rng = random.Random(seed)
+    roots = tree.roots
+    rng.shuffle(roots)
+    rng.shuffle(tasks)
+    quotas = _largest_remainder(n, [len(tree.leaf_paths(r)) for r in roots])
+    slots = sorted(
+        ((j + 0.5) / q, i) for i, q in enumerate(quotas) for j in range(q)
+    )  # even spacing: root i's j-th item sits at (j + 1/2) / q_i
+    leaf_streams = {root: _leaf_stream(tree, root, rng) for root in sorted(roots)}
+    return [
+        _item(k, next(leaf_streams[roots[i]]), tasks[k % len(tasks)])
+        for k, (_, i) in enumerate(slots)
+    ]
+
+
+def _largest_remainder(n: int, sizes: list[int]) -> list[int]:
+    """``n`` split in proportion to ``sizes``: floors, then +1 to the largest remainders."""
+    total = sum(sizes)
+    exact = [n * s / total for s in sizes]
+    quotas = [int(e) for e in exact]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: quotas[i] - exact[i])
+    for i in by_remainder[: n - sum(quotas)]:
+        quotas[i] += 1
+    return quotas
+
+
+def sample_items(
+    tree: KnowledgeTree,
+    n: int,
+    *,
+    sampling: str = "proportional",
+    task_types: Iterable[str] = tuple(TASK_TYPES),
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """``n`` items drawn the ``sampling`` way (``proportional`` or ``per_root``)."""
+    if sampling not in TAG_SAMPLING:
+        raise ValueError(f"tag_sampling must be one of {list(TAG_SAMPLING)}, got {sampling!r}")
+    draw = proportional_items if sampling == "proportional" else stratified_items
+    return draw(tree, n, task_types=task_types, seed=seed)
 
 
 def _leaf_stream(
@@ -337,44 +424,62 @@ def _leaf_stream(
                     yield root, sub, shuffled[sub][i]
 
 
+def restrict_tree(
+    tree: KnowledgeTree, source: str, root_domains: list[str] | None = None
+) -> KnowledgeTree:
+    """``tree`` with only ``root_domains`` (all when None); unknown roots fail in one line."""
+    if not root_domains:
+        return tree
+    missing = [r for r in root_domains if r not in tree.domains]
+    if missing:
+        raise SeedDataError(f"root domain(s) {missing} are not in knowledge tree {source}")
+    return KnowledgeTree(
+        {r: tree.domains[r] for r in root_domains}, tree.name, tree.description, tree.source
+    )
+
+
 def sampling_tree(
     source: str,
     root_domains: list[str] | None = None,
     task_types: Iterable[str] = tuple(TASK_TYPES),
+    tag_fraction: float = 1.0,
+    seed: int = 0,
 ) -> tuple[KnowledgeTree, str]:
-    """The tree to sample from (restricted to ``root_domains``) and the full tree's id.
+    """The tree to sample from (``root_domains``, then ``tag_fraction`` of its leaves)
+    and the full tree's id.
 
     Also checks the task types, so a recipe typo fails before any model loads.
     """
     tree = load_tree(source)
     fingerprint = tree.fingerprint()
-    if root_domains:
-        missing = [r for r in root_domains if r not in tree.domains]
-        if missing:
-            raise SeedDataError(f"root domain(s) {missing} are not in knowledge tree {source}")
-        tree = KnowledgeTree(
-            {r: tree.domains[r] for r in root_domains}, tree.name, tree.description, tree.source
-        )
+    tree = tag_subset(restrict_tree(tree, source, root_domains), tag_fraction, seed)
     unknown = [t for t in task_types if t not in TASK_TYPES]
     if unknown:
         raise SeedDataError(f"unknown task type(s) {unknown}: choose from {list(TASK_TYPES)}")
     return tree, fingerprint
 
 
-class SampleKnowledgeTasks(FixedColumns, GeneratorStep):
-    """Yields ``num_items`` (tag path, task type) rows from a knowledge tree, stratified.
+def tree_stats(
+    full: KnowledgeTree, sampled: KnowledgeTree, expansion: dict[str, int] | None = None
+) -> dict[str, int]:
+    """What the card says about the tree: base and grown leaf counts, tags the expansion
+    added / rejected, its failed calls, and the leaves the draw could pick from."""
+    leaves = full.counts()["leaf_tags"]
+    stats = {
+        "base_leaf_tags": leaves,
+        "leaf_tags": leaves,
+        "added_tags": 0,
+        "rejected_tags": 0,
+        "failed_calls": 0,
+    }
+    stats.update({k: int(v) for k, v in (expansion or {}).items() if k in stats})
+    stats["sampled_leaf_tags"] = sampled.counts()["leaf_tags"]
+    return stats
 
-    The tree is named (``default``) or a YAML path, so the step reruns from
-    ``pipeline.yaml``. ``root_domains`` / ``task_types`` restrict the draw (the paper's
-    task-subset ablations); the default is the whole tree and all seven task types.
-    """
 
-    output_columns: ClassVar[tuple[str, ...]] = (
-        "sample_index", "tag_path", "root_domain", "sub_domain", "tag", "task_type",
-        "knowledge_tree",
-    )  # fmt: skip
+class TagDraw(BaseModel):
+    """The draw's settings, shared by the generator step and the step after an expansion."""
 
-    tree: str = Field(default=DEFAULT_TREE, description="'default' or a path to a tree YAML file")
     num_items: int = Field(
         default=7, ge=1, description="question-generation calls (each yields 3 questions)"
     )
@@ -382,161 +487,60 @@ class SampleKnowledgeTasks(FixedColumns, GeneratorStep):
     root_domains: list[str] | None = Field(
         default=None, description="only these root domains (default: all)"
     )
+    tag_sampling: Literal["proportional", "per_root"] = Field(
+        default="proportional",
+        description="proportional: every leaf tag equally likely; per_root: every root domain an equal share",
+    )
+    tag_fraction: float = Field(
+        default=1.0, gt=0, le=1, description="draw from this seeded fraction of the leaf tags"
+    )
     seed: int = 0
 
+    def draw(self, source: str, expansion: dict[str, int] | None = None) -> list[dict[str, Any]]:
+        """Every item of the draw from the tree at ``source``, with the tree's id and stats."""
+        full = load_tree(source)
+        tree, fingerprint = sampling_tree(
+            source, self.root_domains, self.task_types, self.tag_fraction, self.seed
+        )
+        stats = tree_stats(full, tree, expansion)
+        rows = sample_items(
+            tree,
+            self.num_items,
+            sampling=self.tag_sampling,
+            task_types=self.task_types,
+            seed=self.seed,
+        )
+        return [
+            {**row, "knowledge_tree": fingerprint, "knowledge_tree_stats": stats} for row in rows
+        ]
+
+
+DRAW_COLUMNS: tuple[str, ...] = (
+    "sample_index", "tag_path", "root_domain", "sub_domain", "tag", "task_type",
+    "knowledge_tree", "knowledge_tree_stats",
+)  # fmt: skip
+
+
+class SampleKnowledgeTasks(FixedColumns, TagDraw, GeneratorStep):
+    """Yields ``num_items`` (tag path, task type) rows from a knowledge tree, stratified.
+
+    The tree is named (``default``) or a YAML path, so the step reruns from
+    ``pipeline.yaml``. ``root_domains`` / ``task_types`` restrict the draw (the paper's
+    task-subset ablations), ``tag_fraction`` keeps a seeded share of the leaves (its
+    coverage experiment); the default is the whole tree and all seven task types.
+    """
+
+    output_columns: ClassVar[tuple[str, ...]] = DRAW_COLUMNS
+
+    tree: str = Field(default=DEFAULT_TREE, description="'default' or a path to a tree YAML file")
+
     def load_tree(self) -> tuple[KnowledgeTree, str]:
-        return sampling_tree(self.tree, self.root_domains, self.task_types)
+        return sampling_tree(
+            self.tree, self.root_domains, self.task_types, self.tag_fraction, self.seed
+        )
 
     def process(self, offset: int = 0) -> GeneratorStepOutput:
-        tree, fingerprint = self.load_tree()
-        rows = stratified_items(tree, self.num_items, task_types=self.task_types, seed=self.seed)
-        for row in rows:
-            row["knowledge_tree"] = fingerprint
-        rows = rows[offset:]
+        rows = self.draw(self.tree)[offset:]
         while rows:
             batch, rows = rows[: self.batch_size], rows[self.batch_size :]
             yield batch, not rows
-
-
-# -------------------------------------------------------------------- expansion
-
-
-class ProposedTags(BaseModel):
-    """New child tags for one node; bounded so even a random model terminates."""
-
-    tags: list[Annotated[str, StringConstraints(min_length=1, max_length=MAX_TAG_CHARS)]] = Field(
-        min_length=1, max_length=12
-    )
-
-
-class ExpandKnowledgeTree(SchemaTask):
-    """Proposes new children for a tree node: sub-domains under a root, leaves under a sub-domain.
-
-    Input ``node_path`` is ``[root]`` or ``[root, sub_domain]``; ``existing_children``
-    lists what the node already has, so the prompt can ask for what is missing. The
-    output ``new_tags`` is only the raw proposal; :meth:`KnowledgeTree.add` (called by
-    :func:`expand_tree`) rejects duplicates and tags already in the tree.
-    """
-
-    output_model: ClassVar[type[BaseModel]] = ProposedTags
-    template: ClassVar[str] = "condor_expand_tree.jinja2"
-    column_prefix: ClassVar[str] = "expand"
-    input_columns: ClassVar[tuple[str, ...]] = ("node_path", "existing_children")
-    num_new: int = Field(
-        default=8, ge=1, le=12, description="how many new tags to ask for per node"
-    )
-
-    @property
-    def outputs(self) -> StepColumns:
-        return ["new_tags", *provenance_columns(self.column_prefix)]
-
-    def template_values(self, input: dict[str, Any]) -> dict[str, Any]:
-        path = list(input["node_path"])
-        return {
-            "node_path": path,
-            "child_kind": "sub-domains" if len(path) == 1 else "specific leaf topics",
-            "existing_children": list(input.get("existing_children") or []),
-            "num_new": self.num_new,
-        }
-
-    def record_columns(self, record: Any, input: dict[str, Any]) -> dict[str, Any]:
-        return {"new_tags": list(record.tags)}
-
-
-def expand_tree(
-    tree: KnowledgeTree,
-    llm: Any,
-    *,
-    level: str = "leaves",
-    nodes: Iterable[tuple[str, ...]] | None = None,
-    num_new: int = 8,
-    leaves_per_new_sub_domain: int = 6,
-) -> tuple[KnowledgeTree, list[dict[str, Any]]]:
-    """Grow ``tree`` in place with ``llm`` and return it with one log row per node.
-
-    ``level="leaves"`` adds leaf tags under sub-domains; ``level="sub_domains"`` adds
-    sub-domains under roots and then asks for leaves of each new one (a sub-domain that
-    ends without leaves is dropped). ``nodes`` limits the nodes (default: all of that
-    level). Each log row has the node, what was accepted and rejected, and the error.
-    """
-    if level not in ("leaves", "sub_domains"):
-        raise ValueError("level is 'leaves' or 'sub_domains'")
-    if nodes is None:
-        nodes = (
-            [(r,) for r in tree.roots]
-            if level == "sub_domains"
-            else [(r, s) for r in tree.roots for s in tree.domains[r]]
-        )
-    task = ExpandKnowledgeTree(llm=llm, num_new=num_new, add_raw_output=False, add_raw_input=False)
-    task.load()
-    log = _expand_nodes(tree, task, [list(n) for n in nodes])
-    if level == "sub_domains":
-        new_subs = [[row["node_path"][0], sub] for row in log for sub in row["accepted"]]
-        if new_subs:
-            task.num_new = leaves_per_new_sub_domain
-            log += _expand_nodes(tree, task, new_subs)
-        tree.prune_empty()
-    return tree, log
-
-
-def _expand_nodes(
-    tree: KnowledgeTree, task: ExpandKnowledgeTree, nodes: list[list[str]]
-) -> list[dict[str, Any]]:
-    rows = [{"node_path": n, "existing_children": _children(tree, n)} for n in nodes]
-    log = []
-    for start in range(0, len(rows), task.input_batch_size):
-        for row in next(task.process(rows[start : start + task.input_batch_size])):
-            accepted, rejected = tree.add(row["node_path"], row.get("new_tags") or [])
-            log.append(
-                {
-                    "node_path": row["node_path"],
-                    "accepted": accepted,
-                    "rejected": rejected,
-                    "error": row.get("expand_error"),
-                }
-            )
-    return log
-
-
-def _children(tree: KnowledgeTree, node: list[str]) -> list[str]:
-    return list(tree.domains[node[0]]) if len(node) == 1 else list(tree.domains[node[0]][node[1]])
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m synthalign.steps.knowledge_tree expand SPEC OUT.yaml [--tree T] [--level L] [--limit N]``."""
-    parser = argparse.ArgumentParser(
-        description="Grow a knowledge tree with an LLM and save it as YAML."
-    )
-    parser.add_argument("command", choices=["expand", "stats"])
-    parser.add_argument("llm", nargs="?", help="LLM spec, e.g. vllm:Qwen/Qwen2.5-72B-Instruct")
-    parser.add_argument("out", nargs="?", help="where to write the grown tree")
-    parser.add_argument("--tree", default=DEFAULT_TREE)
-    parser.add_argument("--level", default="leaves", choices=["leaves", "sub_domains"])
-    parser.add_argument("--limit", type=int, default=None, help="expand only the first N nodes")
-    parser.add_argument("--num-new", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=512)
-    args = parser.parse_args(argv)
-    tree = load_tree(args.tree)
-    if args.command == "stats":
-        print(tree.counts())
-        return
-    if not args.llm or not args.out:
-        parser.error("expand needs LLM and OUT")
-    nodes = (
-        [(r,) for r in tree.roots]
-        if args.level == "sub_domains"
-        else [(r, s) for r in tree.roots for s in tree.domains[r]]
-    )
-    llm = load_llm(args.llm, max_new_tokens=args.max_new_tokens)
-    tree, log = expand_tree(
-        tree, llm, level=args.level, nodes=nodes[: args.limit], num_new=args.num_new
-    )
-    tree.save(args.out)
-    added = sum(len(r["accepted"]) for r in log)
-    print(
-        f"added {added} tags over {len(log)} nodes; tree now {tree.counts()}; written to {args.out}"
-    )
-
-
-if __name__ == "__main__":
-    main()

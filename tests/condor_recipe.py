@@ -18,6 +18,8 @@ TINY_CONDOR: dict[str, Any] = {
     "critique": {"max_new_tokens": 96, "max_field_chars": 40, "batch_size": 8},
     "refine": {"max_new_tokens": 24, "batch_size": 8},
     "drop_truncated": False,
+    # the draw these tests were written against (a random model's survivors depend on the tags)
+    "tag_sampling": "per_root",
     # one step loaded at a time (the vLLM path); the rerun test covers concurrent
     "load_stages": "sequential",
 }

@@ -263,6 +263,9 @@ def test_recipes_load_and_describe_the_paper_setup() -> None:
     assert paper.num_samples == 20_000 and paper.num_calls == 6667
     assert paper.llm_specs() == [paper.llm] and paper.llm.startswith("vllm:")
     assert paper.sequential() and paper.task_types == list(TASK_TYPES)
+    tree = paper.knowledge_tree  # the paper's tree size, grown by the paper's model first
+    assert tree.base == "default" and tree.expand_to == 8400 and tree.llm.llm is None
+    assert paper.role_spec("knowledge_tree") == paper.llm and paper.tag_sampling == "proportional"
     quick = load_recipe(RECIPES / "condor-quickstart.yaml", CondorRecipe)
     assert (
         quick.llm == "builtin:smollm2-135m"
@@ -275,6 +278,8 @@ def test_recipes_load_and_describe_the_paper_setup() -> None:
     assert four.role_spec("answer") == "a:b" and four.llm_specs()[0] == "builtin:tiny-random"
     one = override_llms(four, ["builtin:tiny-random"])
     assert one.llm_specs() == ["builtin:tiny-random"]
+    grown = override_llms(paper, ["builtin:tiny-random"])
+    assert grown.llm_specs() == ["builtin:tiny-random"]  # --llm serves the tree's growth too
 
 
 def test_pipeline_shape_and_load_stages() -> None:
@@ -297,6 +302,7 @@ def test_pipeline_shape_and_load_stages() -> None:
     assert sorted(pipeline.dag.get_step_successors("clean_outputs")) == sorted(CONFIGS)
     sample = pipeline.dag.get_step("sample_tags")["step"]
     assert sample.num_items == 7 and sample.tree == "default"
+    assert sample.tag_sampling == recipe.tag_sampling and sample.tag_fraction == 1.0
     assert CondorRecipe.model_validate({**TINY_CONDOR, "load_stages": "sequential"}).sequential()
 
 

@@ -12,14 +12,18 @@ from synthalign.errors import SeedDataError
 from synthalign.llms import load_llm
 from synthalign.steps.knowledge_tree import (
     TASK_TYPES,
-    ExpandKnowledgeTree,
     KnowledgeTree,
     SampleKnowledgeTasks,
-    expand_tree,
     load_tree,
     normalize_tag,
+    proportional_items,
+    sample_items,
     stratified_items,
+    tag_subset,
 )
+from synthalign.steps.tree_expansion import ExpandKnowledgeTree, expand_tree
+
+PINNED_FIRST_LEAF = ("Physics", "Classical mechanics", "Projectile motion")
 
 
 def small_tree() -> KnowledgeTree:
@@ -213,6 +217,89 @@ def test_generator_step_rejects_unknown_names() -> None:
         SampleKnowledgeTasks(name="s", root_domains=["Alchemy"]).load_tree()
     with pytest.raises(SeedDataError, match="unknown task type"):
         SampleKnowledgeTasks(name="s", task_types=["Poetry Slam"]).load_tree()
+
+
+# ------------------------------------------------------------------ proportional sampling
+
+
+def test_proportional_sampling_gives_each_root_its_share_of_the_leaves() -> None:
+    tree = load_tree("default")
+    leaves = tree.counts()["leaf_tags"]
+    n = 3000
+    items = proportional_items(tree, n, seed=5)
+    roots = Counter(i["root_domain"] for i in items)
+    for root in tree.roots:  # largest remainder: within one of the exact share
+        assert abs(roots[root] - n * len(tree.leaf_paths(root)) / leaves) < 1
+    # a prefix is proportional too (roots interleaved by even spacing), not root after root
+    prefix = Counter(i["root_domain"] for i in items[:500])
+    for root in tree.roots:
+        assert abs(prefix[root] - 500 * len(tree.leaf_paths(root)) / leaves) <= 2
+    tasks = Counter(i["task_type"] for i in items)
+    assert max(tasks.values()) - min(tasks.values()) <= 1 and len(tasks) == len(TASK_TYPES)
+    assert [i["sample_index"] for i in items] == list(range(n))
+
+
+def test_proportional_sampling_draws_every_leaf_equally_often() -> None:
+    tree = load_tree("default")
+    leaves = tree.counts()["leaf_tags"]
+    per_leaf = Counter(tuple(i["tag_path"]) for i in proportional_items(tree, 3 * leaves, seed=2))
+    assert set(per_leaf.values()) == {3} and len(per_leaf) == leaves
+    # a smaller draw repeats no leaf and spreads over many sub-domains
+    few = proportional_items(tree, 200, seed=2)
+    assert len({tuple(i["tag_path"]) for i in few}) == 200
+
+
+def test_proportional_and_per_root_differ_where_roots_differ_in_size() -> None:
+    tree = KnowledgeTree({"Big": {"S": [f"b{i}" for i in range(9)]}, "Small": {"S": ["s"]}})
+    big = Counter(i["root_domain"] for i in sample_items(tree, 100, seed=0))
+    assert big == {"Big": 90, "Small": 10}
+    equal = Counter(i["root_domain"] for i in sample_items(tree, 100, sampling="per_root"))
+    assert equal == {"Big": 50, "Small": 50}
+    with pytest.raises(ValueError, match="tag_sampling"):
+        sample_items(tree, 3, sampling="equal")
+
+
+def test_proportional_sampling_is_seeded() -> None:
+    tree = load_tree("default")
+    assert proportional_items(tree, 80, seed=4) == proportional_items(tree, 80, seed=4)
+    assert proportional_items(tree, 80, seed=4) != proportional_items(tree, 80, seed=5)
+
+
+# ------------------------------------------------------------------ tag fraction
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5, 1.0])
+def test_tag_fraction_keeps_that_share_of_the_leaves(fraction: float) -> None:
+    tree = load_tree("default")
+    subset = tag_subset(tree, fraction, seed=0)
+    assert subset.counts()["leaf_tags"] == round(fraction * 1028)
+    assert set(subset.leaf_paths()) <= set(tree.leaf_paths())
+    subset.validate()  # no empty sub-domain or root left behind
+    items = proportional_items(subset, 400, seed=0)
+    assert {tuple(i["tag_path"]) for i in items} <= set(subset.leaf_paths())
+
+
+def test_tag_fraction_is_deterministic_nested_and_seeded() -> None:
+    tree = load_tree("default")
+    quarter = set(tag_subset(tree, 0.25, seed=0).leaf_paths())
+    assert quarter == set(tag_subset(load_tree("default"), 0.25, seed=0).leaf_paths())
+    assert quarter <= set(tag_subset(tree, 0.5, seed=0).leaf_paths())
+    assert quarter != set(tag_subset(tree, 0.25, seed=1).leaf_paths())
+    # pinned: the subset is a hash of seed and path, the same on every run and machine
+    assert tag_subset(tree, 0.01, seed=0).leaf_paths()[:1] == [PINNED_FIRST_LEAF]
+    with pytest.raises(ValueError, match="tag_fraction"):
+        tag_subset(tree, 0, seed=0)
+
+
+def test_generator_step_draws_from_the_fraction_and_reports_it() -> None:
+    step = SampleKnowledgeTasks(name="s", num_items=30, tag_fraction=0.25, seed=3, batch_size=50)
+    rows = [r for batch, _ in step.process() for r in batch]
+    allowed = set(tag_subset(load_tree(), 0.25, seed=3).leaf_paths())
+    assert {tuple(r["tag_path"]) for r in rows} <= allowed
+    assert rows[0]["knowledge_tree_stats"] == {
+        "base_leaf_tags": 1028, "leaf_tags": 1028, "added_tags": 0, "rejected_tags": 0,
+        "failed_calls": 0, "sampled_leaf_tags": 257,
+    }  # fmt: skip
 
 
 # ------------------------------------------------------------------ expansion
