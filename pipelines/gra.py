@@ -18,6 +18,13 @@ the previous round's folder (``state.inputs["previous"]``): its seeds and kept s
 are the example pool and dedup's reference, and its candidates are published again as
 they are, so the folder's ``pipeline.yaml`` reruns to every config.
 
+The recipe's ``gra`` block (:class:`Variant`) selects the paper's ablations: no review,
+a single Reviewer, majority vote instead of the Adjudicator (section 4.3), fixed roles
+(section 5.1); and GRA-Refined (section 5.3), one round whose candidates are the seeds
+(``draw_seeds`` replaces ``draw_candidates`` .. ``review_instructions``, and dedup
+compares the refined seeds with each other only). Steps a variant has no seat for are
+left out of the pipeline, so its ``pipeline.yaml`` reruns the variant.
+
 Defaults follow the paper: temperature 0.2, top_p 0.9, 4096 new tokens (Appendix A);
 ``min_mean_score`` 8 and ``max_score_std`` 1.5 (its tau and delta), cosine 0.9 (section
 4.1); 2-4 examples; 5 rounds. ``samples_per_round`` (unstated in the paper) is ours.
