@@ -83,7 +83,8 @@ def role_counts(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
         counts[row["generator_model"]]["generator"] += 1
         for model in row.get("reviewer_models") or []:
             counts[model]["reviewer"] += 1
-        counts[row["adjudicator_model"]]["adjudicator (drawn)"] += 1
+        if row.get("adjudicator_model"):  # none seated without an Adjudicator (ablations)
+            counts[row["adjudicator_model"]]["adjudicator (drawn)"] += 1
         for key in ("instruction_reviews", "response_reviews"):
             for review in row.get(key) or []:
                 counts[review["model"]][f"{key.removesuffix('s').replace('_', ' ')}s made"] += 1
@@ -253,6 +254,51 @@ def _configs_table(datasets: Mapping[str, Dataset]) -> str:
     )
 
 
+MODES: dict[str, str] = {
+    "no_review": "**no review** (section 4.3's ablation): every Generator output is kept "
+    "without Reviewers or Adjudicator (only cleaning and dedup drop rows)",
+    "single_reviewer": "**single reviewer** (section 4.3's ablation): one Reviewer per sample "
+    "decides alone, with the same thresholds; no Adjudicator",
+    "majority_vote": "**majority vote** (section 4.3's no-Adjudicator ablation): a sample is kept "
+    "when more than half of its Reviewers score it at least `min_mean_score`; no Adjudicator",
+}
+
+
+def variant_lines(recipe: Mapping[str, Any]) -> str:
+    """The recipe's ``gra`` variant and the Adjudicator's view, as the card records them."""
+    variant = dict(recipe.get("gra") or {})
+    mode = variant.get("mode", "full")
+    lines = [
+        f"- `gra.mode`: `{mode}`: "
+        + MODES.get(mode, "the paper's method (committee mean/std rule and Adjudicator)"),
+        f"- `gra.fixed_roles`: `{bool(variant.get('fixed_roles'))}`: "
+        + (
+            "the same members hold the same seats for every sample (section 5.1's "
+            "fixed-assignment ablation)"
+            if variant.get("fixed_roles")
+            else "the seats are drawn afresh for every sample (the paper)"
+        ),
+        f"- `gra.refine_seeds`: `{bool(variant.get('refine_seeds'))}`: "
+        + (
+            "**GRA-Refined** (section 5.3): the candidates are the seed instructions, answered "
+            "anew by the Generator and curated by the committee; `examples` names the seed"
+            if variant.get("refine_seeds")
+            else "new instructions from few-shot examples (the paper's synthesis)"
+        ),
+    ]
+    if mode == "full":
+        sees = bool(recipe.get("adjudicator_sees_scores"))
+        lines.append(
+            f"- `adjudicator_sees_scores`: `{sees}`: the Adjudicator reads the Reviewers' "
+            + (
+                "written feedback and their scores"
+                if sees
+                else "written feedback, not their scores (Prompt 9)"
+            )
+        )
+    return "\n".join(lines)
+
+
 def build_card(datasets: Mapping[str, Dataset], info: Mapping[str, Any]) -> CardContent:
     """The card of a GRA folder (``synthalign generate gra`` or ``loop gra``)."""
     recipe = dict(info.get("recipe") or {})
@@ -298,6 +344,10 @@ deduplicated in descending score order against the seed pool and earlier rounds
 in the next round.
 
 Train with `synthalign train sft --dataset THIS_DIR` (column `messages`).
+
+## Variant
+
+{variant_lines(recipe)}
 
 ## Configs
 

@@ -18,6 +18,13 @@ the previous round's folder (``state.inputs["previous"]``): its seeds and kept s
 are the example pool and dedup's reference, and its candidates are published again as
 they are, so the folder's ``pipeline.yaml`` reruns to every config.
 
+The recipe's ``gra`` block (:class:`Variant`) selects the paper's ablations: no review,
+a single Reviewer, majority vote instead of the Adjudicator (section 4.3), fixed roles
+(section 5.1); and GRA-Refined (section 5.3), one round whose candidates are the seeds
+(``draw_seeds`` replaces ``draw_candidates`` .. ``review_instructions``, and dedup
+compares the refined seeds with each other only). Steps a variant has no seat for are
+left out of the pipeline, so its ``pipeline.yaml`` reruns the variant.
+
 Defaults follow the paper: temperature 0.2, top_p 0.9, 4096 new tokens (Appendix A);
 ``min_mean_score`` 8 and ``max_score_std`` 1.5 (its tau and delta), cosine 0.9 (section
 4.1); 2-4 examples; 5 rounds. ``samples_per_round`` (unstated in the paper) is ours.
@@ -53,6 +60,7 @@ from synthalign.steps.gra import (
 )
 from synthalign.steps.gra_generate import (
     DrawCandidates,
+    DrawSeedCandidates,
     GenerateInstructions,
     GenerateKeywords,
     GenerateResponses,
@@ -106,6 +114,23 @@ class Generation(LLMRole):
         return self
 
 
+class Variant(StrictModel):
+    """GRA's ablations and GRA-Refined; the defaults are GRA itself.
+
+    ``mode``: ``full`` (the committee and the Adjudicator), ``no_review`` (the Generator's
+    output is kept without any review; section 4.3), ``single_reviewer`` (one Reviewer
+    decides alone; section 4.3), ``majority_vote`` (no Adjudicator: a sample is kept when
+    most Reviewers score it >= ``min_mean_score``; section 4.3). ``fixed_roles``: the same
+    members hold the same seats for every sample instead of a fresh draw (section 5.1).
+    ``refine_seeds``: GRA-Refined (section 5.3), one pass in which the Generator answers
+    every seed instruction anew and the committee curates the answers.
+    """
+
+    mode: Literal["full", "no_review", "single_reviewer", "majority_vote"] = "full"
+    fixed_roles: bool = False
+    refine_seeds: bool = False
+
+
 class GRARecipe(Recipe):
     """A GRA run: the model pool, the seed data, the committee thresholds, the rounds."""
 
@@ -123,6 +148,10 @@ class GRARecipe(Recipe):
     min_examples: int = Field(default=2, ge=1, description="few-shot examples (paper: 2-4)")
     max_examples: int = Field(default=4, ge=1)
     domain_sampling: Literal["pool", "uniform"] = "pool"
+    adjudicator_sees_scores: bool = Field(
+        default=False, description="paper: the Adjudicator weighs the written feedback only"
+    )
+    gra: Variant = Field(default_factory=Variant, description="ablations and GRA-Refined")
     generation: Generation = Field(default_factory=Generation)
     dedup: Dedup = Field(default_factory=Dedup)
     load_stages: Literal["auto", "sequential", "concurrent"] = "auto"
@@ -132,9 +161,25 @@ class GRARecipe(Recipe):
     def _ranges(self) -> GRARecipe:
         if self.max_examples < self.min_examples:
             raise ValueError("max_examples must be >= min_examples")
-        if self.min_valid_reviews > self.n_reviewers:
+        if self.gra.mode in ("full", "majority_vote") and self.min_valid_reviews > self.n_reviewers:
             raise ValueError(f"min_valid_reviews cannot exceed n_reviewers ({self.n_reviewers})")
         return self
+
+    def reviewers(self) -> int:
+        """Reviewers per sample: ``n_reviewers``, one (single_reviewer) or none (no_review)."""
+        return {"no_review": 0, "single_reviewer": 1}.get(self.gra.mode, self.n_reviewers)
+
+    def valid_reviews(self) -> int:
+        """``min_valid_reviews``, at most the Reviewers a sample has."""
+        return min(self.min_valid_reviews, self.reviewers())
+
+    def adjudicated(self) -> bool:
+        """Whether disputed samples go to an Adjudicator (only the full method has one)."""
+        return self.gra.mode == "full"
+
+    def seats(self) -> int:
+        """Distinct members one sample needs: Generator, Reviewers, Adjudicator."""
+        return 1 + self.reviewers() + int(self.adjudicated())
 
     def members(self) -> list[PoolMember]:
         """The pool as named members with their decoding (distinct seeds for repeated specs)."""
@@ -155,14 +200,20 @@ class GRARecipe(Recipe):
 
 
 def check_pool(recipe: GRARecipe) -> None:
-    """The pool must seat one Generator, N_R Reviewers and one Adjudicator, all distinct."""
-    need = recipe.n_reviewers + 2
-    if len(recipe.pool) < need:
+    """The pool must seat one Generator, N_R Reviewers and one Adjudicator, all distinct
+    (fewer seats in the ablations without Reviewers or Adjudicator)."""
+    need, mode = recipe.seats(), recipe.gra.mode
+    if len(recipe.pool) < need and mode == "full":
         plural = "s" if recipe.n_reviewers != 1 else ""
         raise RecipeError(
             f"GRA needs a pool of at least n_reviewers + 2 = {need} models (1 generator, "
             f"{recipe.n_reviewers} reviewer{plural}, 1 adjudicator); the recipe lists "
             f"{len(recipe.pool)}: add models to `pool` or lower `n_reviewers`"
+        )
+    if len(recipe.pool) < need:
+        raise RecipeError(
+            f"GRA with gra.mode {mode} needs a pool of at least {need} models (1 generator, "
+            f"{recipe.reviewers()} reviewer(s)); the recipe lists {len(recipe.pool)}"
         )
     dupes = sorted(n for n, c in Counter(m.name for m in recipe.members()).items() if c > 1)
     if dupes:
@@ -212,32 +263,63 @@ def _embedder(recipe: GRARecipe, name: str, **where: Any) -> EmbedTexts:
     return EmbedTexts(name=name, **options, **sizes, where=where or None)
 
 
+def _draw(recipe: GRARecipe, r: int) -> DrawCandidates:
+    """Round ``r``'s candidates: new ones from few-shot examples, or (GRA-Refined) the seeds."""
+    members = [m.name for m in recipe.members()]
+    draw = DrawSeedCandidates if recipe.gra.refine_seeds else DrawCandidates
+    return draw(
+        name="draw_seeds" if recipe.gra.refine_seeds else "draw_candidates", round_index=r,
+        seed=recipe.seed, member_names=members, num_candidates=recipe.samples_per_round,
+        n_reviewers=recipe.reviewers(), adjudicator=recipe.adjudicated(),
+        fixed_roles=recipe.gra.fixed_roles, min_examples=recipe.min_examples,
+        max_examples=recipe.max_examples, domain_sampling=recipe.domain_sampling,
+    )  # fmt: skip
+
+
+def _review_steps(recipe: GRARecipe) -> list[Any]:
+    """Response review and adjudication as ``gra.mode`` has them (none for no_review)."""
+    if not recipe.reviewers():
+        return []
+    reviews = {"min_valid_reviews": recipe.valid_reviews()}
+    rule = "majority_vote" if recipe.gra.mode == "majority_vote" else "mean_std"
+    review = ReviewResponses(
+        name="review_responses", **reviews, min_mean_score=recipe.min_mean_score,
+        max_score_std=recipe.max_score_std, rule=rule, **_llm_step(recipe),
+    )  # fmt: skip
+    if not recipe.adjudicated():
+        return [review]
+    adjudicate = Adjudicate(
+        name="adjudicate", min_mean_score=recipe.min_mean_score,
+        sees_scores=recipe.adjudicator_sees_scores, **_llm_step(recipe),
+    )  # fmt: skip
+    return [review, adjudicate]
+
+
 def _candidate_steps(recipe: GRARecipe, r: int) -> list[Any]:
     """Draw -> Generator -> Reviewers -> Adjudicator -> embeddings, in pipeline order."""
-    members = [m.name for m in recipe.members()]
     batch = {"input_batch_size": recipe.generation.batch_size}
-    reviews = {"min_valid_reviews": recipe.min_valid_reviews}
-    committee = {**reviews, "min_mean_score": recipe.min_mean_score}
+    reviews = {"min_valid_reviews": recipe.valid_reviews()}
+    instruction: list[Any] = []
+    if not recipe.gra.refine_seeds:  # GRA-Refined keeps the seed instructions as they are
+        instruction = [
+            GenerateKeywords(name="generate_keywords", **_llm_step(recipe)),
+            GenerateInstructions(name="generate_instructions", **_llm_step(recipe)),
+            CleanOutputs(
+                name="clean_instructions", columns=[INSTRUCTION_CLEAN], set_drop=True, **batch
+            ),
+        ]
+        if recipe.reviewers():
+            instruction.append(
+                ReviewInstructions(name="review_instructions", **reviews, **_llm_step(recipe))
+            )
     return [
-        DrawCandidates(
-            name="draw_candidates", round_index=r, seed=recipe.seed, member_names=members,
-            num_candidates=recipe.samples_per_round, n_reviewers=recipe.n_reviewers,
-            min_examples=recipe.min_examples, max_examples=recipe.max_examples,
-            domain_sampling=recipe.domain_sampling,
-        ),
-        GenerateKeywords(name="generate_keywords", **_llm_step(recipe)),
-        GenerateInstructions(name="generate_instructions", **_llm_step(recipe)),
-        CleanOutputs(name="clean_instructions", columns=[INSTRUCTION_CLEAN], set_drop=True, **batch),
-        ReviewInstructions(name="review_instructions", **reviews, **_llm_step(recipe)),
+        _draw(recipe, r),
+        *instruction,
         GenerateResponses(name="generate_responses", **_llm_step(recipe)),
         CleanOutputs(name="clean_responses", columns=[RESPONSE_CLEAN], set_drop=True, **batch),
-        ReviewResponses(
-            name="review_responses", **committee, max_score_std=recipe.max_score_std,
-            **_llm_step(recipe),
-        ),
-        Adjudicate(name="adjudicate", min_mean_score=recipe.min_mean_score, **_llm_step(recipe)),
+        *_review_steps(recipe),
         _embedder(recipe, "embed_samples", kept=None),
-    ]  # fmt: skip
+    ]
 
 
 def _leaves(r: int) -> list[PublishCandidates]:
@@ -251,6 +333,8 @@ def build_pipeline(recipe: GRARecipe, state: State | None = None) -> Pipeline:
     state = state or State(stage="round")
     r, previous, batch = state.iteration, state.inputs.get("previous"), recipe.generation.batch_size
     check_pool(recipe)
+    if r > 1 and recipe.gra.refine_seeds:
+        raise RecipeError("GRA-Refined (gra.refine_seeds) is one pass over the seeds: one round")
     if r > 1 and not previous:
         raise RecipeError(f"GRA round {r} reads round {r - 1}'s folder: use `synthalign loop gra`")
     name, cache = f"{recipe.name}-round-{r}", recipe.cache_dir
@@ -260,16 +344,22 @@ def build_pipeline(recipe: GRARecipe, state: State | None = None) -> Pipeline:
             n_members=len(recipe.pool), seed=recipe.seed, batch_size=batch,
         )  # fmt: skip
         describe = DescribeExamples(name="describe_pool", **_llm_step(recipe))
-        embed_pool = _embedder(recipe, "embed_pool")
+        embed_pool = None if recipe.gra.refine_seeds else _embedder(recipe, "embed_pool")
         candidates = _candidate_steps(recipe, r)
         dedup = DeduplicateSamples(name="deduplicate", threshold=recipe.dedup.threshold)
         enrich = DescribeExamples(name="enrich_samples", where={"kept": True}, **_llm_step(recipe))
         leaves = _leaves(r)
-        load >> describe >> [PublishSeeds(name=SEEDS_CONFIG), candidates[0], embed_pool]
+        seeds = PublishSeeds(name=SEEDS_CONFIG)
         for before, after in pairwise(candidates):
             before >> after
+        if recipe.gra.refine_seeds:  # a refined seed is no duplicate of its own original
+            load >> describe >> [seeds, candidates[0]]
+            deduped = candidates[-1] >> dedup
+        else:
+            load >> describe >> [seeds, candidates[0], embed_pool]
+            deduped = [candidates[-1], embed_pool] >> dedup
         checked = decontaminated(
-            [candidates[-1], embed_pool] >> dedup,
+            deduped,
             recipe.decontaminate,
             ["instruction", "response"],
             set_drop=True,
@@ -310,5 +400,5 @@ METHOD = Method(
     sequential=GRARecipe.sequential,
     funnel_configs=(DEFAULT_CONFIG, REJECTED_CONFIG),
     loops=True,
-    default_iterations=lambda recipe: recipe.rounds,
+    default_iterations=lambda recipe: 1 if recipe.gra.refine_seeds else recipe.rounds,
 )

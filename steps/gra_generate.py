@@ -43,17 +43,33 @@ logger = logging.getLogger(__name__)
 
 
 def draw_roles(
-    n_candidates: int, n_members: int, n_reviewers: int, seed: int, round_index: int
+    n_candidates: int,
+    n_members: int,
+    n_reviewers: int,
+    seed: int,
+    round_index: int,
+    adjudicator: bool = True,
+    fixed: bool = False,
 ) -> list[dict[str, Any]]:
     """Seeded role draws: Generator from the pool, Reviewers from the rest, then the
     Adjudicator from what is left; the enricher (metadata writer) from the whole pool.
 
     Drawn from their own random stream, so the same seed gives the same roles whatever
-    the pool of examples holds.
+    the pool of examples holds. ``fixed`` seats the same members every time (the paper's
+    fixed-assignment ablation, section 5.1): Generator (and enricher) member 0, Reviewers
+    1..N_R, Adjudicator N_R + 1. Without an ``adjudicator`` seat its value is None.
     """
-    if n_members < n_reviewers + 2:
-        seats = f"1 generator, {n_reviewers} reviewers and 1 adjudicator"
-        raise ValueError(f"a pool of {n_members} cannot seat {seats}")
+    seats = n_reviewers + 1 + int(adjudicator)
+    if n_members < seats:
+        raise ValueError(f"a pool of {n_members} cannot seat {seats} distinct roles")
+    if fixed:
+        role = {
+            "generator": 0,
+            "reviewers": list(range(1, n_reviewers + 1)),
+            "adjudicator": n_reviewers + 1 if adjudicator else None,
+            "enricher": 0,
+        }
+        return [{**role, "reviewers": list(role["reviewers"])} for _ in range(n_candidates)]
     rng = np.random.default_rng([seed, round_index, 0xA55])
     draws = []
     for _ in range(n_candidates):
@@ -61,13 +77,13 @@ def draw_roles(
         rest = [m for m in range(n_members) if m != generator]
         reviewers = [int(m) for m in rng.choice(rest, size=n_reviewers, replace=False)]
         left = [m for m in rest if m not in reviewers]
-        adjudicator = int(rng.choice(left))
+        judge = int(rng.choice(left)) if adjudicator else None
         enricher = int(rng.integers(n_members))
         draws.append(
             {
                 "generator": generator,
                 "reviewers": reviewers,
-                "adjudicator": adjudicator,
+                "adjudicator": judge,
                 "enricher": enricher,
             }
         )
@@ -93,7 +109,9 @@ class DrawCandidates(FixedColumns, GlobalStep):
     seed: int = 0
     num_candidates: int = Field(ge=1)
     member_names: list[str] = Field(min_length=1)
-    n_reviewers: int = Field(default=3, ge=1)
+    n_reviewers: int = Field(default=3, ge=0, description="0: no review (the ablation)")
+    adjudicator: bool = Field(default=True, description="seat an Adjudicator")
+    fixed_roles: bool = Field(default=False, description="same seats every candidate")
     min_examples: int = Field(default=2, ge=1)
     max_examples: int = Field(default=4, ge=1)
     domain_sampling: Literal["pool", "uniform"] = "pool"
@@ -125,21 +143,29 @@ class DrawCandidates(FixedColumns, GlobalStep):
             "roles": role,
             "generator_model": names[role["generator"]],
             "reviewer_models": [names[m] for m in role["reviewers"]],
-            "adjudicator_model": names[role["adjudicator"]],
+            "adjudicator_model": None
+            if role["adjudicator"] is None
+            else names[role["adjudicator"]],
             "enricher_model": names[role["enricher"]],
             "describe_with": [role["enricher"]] * len(METADATA_FIELDS),
             "prompt_templates": None,  # never {}: parquet cannot store an empty struct
         }
 
-    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
-        usable = [r for r in inputs if metadata_complete(r)]
-        roles = draw_roles(
-            self.num_candidates,
+    def roles(self, n: int) -> list[dict[str, Any]]:
+        """The seats of ``n`` candidates (see :func:`draw_roles`)."""
+        return draw_roles(
+            n,
             len(self.member_names),
             self.n_reviewers,
             self.seed,
             self.round_index,
+            adjudicator=self.adjudicator,
+            fixed=self.fixed_roles,
         )
+
+    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        usable = [r for r in inputs if metadata_complete(r)]
+        roles = self.roles(self.num_candidates)
         if not usable:
             logger.warning(
                 "round %d: no pool row has a domain, keywords and a summary; nothing to generate",
@@ -164,6 +190,41 @@ class DrawCandidates(FixedColumns, GlobalStep):
                 for j in sorted(int(p) for p in picks)
             ]
             out.append(self.candidate(i, role, domain, examples))
+        yield out
+
+
+class DrawSeedCandidates(DrawCandidates):
+    """GRA-Refined (section 5.3): the labelled seeds themselves are the candidates.
+
+    Each seed (at most ``num_candidates``, in pool order) keeps its instruction, domain
+    and keywords, records itself as its one ``examples`` entry (its ``pool_id`` links the
+    refined row to the original in ``seeds``), and gets seats like any candidate; the
+    Generator then answers it anew and the committee curates the answer.
+    """
+
+    input_columns: ClassVar[tuple[str, ...]] = (
+        "pool_id",
+        "origin",
+        "instruction",
+        *METADATA_FIELDS,
+    )
+    output_columns: ClassVar[tuple[str, ...]] = (
+        *DrawCandidates.output_columns, "instruction", "keywords",
+    )  # fmt: skip
+
+    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        seeds = sorted((r for r in inputs if r.get("origin") == "seed"), key=lambda r: r["pool_id"])
+        seeds = seeds[: self.num_candidates]
+        out = []
+        for i, (row, role) in enumerate(zip(seeds, self.roles(len(seeds)), strict=True)):
+            keywords = list(row.get("keywords") or [])
+            example = {
+                "pool_id": row["pool_id"],
+                "keywords": keywords,
+                "summary": row.get("summary"),
+            }
+            candidate = self.candidate(i, role, row.get("domain"), [example])
+            out.append({**candidate, "instruction": row["instruction"], "keywords": keywords})
         yield out
 
 

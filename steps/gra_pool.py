@@ -38,12 +38,11 @@ from synthalign.steps.seeds import generator_batches, read_seed_rows
 if TYPE_CHECKING:
     from distilabel.typing import GeneratorStepOutput
 
-# The paper asks for summaries and reviews under 30 words. The caps are a little tighter
-# (about 20 words) because schema-forced decoding of a length-bounded string costs
-# xgrammar ~40 ms per token and row on a 50K-token vocabulary up to 128 characters, and
-# six times that above 128 (measured with xgrammar 0.2.8 and SmolLM2's tokenizer).
+# The paper bounds summaries and reviews in the prompt ("under 30 words", Prompts 2, 8,
+# 9), not by cutting them: their schemas carry no maxLength (a bounded string would
+# also cost xgrammar far more per token than an unbounded one), and the token budget
+# `structured_max_new_tokens` is the only backstop. A keyword is a word or a phrase.
 MAX_KEYWORD_CHARS = 40
-MAX_SUMMARY_CHARS = 128
 
 Keyword = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_KEYWORD_CHARS)
@@ -59,7 +58,7 @@ class KeywordSet(BaseModel):
 
 
 class ExampleSummary(BaseModel):
-    summary: str = Field(min_length=1, max_length=MAX_SUMMARY_CHARS)
+    summary: str = Field(min_length=1)
 
 
 METADATA_RECORDS: dict[str, type[BaseModel]] = {

@@ -6,7 +6,12 @@
   the committee accepts, rejects or sends the sample to adjudication
   (:mod:`synthalign.steps.committee`).
 - :class:`Adjudicate`: only disputed samples reach the Adjudicator, which rescores
-  them with the reviews in view; kept iff its score >= ``min_mean_score``.
+  them with the reviewers' written feedback in view (their scores too with
+  ``sees_scores``); kept iff its score >= ``min_mean_score``.
+
+``ReviewResponses(rule="majority_vote")`` is the paper's no-Adjudicator ablation (section
+4.3): a Reviewer approves when its own score is >= ``min_mean_score``, and the sample is
+kept iff more than half of the valid reviews approve; nothing goes to adjudication.
 
 A review that is not valid JSON, lacks a field or has a score out of range keeps its
 ``error`` and ``raw`` output in the row and counts as an abstention.
@@ -23,15 +28,15 @@ from synthalign.steps.base import Call, CallResult
 from synthalign.steps.committee import (
     INSTRUCTION_CRITERIA,
     RESPONSE_DIMENSIONS,
+    CommitteeVerdict,
     adjudication_passes,
+    committee_stats,
     committee_verdict,
     instruction_verdict,
     reviewer_score,
 )
 from synthalign.steps.gra import TEMPLATES, GRATask, in_play, with_templates
 from synthalign.steps.publish import DROP_COLUMNS, dropped
-
-MAX_FEEDBACK_CHARS = 128  # see gra_pool.MAX_SUMMARY_CHARS
 
 Score = Annotated[int, Field(ge=0, le=10)]
 YesNo = Literal["yes", "no"]
@@ -44,9 +49,10 @@ class InstructionReview(BaseModel):
 
 
 def _scored_review(name: str, text_field: str, doc: str | None = None) -> type[BaseModel]:
-    """A review schema: one short text field, then a 0-10 score per dimension of
-    :data:`RESPONSE_DIMENSIONS` (the six the committee averages), in that order."""
-    text = (str, Field(max_length=MAX_FEEDBACK_CHARS))
+    """A review schema: one text field (bounded by the prompt's "under 30 words", never
+    cut by the schema), then a 0-10 score per dimension of :data:`RESPONSE_DIMENSIONS`
+    (the six the committee averages), in that order."""
+    text = (str, ...)
     scores: dict[str, Any] = {dim: (Score, ...) for dim in RESPONSE_DIMENSIONS}
     return create_model(name, __doc__=doc, **{text_field: text}, **scores)
 
@@ -88,6 +94,27 @@ def response_review_entry(result: CallResult) -> dict[str, Any]:
     entry["error"] = result.error
     entry["raw"] = result.raw
     return entry
+
+
+def majority_verdict(
+    reviews: Sequence[Sequence[float] | None], min_mean: float, min_valid: int
+) -> CommitteeVerdict:
+    """Majority vote instead of mean and spread: accept iff more than half of the valid
+    reviews score at least ``min_mean`` (abstentions, and too few valid reviews, as in
+    :func:`~synthalign.steps.committee.committee_verdict`)."""
+    valid = [r for r in reviews if r is not None]
+    if len(valid) < min_valid:  # rejected for too few valid reviews, whatever the rule
+        return committee_verdict(reviews, min_mean=min_mean, min_valid=min_valid)
+    approve = sum(1 for r in valid if reviewer_score(r) >= min_mean)
+    mean, std = committee_stats(valid)
+    return CommitteeVerdict(
+        decision="accept" if 2 * approve > len(valid) else "reject",
+        mean=mean,
+        std=std,
+        reviewer_scores=[None if r is None else float(reviewer_score(r)) for r in reviews],
+        n_valid=len(valid),
+        reason=f"majority vote: {approve} of {len(valid)} reviews >= min_mean_score {min_mean:g}",
+    )
 
 
 class _ReviewTask(GRATask):
@@ -155,18 +182,27 @@ class ReviewResponses(_ReviewTask):
     )  # fmt: skip
     min_mean_score: float = Field(default=8.0, ge=0, le=10, description="the paper's tau")
     max_score_std: float = Field(default=1.5, ge=0, description="the paper's delta")
+    rule: Literal["mean_std", "majority_vote"] = Field(
+        default="mean_std", description="the paper's mean/std rule, or its majority-vote ablation"
+    )
 
     def values(self, row: dict[str, Any]) -> dict[str, Any]:
         return {"instruction": row["instruction"], "response": row["response"]}
 
-    def merge(self, row: dict[str, Any], results: Sequence[CallResult]) -> dict[str, Any]:
-        entries = [response_review_entry(r) for r in results]
-        verdict = committee_verdict(
-            [None if e["error"] else [e[d] for d in RESPONSE_DIMENSIONS] for e in entries],
+    def verdict(self, entries: list[dict[str, Any]]) -> CommitteeVerdict:
+        scores = [None if e["error"] else [e[d] for d in RESPONSE_DIMENSIONS] for e in entries]
+        if self.rule == "majority_vote":
+            return majority_verdict(scores, self.min_mean_score, self.min_valid_reviews)
+        return committee_verdict(
+            scores,
             min_mean=self.min_mean_score,
             max_std=self.max_score_std,
             min_valid=self.min_valid_reviews,
         )
+
+    def merge(self, row: dict[str, Any], results: Sequence[CallResult]) -> dict[str, Any]:
+        entries = [response_review_entry(r) for r in results]
+        verdict = self.verdict(entries)
         columns = {
             **self.passthrough(row),
             "response_reviews": entries,
@@ -186,6 +222,8 @@ class ReviewResponses(_ReviewTask):
 class Adjudicate(GRATask):
     """The Adjudicator rescores disputed samples with every review in view (section 3.4).
 
+    It sees the Reviewers' written feedback (Prompt 9's "prior evaluation"); their scores
+    only with ``sees_scores``, since numbers shown beside the sample anchor its own.
     Kept iff its own score (mean of six) >= ``min_mean_score``; an unusable adjudication
     discards the sample, because the committee could not settle it either.
     """
@@ -202,12 +240,16 @@ class Adjudicate(GRATask):
         "prompt_templates", *DROP_COLUMNS,
     )  # fmt: skip
     min_mean_score: float = Field(default=8.0, ge=0, le=10, description="the paper's tau")
+    sees_scores: bool = Field(default=False, description="show the reviewers' scores too")
 
     def calls(self, row: dict[str, Any]) -> list[Call]:
         if not in_play(row) or row.get("review_decision") != "adjudicate":
             return []
         reviews = [
-            {"scores": [e[d] for d in RESPONSE_DIMENSIONS], "feedback": e["feedback"]}
+            {
+                "scores": [e[d] for d in RESPONSE_DIMENSIONS] if self.sees_scores else None,
+                "feedback": e["feedback"],
+            }
             for e in row["response_reviews"]
             if not e["error"]
         ]
