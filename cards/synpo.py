@@ -264,6 +264,21 @@ Train with `synthalign train simpo --dataset THIS_DIR` (`dataset_config: pairs`)
     return CardContent(_metadata(datasets, ["dpo", "simpo", "preference"]), body, figures)
 
 
+def _preferences_scope(info: Mapping[str, Any]) -> str:
+    """What the set holds, per the recipe's ``mix_iterations`` (recorded in the state)."""
+    if info.get("mix_iterations", True):  # runs from before the switch mixed them
+        return (
+            f"The growing preference set SimPO trains on ({PAPER}, section 2.3, Appendix C.3; "
+            "`mix_iterations: true`): each iteration adds its sampled pairs to those of earlier "
+            "iterations, all iterations' pairs together."
+        )
+    return (
+        f"The preference set SimPO trains on ({PAPER}, section 2.3; `mix_iterations: false`): "
+        f"iteration {info.get('iteration')}'s own sampled pairs alone, earlier iterations' "
+        "pairs left out."
+    )
+
+
 def _preferences_card(datasets: Mapping[str, Dataset], info: Mapping[str, Any]) -> CardContent:
     data = datasets["preferences"]
     funnels = {k: v for k, v in (info.get("funnels") or {}).items() if v}
@@ -281,9 +296,8 @@ def _preferences_card(datasets: Mapping[str, Dataset], info: Mapping[str, Any]) 
     per_iteration = Counter(str(it) for it in data["iteration"])
     body = f"""# SynPO synthetic preference set (through iteration {info.get("iteration")})
 
-The growing preference set SimPO trains on ({PAPER}, section 2.3): each iteration adds
-its sampled pairs to those of earlier iterations. Rows are in TRL's conversational
-preference format, each with its provenance (keywords, iteration, scores, gap, models).
+{_preferences_scope(info)} Rows are in TRL's conversational preference format, each
+with its provenance (keywords, iteration, scores, gap, models).
 
 ## Rows per iteration
 

@@ -21,9 +21,10 @@ and one Hub folder ``iter-k/<stage>``:
    reward gap not above the threshold, or with more than 50% repeated n-grams, are
    dropped (Appendix C.3); a fixed number is sampled (configs ``pairs``,
    ``candidates``, ``prompts``).
-4. ``preferences``: the pairs of iterations 1..k, read from their folders. SimPO on
-   them trains the next policy, from M0 again (section 3.1: "preference optimize the
-   initial models again"; ``simpo_from``).
+4. ``preferences``: the pairs of iterations 1..k, read from their folders
+   (``mix_iterations: false``: iteration k's alone). SimPO on them trains the next
+   policy, from M0 again (section 3.1: "preference optimize the initial models again";
+   ``simpo_from``).
 
 This module is declarative (see :mod:`synthalign.contract`): the recipe, the pipeline
 of each state, the states' order and what is trained between them. The driver
@@ -212,10 +213,15 @@ def pairs_state(recipe: SynPORecipe, k: int, progress: Progress) -> State:
 
 
 def preferences_state(recipe: SynPORecipe, k: int, progress: Progress) -> State | None:
-    """The preference set of iterations 1..k and the SimPO job; None while it has no pair."""
+    """The preference set and the SimPO job; None while it has no pair.
+
+    With ``mix_iterations`` (default) the set holds the pairs of iterations 1..k
+    together, each row with its ``iteration``; without it, iteration k's pairs alone.
+    """
+    first = 1 if recipe.mix_iterations else k
     folders = {
         j: progress.folder(f"{j}:pairs")
-        for j in range(1, k + 1)
+        for j in range(first, k + 1)
         if progress.counts(f"{j}:pairs").get("pairs")
     }
     if not folders:
@@ -232,7 +238,7 @@ def preferences_state(recipe: SynPORecipe, k: int, progress: Progress) -> State 
         folder=_folder(k, "preferences"),
         inputs={f"pairs-{j}": folder for j, folder in folders.items()},
         train=(job,),
-        data={"funnels": funnels},
+        data={"funnels": funnels, "mix_iterations": recipe.mix_iterations},
     )
 
 
@@ -460,11 +466,13 @@ def pairs_pipeline(recipe: SynPORecipe, state: State) -> Pipeline:
 
 
 def preferences_pipeline(recipe: SynPORecipe, state: State) -> Pipeline:
-    """The ``pairs`` configs of iterations 1..k, read from their folders, as one config."""
+    """The ``pairs`` configs of iterations 1..k (or k alone), read from their folders, as
+    one config."""
     folders = [
         state.inputs[key] for key in sorted(state.inputs, key=lambda key: int(key.split("-")[1]))
     ]
-    with _pipeline(recipe, state, "SynPO growing preference set") as pipeline:
+    what = "growing" if recipe.mix_iterations else "one iteration's"
+    with _pipeline(recipe, state, f"SynPO {what} preference set") as pipeline:
         load = LoadPairs(
             name="load_pairs", folders=folders, config="pairs", columns=list(PAIR_COLUMNS)
         )

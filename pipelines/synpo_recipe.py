@@ -219,6 +219,11 @@ class SynPORecipe(Recipe):
     retrain_generator: bool = Field(
         default=False, description="retrain the prompt generator every iteration"
     )
+    mix_iterations: bool = Field(
+        default=True,
+        description="SimPO of iteration k trains on the pairs of iterations 1..k together "
+        "(section 2.3, Appendix C.3); false: on iteration k's own pairs alone",
+    )
     prompt_decoding: DecodingSection = Field(
         default_factory=lambda: DecodingSection(max_new_tokens=256)
     )

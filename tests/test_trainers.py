@@ -96,6 +96,8 @@ def test_sft_with_lora_saves_an_adapter_that_loads_back(tmp_path: Path) -> None:
     assert (
         record["kind"] == "sft" and record["rows"] == 8 and record["metrics"]["train_samples"] == 8
     )
+    # the default loss covers the answer only, and the saved record says so
+    assert record["recipe"]["completion_only"] is True
     model = _load(out)
     assert model.config.model_type == "llama"
 

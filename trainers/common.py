@@ -45,6 +45,18 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+
+def _accepted_keys(cls: type[StrictModel]) -> set[str]:
+    """Field names and their alias choices: a recipe key we read stays ours, even when TRL
+    has a config field of the same name (``completion_only_loss`` on SFT)."""
+    keys = set(cls.model_fields)
+    for field in cls.model_fields.values():
+        alias = field.validation_alias
+        choices = getattr(alias, "choices", [alias] if isinstance(alias, str) else [])
+        keys.update(c for c in choices if isinstance(c, str))
+    return keys
+
+
 T = TypeVar("T", bound="TrainRecipe")
 
 RECIPE_FILENAME = "synthalign-train.json"
@@ -170,7 +182,7 @@ class TrainRecipe(StrictModel):
         """TRL's and the alignment-handbook's keys, rewritten into ours (see trl_keys)."""
         if not isinstance(data, dict):
             return data
-        return from_trl_keys(data, cls.model_fields, cls.trl_config)
+        return from_trl_keys(data, _accepted_keys(cls), cls.trl_config)
 
     @model_validator(mode="after")
     def _check_length(self) -> TrainRecipe:
