@@ -75,6 +75,13 @@ class StrictModel(BaseModel):
         return value
 
 
+class Price(StrictModel):
+    """A model's price in USD per million tokens (for the run's accounting)."""
+
+    input: float = Field(default=0.0, ge=0, description="USD per million input tokens")
+    output: float = Field(default=0.0, ge=0, description="USD per million output tokens")
+
+
 class Recipe(StrictModel):
     """Fields every method's recipe has."""
 
@@ -106,6 +113,15 @@ class Recipe(StrictModel):
         description=(
             "the run fails, publishing and pushing nothing, when more of the rows it considered "
             "than this fraction failed (a model gave no usable output)"
+        ),
+    )
+
+    prices: dict[str, Price] = Field(
+        default_factory=dict,
+        description=(
+            "USD per million input / output tokens, by LLM spec or model name, e.g. "
+            "{'openai:http://h/v1#gpt-4o-mini': {input: 0.15, output: 0.6}}: the card's "
+            "accounting and the run's last lines then show cost"
         ),
     )
 
