@@ -9,7 +9,6 @@ load, train on and rerun the folder.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +26,7 @@ from synthalign.cards.sections import (
     usage_section,
     where_of,
 )
-from synthalign.steps.publish import DROP_COLUMNS
+from synthalign.outcome import Funnel
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -39,26 +38,13 @@ _BASE_TAGS = ("synthetic", "distilabel", "synthalign")
 
 def funnel_rows(datasets: Mapping[str, Dataset], configs: Sequence[str]) -> list[list[Any]]:
     """``[stage, reason, rows]`` for every dropped row of ``configs``, then the kept total."""
-    dropped: Counter[tuple[str, str]] = Counter()
-    kept = total = 0
-    for name in configs:
-        data = datasets.get(name)
-        if data is None or not set(DROP_COLUMNS) <= set(data.column_names):
-            continue
-        for is_kept, stage, reason in zip(
-            data["kept"], data["drop_stage"], data["drop_reason"], strict=True
-        ):
-            total += 1
-            if is_kept:
-                kept += 1
-            else:
-                dropped[(stage or "unknown", reason or "unknown")] += 1
-    if not total:
+    funnel = Funnel.of(datasets, configs)
+    if not funnel.considered:
         return []
     rows: list[list[Any]] = [
-        [stage, reason, n] for (stage, reason), n in sorted(dropped.items(), key=lambda i: -i[1])
+        [stage, reason, n] for (stage, reason), n in funnel.dropped.most_common()
     ]
-    return [["(considered)", "", total], *rows, ["(published)", "kept", kept]]
+    return [["(considered)", "", funnel.considered], *rows, ["(published)", "kept", funnel.kept]]
 
 
 def funnel_table(datasets: Mapping[str, Dataset], configs: Sequence[str]) -> str:

@@ -117,6 +117,13 @@ ConfigOpt = Annotated[
 OutputOpt = Annotated[
     Path | None, typer.Option("--output", "-o", help="output folder (Hub dataset layout)")
 ]
+RayOpt = Annotated[
+    bool, typer.Option("--ray", help="run each pipeline on distilabel's RayPipeline")
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option("--overwrite", help="start over: replace the output folder instead of resuming"),
+]
 PrivateOpt = Annotated[
     bool | None,
     typer.Option(
@@ -175,10 +182,8 @@ def generate(
     private: PrivateOpt = None,
     revision: RevisionOpt = None,
     create_pr: CreatePROpt = False,
-    ray: Annotated[bool, typer.Option("--ray", help="run on distilabel's RayPipeline")] = False,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="replace an existing output folder")
-    ] = False,
+    ray: RayOpt = False,
+    overwrite: OverwriteOpt = False,
     verbose: VerboseOpt = False,
     dry_run: Annotated[
         bool,
@@ -211,7 +216,9 @@ def generate(
             verbose=verbose,
         )
     )
-    typer.echo(f"dataset written to {_where(folder, output)}")
+    if push_to_hub:
+        typer.echo(f"pushed to {push_to_hub}")
+    typer.echo(f"dataset written to {_where(folder, output)}")  # last: the folder and rows
 
 
 @app.command()
@@ -258,12 +265,8 @@ def loop(
         int, typer.Option("--iterations", "-n", help="rounds / iterations to run (>= 1)")
     ],
     output: OutputOpt = None,
-    ray: Annotated[
-        bool, typer.Option("--ray", help="run each pipeline on distilabel's RayPipeline")
-    ] = False,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="start over instead of resuming")
-    ] = False,
+    ray: RayOpt = False,
+    overwrite: OverwriteOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run rounds (GRA) or self-boosting iterations (SynPO); resumes after the last finished one."""

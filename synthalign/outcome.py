@@ -57,6 +57,7 @@ class Funnel:
     lost: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)
     reasons: dict[str, str] = field(default_factory=dict)
+    dropped: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     @classmethod
     def of(cls, datasets: Mapping[str, Dataset], configs: Sequence[str]) -> Funnel:
@@ -78,6 +79,7 @@ class Funnel:
             return
         where = stage or "unknown"
         self.lost[where] += 1
+        self.dropped[(where, reason or "unknown")] += 1
         if is_failure(reason):
             self.failed[where] += 1
             self.reasons.setdefault(where, _short(str(reason)))

@@ -19,19 +19,21 @@ import yaml
 DISTILABEL = Path(sys.executable).with_name("distilabel")
 
 
-def rerun_env(home: Path) -> dict[str, str]:
-    """A fresh HOME (distilabel's cache starts empty), the real built-in model cache."""
+def fresh_home_env(home: Path, **extra: str) -> dict[str, str]:
+    """A fresh HOME (distilabel's cache starts empty), the real built-in model cache, and
+    the tests folder importable (test-only methods such as tests/echo_method.py must
+    import in a CLI's process too); ``extra`` variables on top."""
     env = dict(os.environ)
     env.update(
         HOME=str(home),
         SYNTHALIGN_CACHE=os.environ.get(
             "SYNTHALIGN_CACHE", str(Path.home() / ".cache" / "synthalign")
         ),
-        # test-only methods (tests/echo_method.py) must import in the CLI's process too
         PYTHONPATH=os.pathsep.join(
             p for p in (str(Path(__file__).parent), env.get("PYTHONPATH")) if p
         ),
     )
+    env.update(extra)
     return env
 
 
@@ -43,7 +45,7 @@ def rerun_counts(folder: Path, work: Path, timeout: int = 1200) -> dict[str, int
     cwd.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
         [str(DISTILABEL), "pipeline", "run", "--config", str(folder / "pipeline.yaml")],
-        env=rerun_env(home), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env=fresh_home_env(home), cwd=cwd, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     name = yaml.safe_load((folder / "pipeline.yaml").read_text())["pipeline"]["name"]

@@ -30,27 +30,13 @@ def main() -> int:
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--push-to-hub", default=None)
     args = parser.parse_args()
+    common = {"output": args.output, "overwrite": args.overwrite}
+    if args.command == "generate":
+        command = lambda: generate(METHOD, args.recipe, push_to_hub=args.push_to_hub, **common)  # noqa: E731
+    else:
+        command = lambda: loop(METHOD, args.recipe, iterations=args.iterations, **common)  # noqa: E731
     try:
-        if args.command == "generate":
-            out = report(
-                lambda: generate(
-                    METHOD,
-                    args.recipe,
-                    output=args.output,
-                    overwrite=args.overwrite,
-                    push_to_hub=args.push_to_hub,
-                )
-            )
-        else:
-            out = report(
-                lambda: loop(
-                    METHOD,
-                    args.recipe,
-                    iterations=args.iterations,
-                    output=args.output,
-                    overwrite=args.overwrite,
-                )
-            )
+        out = report(command)
     except typer.Exit as exit_:
         return exit_.exit_code
     print(f"dataset written to {out}")

@@ -17,16 +17,18 @@ No model: every case takes seconds.
 # `process` by its runtime `StepInput` annotation.
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from datasets import Features, Value
 from distilabel.pipeline import Pipeline
 from distilabel.steps import Step, StepInput
+from echo_method import METHOD as ECHO
 from pydantic import Field
 
 from synthalign.cards.base import CardContent
-from synthalign.contract import Method, Progress, State
+from synthalign.contract import State
 from synthalign.recipes import Recipe, SeedData
 from synthalign.steps.publish import PublishConfig, drop_features, dropped, kept
 from synthalign.steps.seeds import LoadSeeds
@@ -153,30 +155,11 @@ def card_section(datasets: dict[str, Any], info: dict[str, Any]) -> CardContent:
     return CardContent(metadata={"license": "apache-2.0"}, body="# safety\n")
 
 
-def first_state(recipe: SafetyRecipe, loop: bool) -> State:
-    return State(iteration=1, stage="round", folder="round-1" if loop else ".")
-
-
-def next_state(recipe: SafetyRecipe, state: State, progress: Progress) -> State:
-    r = state.iteration + 1
-    return State(
-        iteration=r,
-        stage="round",
-        folder=f"round-{r}",
-        inputs={"previous": progress.folder(state.key)},
-    )
-
-
-METHOD = Method(
+# states, loop and funnel as the echo method's: only the recipe and pipeline differ
+METHOD = replace(
+    ECHO,
     name="safety",
     recipe_cls=SafetyRecipe,
     build_pipeline=build_pipeline,
-    configs=lambda recipe, state: ["rows"],
-    default_config="rows",
     card_section=card_section,
-    first_state=first_state,
-    next_state=next_state,
-    loops=True,
-    default_iterations=lambda recipe: recipe.rounds,
-    funnel_configs=("rows",),
 )

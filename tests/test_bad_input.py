@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-import yaml
+from cli_checks import fails_in_one_line, generate_args, recipe_with
 from pydantic import BaseModel, Field
 from typer.testing import CliRunner
 
@@ -25,144 +25,115 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "pipelines" / "recipes"
 
 
-def _recipe(tmp_path: Path, base: str, **changes: object) -> Path:
-    data = yaml.safe_load((RECIPES / base).read_text())
-    for dotted, value in changes.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        if value is None:
-            node.pop(leaf, None)
-        else:
-            node[leaf] = value
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 def _seeds(tmp_path: Path, content: bytes, name: str = "seeds.jsonl") -> str:
     path = tmp_path / name
     path.write_bytes(content)
     return str(path)
 
 
-def _fail(args: list[str], *needles: str) -> str:
-    result = CliRunner().invoke(app, args)
-    output = (result.stderr if hasattr(result, "stderr") else result.output).strip()
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = [line for line in output.splitlines() if line.strip()]
-    assert len(lines) == 1, output
-    assert lines[0].startswith("error:"), output
-    assert "Traceback" not in output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
-def _generate(method: str, recipe: Path, out: Path, *extra: str) -> list[str]:
-    return ["generate", method, "--config", str(recipe), "--output", str(out), *extra]
-
-
 # --- seed data ---------------------------------------------------------------------
 
 
 def test_seed_file_missing(tmp_path: Path) -> None:
-    recipe = _recipe(
+    recipe = recipe_with(
         tmp_path, "rdpo-quickstart.yaml", **{"seed_data.source": str(tmp_path / "nope.jsonl")}
     )
-    _fail(_generate("rdpo", recipe, tmp_path / "o"), "not found", "nope.jsonl")
+    fails_in_one_line(generate_args("rdpo", recipe, tmp_path / "o"), "not found", "nope.jsonl")
 
 
 def test_seed_file_empty(tmp_path: Path) -> None:
-    recipe = _recipe(
+    recipe = recipe_with(
         tmp_path, "rdpo-quickstart.yaml", **{"seed_data.source": _seeds(tmp_path, b"")}
     )
-    _fail(_generate("rdpo", recipe, tmp_path / "o"), "empty")
+    fails_in_one_line(generate_args("rdpo", recipe, tmp_path / "o"), "empty")
 
 
 def test_seed_wrong_columns(tmp_path: Path) -> None:
     seeds = _seeds(tmp_path, b'{"question": "hi"}\n')
-    recipe = _recipe(tmp_path, "rdpo-quickstart.yaml", **{"seed_data.source": seeds})
-    _fail(_generate("rdpo", recipe, tmp_path / "o"), "lacks column", "prompt", "question")
+    recipe = recipe_with(tmp_path, "rdpo-quickstart.yaml", **{"seed_data.source": seeds})
+    fails_in_one_line(
+        generate_args("rdpo", recipe, tmp_path / "o"), "lacks column", "prompt", "question"
+    )
 
 
 def test_seed_wrong_types(tmp_path: Path) -> None:
     seeds = _seeds(tmp_path, b'{"prompt": "fine"}\n{"prompt": 42}\n')
-    recipe = _recipe(tmp_path, "rdpo-quickstart.yaml", **{"seed_data.source": seeds})
-    _fail(_generate("rdpo", recipe, tmp_path / "o"), "row 2", "prompt", "str", "int")
+    recipe = recipe_with(tmp_path, "rdpo-quickstart.yaml", **{"seed_data.source": seeds})
+    fails_in_one_line(
+        generate_args("rdpo", recipe, tmp_path / "o"), "row 2", "prompt", "str", "int"
+    )
 
 
 def test_seed_malformed_jsonl_line_reports_line_number(tmp_path: Path) -> None:
     seeds = _seeds(tmp_path, b'{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "c"\n')
-    recipe = _recipe(tmp_path, "rdpo-quickstart.yaml", **{"seed_data.source": seeds})
-    _fail(_generate("rdpo", recipe, tmp_path / "o"), "seeds.jsonl:3", "malformed JSON")
+    recipe = recipe_with(tmp_path, "rdpo-quickstart.yaml", **{"seed_data.source": seeds})
+    fails_in_one_line(
+        generate_args("rdpo", recipe, tmp_path / "o"), "seeds.jsonl:3", "malformed JSON"
+    )
 
 
 def test_seed_not_utf8(tmp_path: Path) -> None:
     seeds = _seeds(tmp_path, '{"prompt": "caf\u00e9"}\n'.encode("latin-1"))
-    recipe = _recipe(tmp_path, "rdpo-quickstart.yaml", **{"seed_data.source": seeds})
-    _fail(_generate("rdpo", recipe, tmp_path / "o"), "not UTF-8", ":1")
+    recipe = recipe_with(tmp_path, "rdpo-quickstart.yaml", **{"seed_data.source": seeds})
+    fails_in_one_line(generate_args("rdpo", recipe, tmp_path / "o"), "not UTF-8", ":1")
 
 
 def test_seed_unsupported_format(tmp_path: Path) -> None:
     seeds = _seeds(tmp_path, b"a,b", name="seeds.xlsx")
-    recipe = _recipe(tmp_path, "rdpo-quickstart.yaml", **{"seed_data.source": seeds})
-    _fail(_generate("rdpo", recipe, tmp_path / "o"), "unsupported seed format")
+    recipe = recipe_with(tmp_path, "rdpo-quickstart.yaml", **{"seed_data.source": seeds})
+    fails_in_one_line(generate_args("rdpo", recipe, tmp_path / "o"), "unsupported seed format")
 
 
 # --- recipes -------------------------------------------------------------------------
 
 
 def test_recipe_missing(tmp_path: Path) -> None:
-    _fail(_generate("condor", tmp_path / "missing.yaml", tmp_path / "o"), "not found")
+    fails_in_one_line(
+        generate_args("condor", tmp_path / "missing.yaml", tmp_path / "o"), "not found"
+    )
 
 
 def test_recipe_invalid_yaml_names_the_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("name: x\nllm: [unclosed\nseed: 1\n")
-    _fail(_generate("condor", path, tmp_path / "o"), "invalid YAML", "line")
+    fails_in_one_line(generate_args("condor", path, tmp_path / "o"), "invalid YAML", "line")
 
 
 def test_recipe_not_a_mapping(tmp_path: Path) -> None:
     path = tmp_path / "list.yaml"
     path.write_text("- a\n- b\n")
-    _fail(_generate("condor", path, tmp_path / "o"), "YAML mapping")
+    fails_in_one_line(generate_args("condor", path, tmp_path / "o"), "YAML mapping")
 
 
-def test_recipe_unknown_key_suggests_the_close_match(tmp_path: Path) -> None:
-    recipe = _recipe(tmp_path, "condor-quickstart.yaml", num_sampels=3)
-    _fail(
-        _generate("condor", recipe, tmp_path / "o"),
-        "unknown key 'num_sampels'",
-        "did you mean 'num_samples'",
-    )
-
-
-def test_recipe_unknown_nested_key_suggests(tmp_path: Path) -> None:
-    recipe = _recipe(tmp_path, "rdpo-quickstart.yaml", **{"teacher.max_new_token": 12})
-    _fail(
-        _generate("rdpo", recipe, tmp_path / "o"),
-        "teacher.max_new_token",
-        "did you mean 'max_new_tokens'",
-    )
+@pytest.mark.parametrize(
+    ("base", "method", "change", "needles"),
+    [
+        ("condor-quickstart.yaml", "condor", {"num_sampels": 3}, ["unknown key 'num_sampels'", "did you mean 'num_samples'"]),
+        ("rdpo-quickstart.yaml", "rdpo", {"teacher.max_new_token": 12}, ["teacher.max_new_token", "did you mean 'max_new_tokens'"]),
+    ],
+)  # fmt: skip
+def test_recipe_unknown_key_suggests_the_close_match(
+    tmp_path: Path, base: str, method: str, change: dict, needles: list[str]
+) -> None:
+    recipe = recipe_with(tmp_path, base, **change)
+    fails_in_one_line(generate_args(method, recipe, tmp_path / "o"), *needles)
 
 
 def test_recipe_threshold_out_of_range(tmp_path: Path) -> None:
-    recipe = _recipe(tmp_path, "gra-quickstart.yaml", **{"dedup.threshold": 1.7})
-    _fail(_generate("gra", recipe, tmp_path / "o"), "dedup.threshold", "1.7")
+    recipe = recipe_with(tmp_path, "gra-quickstart.yaml", **{"dedup.threshold": 1.7})
+    fails_in_one_line(generate_args("gra", recipe, tmp_path / "o"), "dedup.threshold", "1.7")
 
 
 def test_recipe_negative_count(tmp_path: Path) -> None:
-    recipe = _recipe(tmp_path, "condor-quickstart.yaml", num_samples=-3)
-    _fail(_generate("condor", recipe, tmp_path / "o"), "num_samples", "-3")
+    recipe = recipe_with(tmp_path, "condor-quickstart.yaml", num_samples=-3)
+    fails_in_one_line(generate_args("condor", recipe, tmp_path / "o"), "num_samples", "-3")
 
 
 def test_recipe_pool_too_small_for_the_roles(tmp_path: Path) -> None:
-    recipe = _recipe(
+    recipe = recipe_with(
         tmp_path, "gra-quickstart.yaml", pool=["builtin:tiny-random", "builtin:tiny-random"]
     )
-    _fail(_generate("gra", recipe, tmp_path / "o"), "pool")
+    fails_in_one_line(generate_args("gra", recipe, tmp_path / "o"), "pool")
 
 
 def test_unknown_method(tmp_path: Path) -> None:
@@ -174,26 +145,21 @@ def test_unknown_method(tmp_path: Path) -> None:
 # --- models and backends ---------------------------------------------------------------
 
 
-def test_unknown_backend_scheme(tmp_path: Path) -> None:
-    recipe = _recipe(tmp_path, "condor-quickstart.yaml")
-    _fail(
-        _generate("condor", recipe, tmp_path / "o", "--llm", "ollama:llama3"),
-        "unknown LLM spec",
-        "ollama:llama3",
-    )
-
-
-def test_model_path_missing(tmp_path: Path) -> None:
-    recipe = _recipe(tmp_path, "condor-quickstart.yaml")
-    _fail(
-        _generate("condor", recipe, tmp_path / "o", "--llm", "transformers:/models/none/here"),
-        "does not exist",
-    )
+@pytest.mark.parametrize(
+    ("llm", "needles"),
+    [
+        ("ollama:llama3", ["unknown LLM spec", "ollama:llama3"]),
+        ("transformers:/models/none/here", ["does not exist"]),
+    ],
+)
+def test_a_bad_llm_spec_is_one_line(tmp_path: Path, llm: str, needles: list[str]) -> None:
+    recipe = recipe_with(tmp_path, "condor-quickstart.yaml")
+    fails_in_one_line(generate_args("condor", recipe, tmp_path / "o", "--llm", llm), *needles)
 
 
 def test_model_spec_in_recipe_unknown_builtin(tmp_path: Path) -> None:
-    recipe = _recipe(tmp_path, "condor-quickstart.yaml", llm="builtin:llama-70b")
-    _fail(_generate("condor", recipe, tmp_path / "o"), "unknown built-in model")
+    recipe = recipe_with(tmp_path, "condor-quickstart.yaml", llm="builtin:llama-70b")
+    fails_in_one_line(generate_args("condor", recipe, tmp_path / "o"), "unknown built-in model")
 
 
 def test_server_unreachable_is_one_line_after_bounded_retries() -> None:
@@ -215,8 +181,8 @@ def test_output_folder_exists_refused_without_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "o"
     out.mkdir()
     (out / "README.md").write_text("mine")
-    recipe = _recipe(tmp_path, "condor-quickstart.yaml")
-    _fail(_generate("condor", recipe, out), "already exists", "--overwrite")
+    recipe = recipe_with(tmp_path, "condor-quickstart.yaml")
+    fails_in_one_line(generate_args("condor", recipe, out), "already exists", "--overwrite")
     assert (out / "README.md").read_text() == "mine"
 
 
@@ -224,9 +190,9 @@ def test_push_without_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))
     monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
-    recipe = _recipe(tmp_path, "condor-quickstart.yaml")
-    _fail(
-        _generate("condor", recipe, tmp_path / "o", "--push-to-hub", "me/data"),
+    recipe = recipe_with(tmp_path, "condor-quickstart.yaml")
+    fails_in_one_line(
+        generate_args("condor", recipe, tmp_path / "o", "--push-to-hub", "me/data"),
         "token",
         "hf auth login",
     )
@@ -236,7 +202,7 @@ def test_push_without_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 def test_train_recipe_unknown_key(tmp_path: Path) -> None:
     path = tmp_path / "train.yaml"
     path.write_text("model: builtin:tiny-random\nlearning_rat: 0.1\n")
-    _fail(["train", "sft", "--config", str(path)], "learning_rat")
+    fails_in_one_line(["train", "sft", "--config", str(path)], "learning_rat")
 
 
 # --- LLM output that cannot be used: recorded per row, never raised ----------------------------

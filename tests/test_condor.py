@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from itertools import pairwise
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from condor_recipe import TINY_CONDOR
-from rerun import assert_rerun_reproduces
+from rerun import assert_rerun_reproduces, fresh_home_env
 
 from synthalign.llms import load_llm
 from synthalign.steps.condor import (
@@ -32,24 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "pipelines" / "recipes"
 
 
-def _env(home: Path) -> dict[str, str]:
-    """A fresh HOME (distilabel's cache starts empty), the real built-in model cache."""
-    env = dict(os.environ)
-    env.update(
-        HOME=str(home),
-        SYNTHALIGN_CACHE=os.environ.get(
-            "SYNTHALIGN_CACHE", str(Path.home() / ".cache" / "synthalign")
-        ),
-    )
-    return env
-
-
 def _cli(
     args: list[str], home: Path, cwd: Path | None = None, timeout: int = 900
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "synthalign.cli", *args],
-        env=_env(home), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env=fresh_home_env(home), cwd=cwd, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from rerun import fresh_home_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
@@ -20,25 +21,11 @@ SEEDS = TESTS / "data" / "instructions.jsonl"
 DISTILABEL = Path(sys.executable).with_name("distilabel")
 
 
-def _env(home: Path, **extra: str) -> dict[str, str]:
-    """A clean HOME (so distilabel's cache starts empty) but the real model cache."""
-    env = dict(os.environ)
-    env.update(
-        HOME=str(home),
-        SYNTHALIGN_CACHE=os.environ.get(
-            "SYNTHALIGN_CACHE", str(Path.home() / ".cache" / "synthalign")
-        ),
-        PYTHONPATH=os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]),
-    )
-    env.update(extra)
-    return env
-
-
 def _write_folder(spec: str, out: Path, home: Path, **extra: str) -> subprocess.CompletedProcess:
     code = f"import demo_pipeline; demo_pipeline.run({spec!r}, {str(SEEDS)!r}, {str(out)!r})"
     return subprocess.run(
         [sys.executable, "-c", code],
-        env=_env(home, **extra),
+        env=fresh_home_env(home, **extra),
         capture_output=True,
         text=True,
         timeout=900,
@@ -48,7 +35,7 @@ def _write_folder(spec: str, out: Path, home: Path, **extra: str) -> subprocess.
 def _rerun(config: str, home: Path, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(DISTILABEL), "pipeline", "run", "--config", config],
-        env=_env(home), capture_output=True, text=True, timeout=900, cwd=cwd,
+        env=fresh_home_env(home), capture_output=True, text=True, timeout=900, cwd=cwd,
     )  # fmt: skip
 
 

@@ -15,43 +15,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_checks import fails_in_one_line, generate_args, recipe_with
 from loopback_llm import loopback_llm
-from typer.testing import CliRunner
 
-from synthalign.cli import app
 from synthalign.errors import BackendError
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "pipelines" / "recipes"
-
-
-def _fail(args: list[str], *needles: str) -> str:
-    result = CliRunner().invoke(app, args)
-    output = (result.stderr if hasattr(result, "stderr") else result.output).strip()
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = [line for line in output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in output, output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
-def _recipe(tmp_path: Path, base: str, **changes: object) -> Path:
-    data = yaml.safe_load((RECIPES / base).read_text())
-    for dotted, value in changes.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    data.setdefault("cache_dir", str(tmp_path / "cache"))
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def _generate(method: str, recipe: Path, out: Path, *extra: str) -> list[str]:
-    return ["generate", method, "--config", str(recipe), "--output", str(out), *extra]
 
 
 def _jsonl(path: Path, rows: list[dict]) -> str:
@@ -70,9 +40,9 @@ def test_a_bad_seed_row_anywhere_is_found_before_the_run(tmp_path: Path) -> None
     seeds = _jsonl(
         tmp_path / "seeds.jsonl", [GOOD, GOOD, GOOD, {"instruction": "No answer here."}, GOOD]
     )
-    recipe = _recipe(tmp_path, "gra-quickstart.yaml", **{"seed_data.source": seeds})
-    line = _fail(
-        _generate("gra", recipe, tmp_path / "o"),
+    recipe = recipe_with(tmp_path, "gra-quickstart.yaml", **{"seed_data.source": seeds})
+    line = fails_in_one_line(
+        generate_args("gra", recipe, tmp_path / "o"),
         f"{seeds}:4",
         "no 'response' column",
         "seed_data.response_column",
@@ -93,8 +63,8 @@ def test_seed_values_must_have_their_type_and_no_null(
     tmp_path: Path, row: dict, needle: str
 ) -> None:
     seeds = _jsonl(tmp_path / "seeds.jsonl", [GOOD, row])
-    recipe = _recipe(tmp_path, "gra-quickstart.yaml", **{"seed_data.source": seeds})
-    _fail(_generate("gra", recipe, tmp_path / "o"), f"{seeds}:2", needle)
+    recipe = recipe_with(tmp_path, "gra-quickstart.yaml", **{"seed_data.source": seeds})
+    fails_in_one_line(generate_args("gra", recipe, tmp_path / "o"), f"{seeds}:2", needle)
 
 
 def test_seed_line_numbers_count_blank_lines(tmp_path: Path) -> None:
@@ -102,8 +72,10 @@ def test_seed_line_numbers_count_blank_lines(tmp_path: Path) -> None:
     path.write_text(
         json.dumps(GOOD) + "\n\n" + json.dumps({"instruction": None, "response": "A."}) + "\n"
     )
-    recipe = _recipe(tmp_path, "gra-quickstart.yaml", **{"seed_data.source": str(path)})
-    _fail(_generate("gra", recipe, tmp_path / "o"), f"{path}:3", "'instruction' is null")
+    recipe = recipe_with(tmp_path, "gra-quickstart.yaml", **{"seed_data.source": str(path)})
+    fails_in_one_line(
+        generate_args("gra", recipe, tmp_path / "o"), f"{path}:3", "'instruction' is null"
+    )
 
 
 def test_only_the_rows_the_run_reads_are_checked(tmp_path: Path) -> None:
@@ -118,9 +90,9 @@ def test_only_the_rows_the_run_reads_are_checked(tmp_path: Path) -> None:
 
 
 def test_openai_server_closed_port(tmp_path: Path) -> None:
-    recipe = _recipe(tmp_path, "condor-quickstart.yaml")
-    _fail(
-        _generate("condor", recipe, tmp_path / "o", "--llm", "openai:http://127.0.0.1:9/v1#m"),
+    recipe = recipe_with(tmp_path, "condor-quickstart.yaml")
+    fails_in_one_line(
+        generate_args("condor", recipe, tmp_path / "o", "--llm", "openai:http://127.0.0.1:9/v1#m"),
         "server not reachable at URL: http://127.0.0.1:9/v1",
         "start it or fix the URL",
     )
@@ -128,9 +100,9 @@ def test_openai_server_closed_port(tmp_path: Path) -> None:
 
 def test_openai_server_answering_500_at_models(tmp_path: Path) -> None:
     with loopback_llm(models_status=500) as (url, _):
-        recipe = _recipe(tmp_path, "condor-quickstart.yaml")
-        _fail(
-            _generate("condor", recipe, tmp_path / "o", "--llm", f"openai:{url}#loopback"),
+        recipe = recipe_with(tmp_path, "condor-quickstart.yaml")
+        fails_in_one_line(
+            generate_args("condor", recipe, tmp_path / "o", "--llm", f"openai:{url}#loopback"),
             f"server at {url} failed (HTTP 500",
             "check the server",
         )
@@ -141,11 +113,11 @@ def test_openai_server_refusing_the_key_and_accepting_the_recipes(tmp_path: Path
     from synthalign.preflight import check_servers
 
     with loopback_llm(key="sk-right") as (url, server):
-        recipe = _recipe(
+        recipe = recipe_with(
             tmp_path, "condor-quickstart.yaml", llm=f"openai:{url}#loopback", api_key="sk-wrong"
         )
-        _fail(
-            _generate("condor", recipe, tmp_path / "o"),
+        fails_in_one_line(
+            generate_args("condor", recipe, tmp_path / "o"),
             f"server at {url} rejected the API key (HTTP 401)",
         )
         check_servers(CondorRecipe(llm=f"openai:{url}#loopback", api_key="sk-right"))
@@ -156,9 +128,9 @@ def test_a_folder_that_is_not_a_model(tmp_path: Path) -> None:
     folder = tmp_path / "not-a-model"
     folder.mkdir()
     (folder / "notes.txt").write_text("hello")
-    recipe = _recipe(tmp_path, "condor-quickstart.yaml")
-    _fail(
-        _generate("condor", recipe, tmp_path / "o", "--llm", f"transformers:{folder}"),
+    recipe = recipe_with(tmp_path, "condor-quickstart.yaml")
+    fails_in_one_line(
+        generate_args("condor", recipe, tmp_path / "o", "--llm", f"transformers:{folder}"),
         "is not a model folder (no config.json)",
     )
 
@@ -166,8 +138,8 @@ def test_a_folder_that_is_not_a_model(tmp_path: Path) -> None:
 def test_output_that_is_an_existing_file(tmp_path: Path) -> None:
     target = tmp_path / "file.txt"
     target.write_text("keep")
-    _fail(
-        _generate("condor", _recipe(tmp_path, "condor-quickstart.yaml"), target),
+    fails_in_one_line(
+        generate_args("condor", recipe_with(tmp_path, "condor-quickstart.yaml"), target),
         "is a file, not a folder",
     )
     assert target.read_text() == "keep"
@@ -176,14 +148,17 @@ def test_output_that_is_an_existing_file(tmp_path: Path) -> None:
 def test_cache_dir_that_is_a_file(tmp_path: Path) -> None:
     cache = tmp_path / "cache-file"
     cache.write_text("x")
-    recipe = _recipe(tmp_path, "condor-quickstart.yaml", cache_dir=str(cache))
-    _fail(_generate("condor", recipe, tmp_path / "o"), f"cache_dir {cache} is a file, not a folder")
+    recipe = recipe_with(tmp_path, "condor-quickstart.yaml", cache_dir=str(cache))
+    fails_in_one_line(
+        generate_args("condor", recipe, tmp_path / "o"),
+        f"cache_dir {cache} is a file, not a folder",
+    )
 
 
 def test_output_folder_that_cannot_be_written(tmp_path: Path) -> None:
-    recipe = _recipe(tmp_path, "condor-quickstart.yaml")
-    _fail(
-        _generate("condor", recipe, Path("/sys/synthalign-out")),
+    recipe = recipe_with(tmp_path, "condor-quickstart.yaml")
+    fails_in_one_line(
+        generate_args("condor", recipe, Path("/sys/synthalign-out")),
         "--output /sys/synthalign-out is not writable",
     )
 
@@ -192,18 +167,18 @@ def test_a_disk_without_room_for_the_run(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv(
         "SYNTHALIGN_MIN_FREE_MB", str(10**12)
     )  # an exabyte: no real disk has it free
-    recipe = _recipe(tmp_path, "condor-quickstart.yaml")
-    _fail(
-        _generate("condor", recipe, tmp_path / "o"),
+    recipe = recipe_with(tmp_path, "condor-quickstart.yaml")
+    fails_in_one_line(
+        generate_args("condor", recipe, tmp_path / "o"),
         "MiB free on its disk, the run needs about",
         "free some space",
     )
 
 
 def test_a_bad_repo_id(tmp_path: Path) -> None:
-    recipe = _recipe(tmp_path, "condor-quickstart.yaml")
-    _fail(
-        _generate("condor", recipe, tmp_path / "o", "--push-to-hub", "not a/valid/repo"),
+    recipe = recipe_with(tmp_path, "condor-quickstart.yaml")
+    fails_in_one_line(
+        generate_args("condor", recipe, tmp_path / "o", "--push-to-hub", "not a/valid/repo"),
         "is not a valid repo id",
     )
 
@@ -212,9 +187,9 @@ def test_a_token_the_hub_rejects(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local_hub
 ) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_not_accepted_by_this_hub")
-    recipe = _recipe(tmp_path, "condor-quickstart.yaml")
-    _fail(
-        _generate("condor", recipe, tmp_path / "o", "--push-to-hub", "me/data"),
+    recipe = recipe_with(tmp_path, "condor-quickstart.yaml")
+    fails_in_one_line(
+        generate_args("condor", recipe, tmp_path / "o", "--push-to-hub", "me/data"),
         "rejected the token (HTTP 401)",
         "hf auth login",
     )
@@ -225,8 +200,10 @@ def test_a_token_the_hub_rejects(
 
 
 def test_a_boolean_where_a_count_is_expected(tmp_path: Path) -> None:
-    recipe = _recipe(tmp_path, "condor-quickstart.yaml", num_samples=True)
-    _fail(_generate("condor", recipe, tmp_path / "o"), "num_samples", "not the boolean true")
+    recipe = recipe_with(tmp_path, "condor-quickstart.yaml", num_samples=True)
+    fails_in_one_line(
+        generate_args("condor", recipe, tmp_path / "o"), "num_samples", "not the boolean true"
+    )
 
 
 @pytest.mark.parametrize(
@@ -237,8 +214,8 @@ def test_a_boolean_where_a_count_is_expected(tmp_path: Path) -> None:
     ],
 )
 def test_iterations_errors_are_one_line(tmp_path: Path, value: str, needle: str) -> None:
-    recipe = _recipe(tmp_path, "gra-quickstart.yaml")
-    _fail(["loop", "gra", "--config", str(recipe), "--iterations", value], needle)
+    recipe = recipe_with(tmp_path, "gra-quickstart.yaml")
+    fails_in_one_line(["loop", "gra", "--config", str(recipe), "--iterations", value], needle)
 
 
 def test_an_empty_training_config_says_so(tmp_path: Path) -> None:
@@ -261,7 +238,7 @@ def test_an_empty_training_config_says_so(tmp_path: Path) -> None:
             {"model": "builtin:tiny-random", "dataset": str(folder), "dataset_config": "refined"}
         )
     )
-    _fail(
+    fails_in_one_line(
         ["train", "sft", "--config", str(recipe)],
         "has no rows in config 'refined'",
         "configs with rows: generations",

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from condor_recipe import TINY_CONDOR
+from rerun import fresh_home_env
 
 # Ray finds "this node's address" by routing a UDP socket toward a public address and
 # then binds its services to this machine's first non-loopback interface. With this set
@@ -56,15 +57,7 @@ CONDOR = {
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        HOME=str(home),
-        SYNTHALIGN_CACHE=os.environ.get(
-            "SYNTHALIGN_CACHE", str(Path.home() / ".cache" / "synthalign")
-        ),
-        OMP_NUM_THREADS="1",
-        **RAY_LOOPBACK,
-    )
+    env = fresh_home_env(home, **{"OMP_NUM_THREADS": "1", **RAY_LOOPBACK})
     env.pop("RAY_ADDRESS", None)  # only the cluster this test started
     env.update(extra)
     return env

@@ -36,6 +36,13 @@ from synthalign.run import generate, loop
 TESTS = Path(__file__).resolve().parent
 SAFETY_CLI = TESTS / "safety_cli.py"
 SYNTHALIGN = "import sys; from synthalign.cli import app; sys.exit(app())"
+
+
+def synthalign_args(*args: str) -> list[str]:
+    """The ``synthalign`` command line, run with this interpreter."""
+    return [sys.executable, "-c", SYNTHALIGN, *args]
+
+
 STOPPED = "stopped; rerun the same command to resume"
 
 
@@ -237,17 +244,7 @@ def test_ctrl_c_during_condor_generate_stops_and_the_rerun_resumes(tmp_path: Pat
         "refine": {"max_new_tokens": 24, "batch_size": 2},
     }))  # fmt: skip
     out = tmp_path / "out"
-    args = [
-        sys.executable,
-        "-c",
-        SYNTHALIGN,
-        "generate",
-        "condor",
-        "--config",
-        str(recipe),
-        "--output",
-        str(out),
-    ]
+    args = synthalign_args("generate", "condor", "--config", str(recipe), "--output", str(out))
     run = Run(args, tmp_path)
     run.wait_until(lambda: any(cache.rglob("synthalign-batches/*/*.pkl")), timeout=600)
     run.signal_group(signal.SIGINT)
@@ -324,10 +321,7 @@ def test_every_chat_call_failing_exits_non_zero_with_the_funnel_and_pushes_nothi
             "engine_kwargs": {"max_retries": 0},
         }))  # fmt: skip
         out = tmp_path / "out"
-        args = [
-            sys.executable,
-            "-c",
-            SYNTHALIGN,
+        args = synthalign_args(
             "generate",
             "condor",
             "--config",
@@ -336,7 +330,7 @@ def test_every_chat_call_failing_exits_non_zero_with_the_funnel_and_pushes_nothi
             str(out),
             "--push-to-hub",
             "me/condor-500",
-        ]
+        )
         run = Run(args, tmp_path)
         assert run.finish(timeout=600) == 1, run.output()[-3000:]
     line = run.last_line()
@@ -355,7 +349,7 @@ def test_a_failure_rate_over_max_failed_fraction_fails_and_a_partial_failure_rep
     failing = _recipe(tmp_path, "failing.yaml", fail_every=2, max_failed_fraction=0.2)
     with pytest.raises(
         RunFailed,
-        match=r"safety 1:round: \d+ of 12 rows failed \(\d+% > max_failed_fraction 0.2; "
+        match=r"safety 1:echo: \d+ of 12 rows failed \(\d+% > max_failed_fraction 0.2; "
         r"12 considered, answer -\d+ \(\d+ failed: no output",
     ):
         generate(SAFETY, failing, output=tmp_path / "failing")
@@ -420,7 +414,7 @@ def _pref_folder(path: Path) -> Path:
 
 
 def _train(kind: str, recipe: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-c", SYNTHALIGN, "train", kind, "--config", str(recipe), *extra]
+    args = synthalign_args("train", kind, "--config", str(recipe), *extra)
     return subprocess.run(args, capture_output=True, text=True, timeout=900, env=_env())
 
 
@@ -472,17 +466,7 @@ def test_a_pool_of_openai_members_sends_the_recipe_key_and_the_run_ends(tmp_path
             "stall_timeout": 20,
         }))  # fmt: skip
         out = tmp_path / "out"
-        args = [
-            sys.executable,
-            "-c",
-            SYNTHALIGN,
-            "generate",
-            "gra",
-            "--config",
-            str(recipe),
-            "--output",
-            str(out),
-        ]
+        args = synthalign_args("generate", "gra", "--config", str(recipe), "--output", str(out))
         run = Run(args, tmp_path)
         code = run.finish(timeout=600)
     assert (
