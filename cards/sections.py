@@ -45,7 +45,7 @@ def accounting_section(info: Mapping[str, Any]) -> str:
     return (
         text + "Model calls of the run that wrote this folder, with the backends' own token counts "
         "(batches resumed from the batch store cost nothing and are not counted). Cost needs "
-        "`prices` in the recipe (USD per million tokens).\n\n"
+        "`price_per_million: {input: X, output: Y}` (USD) on the recipe's LLM roles.\n\n"
         + markdown_table(rows, TABLE_HEADERS)
         + f"\n{summary_line(every)}\n"
     )

@@ -10,8 +10,8 @@ files once the pipeline ends (:func:`collect`). Outside a run (a notebook callin
 LLM) the tally stays in memory (:func:`totals`).
 
 Batches a resumed run takes from the batch store cost nothing and are not counted. An
-optional ``prices`` section in the recipe (USD per million input / output tokens, per
-model) turns tokens into cost.
+LLM role's optional ``price_per_million: {input: X, output: Y}`` (USD) turns its model's
+tokens into cost (:func:`role_prices`).
 """
 
 from __future__ import annotations
@@ -19,10 +19,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
+
+from synthalign.errors import RecipeError
+from synthalign.recipes import LLMRole, Price
 
 __all__ = [
     "ACCOUNTING",
@@ -30,6 +35,7 @@ __all__ = [
     "collect",
     "priced",
     "record",
+    "role_prices",
     "set_step",
     "start",
     "summary_line",
@@ -125,6 +131,41 @@ def collect(folder: Path, order: Sequence[str] = ()) -> list[dict[str, Any]]:
     ]
 
 
+def _roles(value: Any) -> Iterator[LLMRole]:
+    if isinstance(value, LLMRole):
+        yield value
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _roles(getattr(value, name))
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _roles(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _roles(item)
+
+
+def role_prices(recipe: BaseModel) -> dict[str, Price]:
+    """``spec -> price`` from every LLM role with a ``price_per_million``.
+
+    Tokens are counted per model, so two roles on one model must agree on its price
+    (a one-line error before the run, not a silently wrong cost).
+    """
+    default = getattr(recipe, "llm", None)
+    prices: dict[str, Price] = {}
+    for role in _roles(recipe):
+        spec = role.llm or default
+        if role.price_per_million is None or not spec:
+            continue
+        known = prices.setdefault(spec, role.price_per_million)
+        if known != role.price_per_million:
+            raise RecipeError(
+                f"two LLM roles price {spec} differently ({known.model_dump()} and "
+                f"{role.price_per_million.model_dump()}): give one price_per_million per model"
+            )
+    return prices
+
+
 def _price_of(model: str, prices: Mapping[str, Any]) -> Any:
     """A model's price: by its name, or by a spec whose model part is that name."""
     if model in prices:
@@ -171,7 +212,7 @@ def summary_line(rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return "LLM usage: no model calls in this run (every batch came from the store, or none)"
     t = _sum(rows)
-    cost = f"${t['cost']:.4f}" if t["cost"] is not None else "no prices in the recipe"
+    cost = f"${t['cost']:.4f}" if t["cost"] is not None else "no price_per_million in the recipe"
     retries = f", {t['retries']} retries" if t["retries"] else ""
     return (
         f"LLM usage: {t['calls']:,} calls, {t['input_tokens']:,} input + "

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from synthalign.accounting import priced
+from synthalign.accounting import priced, role_prices
 from synthalign.cards.base import markdown_table
 from synthalign.contract import get_method
 from synthalign.run import prepare_recipe
@@ -149,7 +149,7 @@ def plan(method_name: str, config: str | Path, llms: list[str] | None = None) ->
         "state": state.key,
         "loops": method.loops,
         "steps": _walk(pipeline),
-        "prices": recipe.prices,
+        "prices": role_prices(recipe),
     }
 
 

@@ -116,15 +116,6 @@ class Recipe(StrictModel):
         ),
     )
 
-    prices: dict[str, Price] = Field(
-        default_factory=dict,
-        description=(
-            "USD per million input / output tokens, by LLM spec or model name, e.g. "
-            "{'openai:http://h/v1#gpt-4o-mini': {input: 0.15, output: 0.6}}: the card's "
-            "accounting and the run's last lines then show cost"
-        ),
-    )
-
     def llm_specs(self) -> list[str]:
         """Every LLM spec the recipe uses (checked before the run starts)."""
         return []
@@ -186,6 +177,13 @@ class LLMRole(StrictModel):
     )
     resources: StageResources = Field(
         default_factory=StageResources, description="replicas / GPUs of this role's step"
+    )
+    price_per_million: Price | None = Field(
+        default=None,
+        description=(
+            "USD per million input / output tokens of this role's model, e.g. "
+            "{input: 0.15, output: 0.6}: the run's accounting then shows cost"
+        ),
     )
 
     def spec(self, default: str | None) -> str:

@@ -38,7 +38,7 @@ _RUN_ONLY_KEYS = frozenset(
         "batch_size",
         "stall_timeout",
         "max_failed_fraction",
-        "prices",
+        "price_per_million",
     }
 )
 

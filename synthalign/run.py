@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from synthalign.accounting import priced, summary_line
+from synthalign.accounting import priced, role_prices, summary_line
 from synthalign.cards.frame import frame_card
 from synthalign.console import RunConsole, log_path
 from synthalign.contract import METHOD_MODULES, Method, State, get_method
@@ -61,6 +61,7 @@ def prepare_recipe(method: Method, config: str | Path, llms: list[str] | None) -
         if method.override_llms is None:
             raise RecipeError(f"{method.name} takes its LLMs from the recipe only; drop --llm")
         recipe = method.override_llms(recipe, llms)
+    role_prices(recipe)  # two prices for one model: refused before anything runs
     return recipe
 
 
@@ -253,7 +254,7 @@ class Driver:
             monitor=monitor,
             log_file=self.console.quiet_children if self.console else None,
         )
-        usage = priced(ran.usage, self.recipe.prices)
+        usage = priced(ran.usage, role_prices(self.recipe))
         self.usage.extend(usage)
         order = self.method.configs(self.recipe, state)
         datasets = leaf_datasets(ran, order)

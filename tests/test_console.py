@@ -1,10 +1,10 @@
 """What a run shows and counts: progress, a quiet terminal, the log file, token accounting,
 ``--dry-run``.
 
-The end-to-end checks run ``synthalign generate rdpo`` as a user would (a tiny random
-teacher and reward model, seconds on a CPU), with stderr a pipe as in CI: at most 40
+The end-to-end checks run the Condor quickstart with ``synthalign generate condor`` as a
+user would (on the tiny random model), stdout and stderr pipes as in CI: at most 40
 lines, the first and last naming the output folder, every library's log in the run's
-log file, the accounting in ``synthalign.json``, the card and one summary line.
+log file beside it, the accounting in ``synthalign.json``, the card and one summary line.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_checks import fails_in_one_line, generate_args, recipe_with
 from rdpo_recipe import write_tiny_rdpo_recipe
+from rerun import fresh_home_env
 
 from synthalign import accounting
 from synthalign.progress import PipelineProgress
@@ -24,6 +26,7 @@ from synthalign.progress import PipelineProgress
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHALIGN = Path(sys.executable).with_name("synthalign")
 SEEDS = ROOT / "pipelines" / "recipes" / "data" / "rdpo-quickstart.jsonl"
+PRICE = {"input": 1.0, "output": 2.0}  # USD per million tokens
 
 
 # ------------------------------------------------------------------ accounting
@@ -105,17 +108,33 @@ def test_progress_expects_what_the_predecessors_send(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ the run as a user sees it
 
+# The Condor quickstart on the tiny random model: the shipped recipe with the question and
+# critique schemas kept short (a random model must close its JSON), a price on two roles.
+QUICKSTART = {
+    "llm": "builtin:tiny-random",
+    "num_samples": 12,
+    "question.temperature": 0.7,
+    "question.max_new_tokens": 80,
+    "question.max_question_chars": 60,
+    "question.price_per_million": PRICE,
+    "answer.max_new_tokens": 24,
+    "answer.price_per_million": PRICE,
+    "critique.temperature": 0.7,
+    "critique.max_new_tokens": 96,
+    "critique.max_field_chars": 40,
+    "refine.max_new_tokens": 24,
+    "max_failed_fraction": 1.0,  # random text: many rows fail, and are recorded
+}
+
 
 @pytest.fixture(scope="module")
 def quiet_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    """``synthalign generate condor`` as a user runs it, stdout and stderr pipes (not a TTY)."""
     tmp = tmp_path_factory.mktemp("console")
-    recipe = write_tiny_rdpo_recipe(
-        tmp, "console", SEEDS, batch=4, teacher={"max_new_tokens": 16},
-        prices={"builtin:tiny-random": {"input": 1.0, "output": 2.0}},
-    )  # fmt: skip
+    recipe = recipe_with(tmp, "condor-quickstart.yaml", **QUICKSTART)
     proc = subprocess.run(
-        [str(SYNTHALIGN), "generate", "rdpo", "--config", str(recipe), "--output", "dataset"],
-        capture_output=True, text=True, timeout=1200, cwd=tmp,
+        [str(SYNTHALIGN), "generate", "condor", "--config", str(recipe), "--output", "dataset"],
+        capture_output=True, text=True, timeout=1200, cwd=tmp, env=fresh_home_env(tmp / "home"),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, tmp / "dataset"
@@ -123,31 +142,48 @@ def quiet_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
 
 def test_a_run_prints_few_lines_naming_the_folder_first_and_last(quiet_run) -> None:
     proc, out = quiet_run
+    assert not proc.stdout.startswith("\x1b") and "\r" not in proc.stderr  # no live bars
     lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
     assert len(lines) <= 40, "\n".join(lines)
-    assert lines[0].startswith("synthalign generate rdpo -> dataset (log: dataset.log)")
+    assert lines[0] == "synthalign generate condor -> dataset (log: dataset.log)"
     record = json.loads((out / "synthalign.json").read_text())
     counts = ", ".join(f"{k}: {v}" for k, v in record["counts"].items())
     assert proc.stdout.strip().splitlines()[-1] == f"dataset written to dataset ({counts} rows)"
-    assert "distilabel" not in proc.stderr  # its logs went to the file
-    log = out.with_name("dataset.log").read_text()
-    assert "distilabel.pipeline" in log and "Pipeline data will be written" in " ".join(log.split())
+    assert "distilabel" not in proc.stderr and "INFO" not in proc.stderr  # in the file
+    log = out.with_name("dataset.log")
+    assert log.is_file() and not list(out.rglob("*.log"))  # beside the folder: never pushed
+    text = " ".join(log.read_text().split())
+    assert "distilabel.pipeline" in text and "Pipeline data will be written" in text
 
 
 def test_a_run_records_its_usage_in_the_record_the_card_and_one_line(quiet_run) -> None:
     proc, out = quiet_run
     usage = json.loads((out / "synthalign.json").read_text())["usage"]["1:main"]
-    teacher = [u for u in usage if u["model"] == "builtin:tiny-random"]
-    assert teacher and all(u["calls"] > 0 and u["output_tokens"] > 0 for u in teacher)
-    total_in = sum(u["input_tokens"] for u in teacher)
-    total_out = sum(u["output_tokens"] for u in teacher)
-    cost = sum(u["cost"] for u in teacher)
-    assert cost == pytest.approx(total_in * 1e-6 + total_out * 2e-6, abs=1e-5)
+    by_step = {u["step"]: u for u in usage}
+    assert all(u["model"] == "builtin:tiny-random" for u in usage), usage
+    assert len(by_step) == 4 and all(u["calls"] > 0 and u["output_tokens"] > 0 for u in usage)
+    assert all(u["input_tokens"] > u["calls"] for u in usage)  # prompts of several tokens
+    assert all(u["seconds"] > 0 for u in usage)
+    calls = sum(u["calls"] for u in usage)
+    cost = sum(u["input_tokens"] * 1e-6 + u["output_tokens"] * 2e-6 for u in usage)
+    assert sum(u["cost"] for u in usage) == pytest.approx(cost, abs=1e-5)
     summary = next(line for line in proc.stderr.splitlines() if line.startswith("LLM usage:"))
-    assert f"{sum(u['calls'] for u in teacher):,} calls" in summary and "$" in summary
+    assert f"{calls:,} calls" in summary and f"${cost:.4f}" in summary
     card = (out / "README.md").read_text()
-    assert "## Accounting" in card and "| 1:main |" in card and "builtin:tiny-random" in card
-    assert "## Decontamination" in card and "Not checked" in card
+    section = card.split("## Accounting", 1)[1].split("\n## ", 1)[0]
+    assert "| 1:main |" in section and "builtin:tiny-random" in section
+    assert f"| total | | | {calls} |" in " ".join(section.split())
+
+
+def test_two_prices_for_one_model_are_refused_before_the_run(tmp_path: Path) -> None:
+    recipe = recipe_with(
+        tmp_path, "condor-quickstart.yaml", **{"question.price_per_million": PRICE,
+        "answer.price_per_million": {"input": 5.0, "output": 2.0}},
+    )  # fmt: skip
+    fails_in_one_line(
+        generate_args("condor", recipe, tmp_path / "out"), "price", "builtin:smollm2-135m"
+    )
+    assert not (tmp_path / "cache").exists()
 
 
 def test_dry_run_prints_the_plan_and_loads_no_model(
@@ -171,3 +207,23 @@ def test_dry_run_prints_the_plan_and_loads_no_model(
     assert "<=48 |" in text  # at most max_new_tokens per call
     assert text.strip().splitlines()[-1].startswith("total: ")
     assert not (tmp_path / "cache").exists()  # nothing ran
+
+
+def test_generate_dry_run_on_the_command_line_exits_0_with_the_plan(tmp_path: Path) -> None:
+    recipe = recipe_with(
+        tmp_path, "condor-quickstart.yaml", **{"question.price_per_million": PRICE}
+    )
+    proc = subprocess.run(
+        [str(SYNTHALIGN), *generate_args("condor", recipe, tmp_path / "out"), "--dry-run"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env=fresh_home_env(tmp_path / "home"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("plan: condor (recipe condor-quickstart)"), proc.stdout
+    question = next(line for line in lines if line.startswith("| generate_questions "))
+    # 12 questions: 4 calls writing 3 each, at most 192 new tokens a call
+    assert "| builtin:smollm2-135m | 4 | 4 |" in question and "<=768 |" in question, question
+    assert "cost <= $" in lines[-1] and lines[-1].startswith("total: ")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+    assert not (tmp_path / "out.log").exists()
