@@ -19,13 +19,9 @@ from synthalign.cards.base import (
     reproducibility_metadata,
     size_category,
 )
+from synthalign.cards.decontamination import decontamination_section
 from synthalign.cards.diversity import diversity_section
-from synthalign.cards.sections import (
-    accounting_section,
-    decontamination_section,
-    usage_section,
-    where_of,
-)
+from synthalign.cards.sections import accounting_section, usage_section, where_of
 from synthalign.outcome import Funnel
 
 if TYPE_CHECKING:
@@ -78,7 +74,7 @@ def frame_card(
         body += funnel + "\n"
     diversity, figures = diversity_section(datasets, default, info)
     body += "\n" + diversity
-    body += "\n" + decontamination_section(info)
+    body += "\n" + decontamination_section(datasets, funnel_configs or list(datasets), info)
     body += "\n" + accounting_section(info)
     where, on_hub = where_of(info, str(info.get("folder_name") or method))
     body += "\n" + usage_section(where, default, datasets, on_hub=on_hub)

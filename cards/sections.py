@@ -1,10 +1,9 @@
-"""Card sections every method's card ends with: accounting, decontamination, usage.
+"""Card sections every method's card ends with: accounting and usage.
 
 Kept apart from :mod:`synthalign.cards.frame` (which assembles the card) because each
 is a small piece of text with its own facts: what the model calls used
-(:mod:`synthalign.accounting`), what the decontamination step found
-(:mod:`synthalign.steps.decontaminate`), and the commands that load, train on and
-rerun the folder -- every one of which a test runs as written (tests/test_docs.py).
+(:mod:`synthalign.accounting`), and the commands that load, train on and rerun the
+folder. The decontamination section is :mod:`synthalign.cards.decontamination`'s.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ if TYPE_CHECKING:
 __all__ = [
     "SFT_MODEL",
     "accounting_section",
-    "decontamination_section",
     "trl_command",
     "usage_section",
     "where_of",
@@ -49,29 +47,6 @@ def accounting_section(info: Mapping[str, Any]) -> str:
         + markdown_table(rows, TABLE_HEADERS)
         + f"\n{summary_line(every)}\n"
     )
-
-
-def decontamination_section(info: Mapping[str, Any]) -> str:
-    """Counts per evaluation set, or "not checked"."""
-    report = info.get("decontamination")
-    text = "## Decontamination\n\n"
-    if not report:
-        return text + (
-            "Not checked: the recipe names no evaluation set (`decontaminate: {against: "
-            "[...]}`). Check the rows against your benchmarks before training on them.\n"
-        )
-    head = (
-        f"Every prompt and answer was checked against {len(report['sets'])} evaluation set(s): "
-        f"{report['ngram']}-gram overlap, and embedding cosine >= "
-        f"{report['embedding_threshold']:g} ({report['model']}). Matched rows were "
-        f"**{'dropped' if report['action'] == 'drop' else 'flagged'}** "
-        "(`contaminated`, `contamination_set`, `contamination_match`, `contamination_kind`).\n\n"
-    )
-    rows = [[s["name"], s["items"], s["ngram"], s["embedding"], s["rows"]] for s in report["sets"]]
-    headers = ["evaluation set", "items", "13-gram matches", "embedding matches", "rows matched"]
-    headers[2] = f"{report['ngram']}-gram matches"
-    table = markdown_table(rows, headers)
-    return text + head + table + f"\nRows checked: {report['checked']}.\n"
 
 
 def _formats(data: Dataset) -> str | None:

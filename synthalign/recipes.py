@@ -20,6 +20,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from synthalign.errors import RecipeError
@@ -240,6 +241,55 @@ class Dedup(StrictModel):
         default="torch",
         description="sentence-transformers backend; onnx/openvino need their pip extra",
     )
+
+
+class EvalSet(StrictModel):
+    """One evaluation set to check against: a local file or a Hub id, its split and column.
+
+    Written in a recipe either as this mapping or as ``SOURCE[:split[:column]]``.
+    """
+
+    source: RecipePath = Field(description="local file (relative to the recipe) or Hub dataset id")
+    split: str = Field(default="test", description="Hub split")
+    config: str | None = Field(default=None, description="Hub dataset config")
+    column: str | None = Field(
+        default=None,
+        description="text column (default: the first of prompt, question, instruction, problem,"
+        " text, input)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        source, _, rest = value.partition(":")
+        split, _, column = rest.partition(":")
+        return {"source": source, "split": split or "test", "column": column or None}
+
+    @property
+    def name(self) -> str:
+        """How the card and the rows name this set: the file's stem or the Hub id."""
+        path = Path(self.source)
+        return path.stem if path.suffix else f"{self.source}:{self.split}"
+
+
+class Decontaminate(StrictModel):
+    """Check every prompt and answer against evaluation sets before publishing.
+
+    A row matches when it shares a word ``ngram`` (13 by default, the usual contamination
+    check; an eval item shorter than that must appear whole) or when its embedding is
+    within ``embedding_threshold`` cosine of an item (``null`` turns that check off).
+    """
+
+    against: list[EvalSet] = Field(min_length=1, description="SOURCE[:split[:column]] each")
+    ngram: int = Field(default=13, ge=4, le=64)
+    embedding_threshold: float | None = Field(default=0.9, gt=0, le=1)
+    action: Literal["drop", "flag"] = Field(
+        default="drop", description="drop the matching rows, or publish them flagged"
+    )
+    model: str = Field(default="builtin:minilm", description="sentence-transformers model")
+    batch_size: int = Field(default=64, ge=1)
 
 
 def _model_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:

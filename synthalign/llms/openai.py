@@ -3,7 +3,11 @@
 Why our own class: distilabel's ``OpenAILLM.response_format`` takes no JSON schema, and it
 sends one request per prompt through its async client in a way we cannot bound. Here all
 prompts of a batch are in flight at once (up to ``concurrency``), so the server's own
-continuous batching sees them as one batch. Structured output uses the standard
+continuous batching sees them as one batch. A hosted API that throttles us (HTTP 429)
+is obeyed: its ``Retry-After`` sets the wait, and the number of requests in flight
+adapts to its quota (:mod:`synthalign.llms.ratelimit`); retries are counted per row.
+
+Structured output uses the standard
 ``response_format: {"type": "json_schema", ...}`` body; when the server is vLLM (its
 ``/models`` says ``owned_by: vllm``) it gets vLLM's ``structured_outputs: {"grammar": ...}``
 instead, with the same compact, JSON-valid EBNF the in-process backend uses (vLLM's own
@@ -27,6 +31,7 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator
 
 from synthalign.errors import BackendError
 from synthalign.llms.base import ChatType, Completion, Decoding, JSONSchema, SynthLLM
+from synthalign.llms.ratelimit import AdaptiveConcurrency, SlotTimeout, retry_after_seconds
 
 if TYPE_CHECKING:
     import httpx
@@ -54,9 +59,17 @@ def parse_openai_spec(spec: str) -> tuple[str, str]:
 class _ServerError(Exception):
     """An HTTP answer worth retrying (overloaded, gateway, rate limit)."""
 
-    def __init__(self, status: int, body: str) -> None:
+    def __init__(self, status: int, body: str, retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status}: {body[:300]}")
         self.status = status
+        self.retry_after = retry_after
+
+
+class _Attempts:
+    """How many times one request was sent (its retries go to the accounting)."""
+
+    def __init__(self) -> None:
+        self.count = 0
 
 
 def _schema_name(schema: JSONSchema) -> str:
@@ -86,7 +99,20 @@ class OpenAICompatLLM(SynthLLM):
     backoff_s: float = Field(
         default=0.5, gt=0, description="First retry delay; doubles each retry."
     )
-    concurrency: int = Field(default=64, ge=1, description="Requests in flight at once.")
+    concurrency: int = Field(
+        default=64,
+        ge=1,
+        description="Most requests in flight at once; halved on each wave of HTTP 429s and"
+        " grown back one at a time (AIMD).",
+    )
+    max_throttle_retries: int = Field(
+        default=8, ge=0, description="Retries of one request the server throttled (HTTP 429)."
+    )
+    max_retry_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="Longest Retry-After we wait; a server that asks for more fails the row.",
+    )
     structured_output_mode: Literal["auto", "json_schema", "vllm_grammar"] = Field(
         default="auto",
         description=(
@@ -99,6 +125,7 @@ class OpenAICompatLLM(SynthLLM):
     _client: httpx.Client | None = PrivateAttr(default=None)
     _server_is_vllm: bool = PrivateAttr(default=False)
     _grammars: dict[str, str] = PrivateAttr(default_factory=dict)
+    _flow: AdaptiveConcurrency | None = PrivateAttr(default=None)
 
     @field_validator("base_url")
     @classmethod
@@ -118,6 +145,7 @@ class OpenAICompatLLM(SynthLLM):
         super().load()
         if self.api_key is None and os.environ.get(API_KEY_ENV_VAR):
             self.api_key = SecretStr(os.environ[API_KEY_ENV_VAR])
+        self._flow = AdaptiveConcurrency(self.concurrency)
         self._client = httpx.Client(
             headers=self._headers(),
             timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
@@ -179,16 +207,47 @@ class OpenAICompatLLM(SynthLLM):
             )
         return served
 
-    def _with_retries(self, call: Callable[[], T], backoff_s: float | None = None) -> T:
-        """Run ``call`` with bounded retries; the last failure becomes one BackendError line."""
+    def _with_retries(
+        self,
+        call: Callable[[], T],
+        backoff_s: float | None = None,
+        attempts: _Attempts | None = None,
+    ) -> T:
+        """Run ``call`` with bounded retries; the last failure becomes one BackendError line.
+
+        An HTTP 429 waits what the server's ``Retry-After`` says (our backoff when it says
+        nothing) and has its own retry budget, ``max_throttle_retries``: being throttled
+        is the server pacing us, not failing.
+        """
         import httpx
 
         delay = self.backoff_s if backoff_s is None else backoff_s
-        for attempt in range(self.max_retries + 1):
+        attempts = attempts or _Attempts()
+        failures = throttles = 0
+        while True:
+            attempts.count += 1
+            wait = delay * 2**failures
             try:
                 return call()
-            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            except _ServerError as e:
+                if e.status == 429 and throttles < self.max_throttle_retries:
+                    throttles += 1
+                    time.sleep(self._throttle_wait(e, delay * 2 ** min(throttles - 1, 6)))
+                    continue
+                if e.status == 429:
+                    raise BackendError(
+                        f"server at {self.base_url} still throttled the request (HTTP 429)"
+                        f" after {throttles} retries: lower concurrency or raise"
+                        " max_throttle_retries, then rerun to resume"
+                    ) from e
+                if failures < self.max_retries:  # a 503 may say when to come back too
+                    wait = self._throttle_wait(e, wait)
                 error: BackendError = BackendError(
+                    f"server at {self.base_url} failed ({_one_line(str(e))}): "
+                    "check the server and its log"
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                error = BackendError(
                     f"server not reachable at URL: {self.base_url} "
                     f"({_one_line(str(e)) or type(e).__name__});"
                     " start it or fix the URL"
@@ -202,14 +261,22 @@ class OpenAICompatLLM(SynthLLM):
                 error = BackendError(
                     f"server at {self.base_url} dropped the connection ({_one_line(str(e))})"
                 )
-            except _ServerError as e:
-                error = BackendError(
-                    f"server at {self.base_url} failed ({_one_line(str(e))}): "
-                    "check the server and its log"
-                )
-            if attempt < self.max_retries:
-                time.sleep(delay * 2**attempt)
-        raise error
+            if failures >= self.max_retries:
+                raise error
+            time.sleep(wait)
+            failures += 1
+
+    def _throttle_wait(self, error: _ServerError, fallback_s: float) -> float:
+        """The server's Retry-After if it gave one (bounded by ``max_retry_after_s``)."""
+        if error.retry_after is None:
+            return fallback_s
+        if error.retry_after > self.max_retry_after_s:
+            raise BackendError(
+                f"server at {self.base_url} asked to wait {error.retry_after:g}s before retrying"
+                f" (Retry-After), over max_retry_after_s={self.max_retry_after_s:g}:"
+                " raise it, or lower concurrency and rerun to resume"
+            )
+        return error.retry_after
 
     def _request_body(
         self, conversation: ChatType, schema: JSONSchema | None, decoding: Decoding
@@ -241,38 +308,61 @@ class OpenAICompatLLM(SynthLLM):
             self._grammars[key] = json_schema_ebnf(schema)
         return self._grammars[key]
 
-    def _complete(self, body: dict[str, Any]) -> Completion:
-        assert self._client is not None, "call load() first"
-        client = self._client
+    def _complete(self, body: dict[str, Any], attempts: _Attempts | None = None) -> Completion:
+        assert self._client is not None and self._flow is not None, "call load() first"
+        client, flow = self._client, self._flow
+        slot_deadline = self.timeout * (self.max_retries + 2)
 
         def post() -> dict[str, Any]:
-            response = client.post(f"{self.base_url}/chat/completions", json=body)
+            try:
+                with flow.slot(slot_deadline) as wave:
+                    response = client.post(f"{self.base_url}/chat/completions", json=body)
+            except SlotTimeout as e:
+                raise BackendError(f"server at {self.base_url}: {e}") from e
+            if response.status_code == 429:
+                self._slow_down(flow, wave)
             if response.status_code in _RETRY_STATUS:
-                raise _ServerError(response.status_code, response.text)
+                raise _ServerError(
+                    response.status_code, response.text, retry_after_seconds(response.headers)
+                )
             if response.status_code >= 400:
                 raise BackendError(
                     f"server at {self.base_url} rejected the request (HTTP {response.status_code}):"
                     f" {_one_line(response.text)}"
                 )
+            flow.succeeded()
             return response.json()
 
-        payload = self._with_retries(post)
+        payload = self._with_retries(post, attempts=attempts)
         choice = payload["choices"][0]
         usage = payload.get("usage") or {}
         return Completion(
             text=choice["message"].get("content") or "",
             input_tokens=int(usage.get("prompt_tokens") or 0),
             output_tokens=int(usage.get("completion_tokens") or 0),
+            retries=(attempts.count - 1) if attempts else 0,
         )
+
+    def _slow_down(self, flow: AdaptiveConcurrency, wave: int) -> None:
+        halved = flow.throttled(wave)
+        if halved is not None:
+            (self._logger or logger).warning(
+                f"HTTP 429 from {self.base_url}: requests in flight {halved[0]} -> {halved[1]}"
+            )
 
     def _complete_or_record(self, body: dict[str, Any]) -> Completion:
         """One request; a failure (after the retries) is this row's recorded error, not the
         whole batch's: the run goes on and its outcome counts the failed rows."""
+        attempts = _Attempts()
         try:
-            return self._complete(body)
+            return self._complete(body, attempts)
         except BackendError as exc:
             return Completion(
-                text=None, input_tokens=0, output_tokens=0, error=f"request failed: {exc}"
+                text=None,
+                input_tokens=0,
+                output_tokens=0,
+                error=f"request failed: {exc}",
+                retries=max(0, attempts.count - 1),
             )
 
     def _generate_batch(
