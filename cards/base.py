@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 if TYPE_CHECKING:
     from datasets import Dataset
     from matplotlib.figure import Figure
@@ -268,24 +266,36 @@ def render_readme(
     loading without a config name works. ``dataset_info`` (features and split sizes per
     config) is optional; when given, the Hub shows the schema before any conversion.
     Keys the writer owns override the same keys in ``card.metadata``.
+
+    The front matter is written the way ``datasets.push_to_hub`` writes it: through
+    ``huggingface_hub``'s :class:`~huggingface_hub.DatasetCardData` and ``datasets``'
+    public ``MetadataConfigs``, so the Hub reads exactly what it expects.
     """
+    from datasets.utils.metadata import MetadataConfigs  # heavy: datasets
+    from huggingface_hub import DatasetCardData  # heavy: huggingface_hub
+
     if not configs:
         raise ValueError("a dataset card needs at least one config")
     if default_config is not None and default_config not in configs:
         raise ValueError(f"default config {default_config!r} is not one of {sorted(configs)}")
-    front: dict[str, Any] = {
-        k: v for k, v in card.metadata.items() if k not in ("configs", "dataset_info")
-    }
-    front["configs"] = [
+    front = {k: v for k, v in card.metadata.items() if k not in ("configs", "dataset_info")}
+    data = DatasetCardData(**front)
+    MetadataConfigs(
         {
-            "config_name": name,
-            "data_files": [{"split": split, "path": pattern} for split, pattern in splits.items()],
-            **({"default": True} if name == default_config else {}),
+            name: {
+                "data_files": [
+                    {"split": split, "path": pattern} for split, pattern in splits.items()
+                ],
+                **({"default": True} if name == default_config else {}),
+            }
+            for name, splits in configs.items()
         }
-        for name, splits in configs.items()
-    ]
+    ).to_dataset_card_data(data)
+    order = list(configs)  # datasets sorts them; the card lists them in the method's order
+    data["configs"] = sorted(data["configs"], key=lambda c: order.index(c["config_name"]))
     if dataset_info:
-        front["dataset_info"] = [dict(info) for info in dataset_info]
-    yaml_text = yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=1000)
+        infos = [dict(info) for info in dataset_info]
+        data["dataset_info"] = infos[0] if len(infos) == 1 else infos
+    yaml_text = data.to_yaml(line_break="\n")
     body = card.body if card.body.endswith("\n") else card.body + "\n"
-    return f"---\n{yaml_text}---\n\n{body.lstrip(chr(10))}"
+    return f"---\n{yaml_text}\n---\n\n{body.lstrip(chr(10))}"

@@ -21,6 +21,7 @@ from synthalign.cards.base import (
 )
 from synthalign.cards.decontamination import decontamination_section
 from synthalign.cards.diversity import diversity_section
+from synthalign.cards.sections import accounting_section, usage_section, where_of
 from synthalign.outcome import Funnel
 
 if TYPE_CHECKING:
@@ -49,21 +50,6 @@ def funnel_table(datasets: Mapping[str, Dataset], configs: Sequence[str]) -> str
     return markdown_table(rows, ["stage", "reason", "rows"])
 
 
-def _usage(method: str, default: str | None, configs: Sequence[str]) -> str:
-    name = default or (configs[0] if configs else "default")
-    return (
-        "## Use and reproduce\n\n"
-        "```python\n"
-        "from datasets import load_dataset\n"
-        f'data = load_dataset("REPO_OR_FOLDER", "{name}", split="train")\n'
-        "```\n\n"
-        "```bash\n"
-        "distilabel pipeline run --config pipeline.yaml   # rerun the pipeline that made this folder\n"
-        f"synthalign card FOLDER                            # rebuild this card from the folder ({method})\n"
-        "```\n"
-    )
-
-
 def frame_card(
     method: str,
     section: CardContent,
@@ -77,6 +63,7 @@ def frame_card(
     tags = list(dict.fromkeys([*_BASE_TAGS, method, *metadata.get("tags", [])]))
     metadata["tags"] = tags
     metadata.setdefault("language", ["en"])
+    metadata.setdefault("task_categories", ["text-generation"])
     largest = max((len(d) for d in datasets.values()), default=0)
     metadata.setdefault("size_categories", [size_category(largest)])
     metadata.setdefault(REPRODUCIBILITY_KEY, reproducibility_metadata(info))
@@ -88,5 +75,7 @@ def frame_card(
     diversity, figures = diversity_section(datasets, default, info)
     body += "\n" + diversity
     body += "\n" + decontamination_section(datasets, funnel_configs or list(datasets), info)
-    body += "\n" + _usage(method, default, list(datasets))
+    body += "\n" + accounting_section(info)
+    where, on_hub = where_of(info, str(info.get("folder_name") or method))
+    body += "\n" + usage_section(where, default, datasets, on_hub=on_hub)
     return CardContent(metadata=metadata, body=body, figures={**section.figures, **figures})

@@ -291,6 +291,7 @@ class SplitQuestionsByDifficulty(FixedColumns, Step):
 
     input_columns: ClassVar[tuple[str, ...]] = (*QUESTION_COLUMNS, "question_error")
     output_columns: ClassVar[tuple[str, ...]] = ("difficulty", "question", "question_error")
+    rows_per_input: ClassVar[int] = 3  # what `--dry-run` expects downstream
 
     min_words: int = Field(
         default=3, ge=1, description="shorter questions are rejected (labels, fragments)"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -123,6 +124,45 @@ OverwriteOpt = Annotated[
     bool,
     typer.Option("--overwrite", help="start over: replace the output folder instead of resuming"),
 ]
+PrivateOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--private/--public",
+        help="visibility of a new repo (default: the Hub's, e.g. your organisation's default)",
+    ),
+]
+RevisionOpt = Annotated[
+    str | None,
+    typer.Option("--revision", help="push to this branch of the repo (created when new)"),
+]
+CreatePROpt = Annotated[
+    bool, typer.Option("--create-pr", help="open a pull request instead of committing")
+]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        help="also show distilabel's, the engines' and the trainers' logs (always in OUTPUT.log)",
+    ),
+]
+
+
+def _quiet_imports(verbose: bool) -> None:
+    """Libraries warn about themselves on import (pydantic, distilabel): not the user's
+    business unless asked; the run's own warnings go to its log."""
+    if not verbose:
+        warnings.simplefilter("ignore")
+
+
+def _where(folder: Path, given: Path) -> str:
+    """The output folder as the user wrote it (``given``), with its configs' row counts."""
+    from synthalign.console import read_counts
+
+    shown = str(given)
+    counts = read_counts(folder)
+    rows = ", ".join(f"{name}: {n}" for name, n in counts.items())
+    return f"{shown} ({rows} rows)" if rows else shown
 
 
 @app.command()
@@ -139,26 +179,46 @@ def generate(
     push_to_hub: Annotated[
         str | None, typer.Option("--push-to-hub", help="Hub dataset repo id to push to")
     ] = None,
+    private: PrivateOpt = None,
+    revision: RevisionOpt = None,
+    create_pr: CreatePROpt = False,
     ray: RayOpt = False,
     overwrite: OverwriteOpt = False,
+    verbose: VerboseOpt = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="print the plan (steps, models, expected calls and tokens) and exit; loads no model",
+        ),
+    ] = False,
 ) -> None:
     """Generate a dataset with one method and write it as a Hub dataset folder."""
+    _quiet_imports(verbose)
     from synthalign.run import generate as run  # lazy: keeps `synthalign --help` free of distilabel
 
+    if dry_run:
+        from synthalign.plan import print_plan  # lazy: as above
+
+        report(lambda: print_plan(method.value, config, llms=llm))
+        return
+    output = output or Path("outputs") / method.value
     folder = report(
         lambda: run(
             method.value,
             config,
             llms=llm,
-            output=output or Path("outputs") / method.value,
+            output=output,
             push_to_hub=push_to_hub,
+            hub_options={"private": private, "revision": revision, "create_pr": create_pr},
             use_ray=ray,
             overwrite=overwrite,
+            verbose=verbose,
         )
     )
-    typer.echo(f"dataset written to {folder}")
     if push_to_hub:
         typer.echo(f"pushed to {push_to_hub}")
+    typer.echo(f"dataset written to {_where(folder, output)}")  # last: the folder and rows
 
 
 @app.command()
@@ -207,21 +267,25 @@ def loop(
     output: OutputOpt = None,
     ray: RayOpt = False,
     overwrite: OverwriteOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run rounds (GRA) or self-boosting iterations (SynPO); resumes after the last finished one."""
+    _quiet_imports(verbose)
     from synthalign.run import loop as run  # lazy: keeps `synthalign --help` free of distilabel
 
+    output = output or Path("outputs") / f"{method.value}-loop"
     folder = report(
         lambda: run(
             method.value,
             config,
             iterations=iterations,
-            output=output or Path("outputs") / f"{method.value}-loop",
+            output=output,
             use_ray=ray,
             overwrite=overwrite,
+            verbose=verbose,
         )
     )
-    typer.echo(f"loop output in {folder}")
+    typer.echo(f"loop output in {_where(folder, output)}")
 
 
 @app.command()

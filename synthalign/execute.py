@@ -20,12 +20,14 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from logging.handlers import QueueHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import synthalign.compat  # noqa: F401  (distilabel fixes, before any pipeline runs)
+from synthalign import accounting
+from synthalign.console import PipelineMonitor, redirect_output
 from synthalign.distributed import to_ray
 from synthalign.llms import apply_api_key
 from synthalign.resume import batch_store
@@ -50,11 +52,13 @@ SEQUENTIAL = "sequential_step_execution"
 
 @dataclass(frozen=True)
 class PipelineRun:
-    """A finished pipeline: its DAG (the leaf steps and their schemas) and its files."""
+    """A finished pipeline: its DAG (the leaf steps and their schemas), its files, and
+    what its model calls used (:mod:`synthalign.accounting`, one entry per step and model)."""
 
     pipeline: Pipeline
     data_dir: Path
     pipeline_yaml: Path
+    usage: list[dict[str, Any]] = field(default_factory=list)
 
 
 def run_pipeline(
@@ -65,6 +69,8 @@ def run_pipeline(
     api_key: SecretStr | None = None,
     sequential: bool = False,
     stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    monitor: PipelineMonitor | None = None,
+    log_file: Path | None = None,
 ) -> PipelineRun:
     """Run resumably in a runner process; return where the outputs are.
 
@@ -75,7 +81,8 @@ def run_pipeline(
     or no step event for ``stall_timeout`` seconds, raises
     :class:`~synthalign.errors.RunFailed` with one line; a stop signal raises
     :class:`~synthalign.errors.RunStopped`. Either way the runner's whole process group
-    is gone when this returns.
+    is gone when this returns. ``monitor`` shows the steps' progress while the driver
+    waits; ``log_file`` receives everything the runner and its workers print.
     """
     apply_api_key(pipeline, api_key)
     kwargs: dict[str, Any] = {"load_groups": SEQUENTIAL} if sequential else {}
@@ -89,16 +96,29 @@ def run_pipeline(
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the runner (covered through its effects)
             try:
+                if log_file is not None:
+                    redirect_output(log_file)
                 _runner(pipeline, watchdog, parent, use_cache=use_cache, kwargs=kwargs)
             finally:
                 os._exit(1)  # never back into the driver's code, whatever happened
         with contextlib.suppress(PermissionError, ProcessLookupError):
             os.setpgid(pid, pid)  # also done by the child: whichever runs first
-        code = wait_child(pid, check=watchdog.check)
+        with contextlib.ExitStack() as stack:
+            check = watchdog.check
+            if monitor is not None:
+                stack.enter_context(monitor.watching(watchdog.folder))
+
+                def check() -> None:
+                    watchdog.check()
+                    monitor.tick()
+
+            code = wait_child(pid, check=check)
         result = watchdog.finish(code)
+        order = [step for level in pipeline.dag.iter_based_on_trophic_levels() for step in level]
+        usage = accounting.collect(watchdog.folder, order)
     finally:
         watchdog.close()
-    return PipelineRun(pipeline, Path(result["data"]), Path(result["pipeline"]))
+    return PipelineRun(pipeline, Path(result["data"]), Path(result["pipeline"]), usage)
 
 
 def _run_on_ray(pipeline: Pipeline, *, use_cache: bool, kwargs: dict[str, Any]) -> PipelineRun:

@@ -135,8 +135,10 @@ def _config_splits(readme: Path, name: str, files: Any) -> dict[str, list[str]]:
 
 
 def dataset_info_yaml(config: str, dataset: Dataset, num_bytes: int, download_size: int) -> dict:
-    """The card's ``dataset_info`` entry, serialized exactly as ``datasets`` does it."""
+    """The card's ``dataset_info`` entry, written by ``datasets``' public card writer."""
     from datasets import DatasetInfo, SplitDict, SplitInfo  # heavy: keeps hub imports light
+    from datasets.info import DatasetInfosDict  # heavy: as above
+    from huggingface_hub import DatasetCardData  # heavy: as above
 
     splits = SplitDict()
     splits.add(SplitInfo(name=SPLIT, num_bytes=num_bytes, num_examples=len(dataset)))
@@ -147,7 +149,10 @@ def dataset_info_yaml(config: str, dataset: Dataset, num_bytes: int, download_si
         dataset_size=num_bytes,
         config_name=config,
     )
-    return info._to_yaml_dict()
+    data = DatasetCardData()
+    DatasetInfosDict({config: info}).to_dataset_card_data(data)
+    entry = dict(data["dataset_info"])
+    return {"config_name": config, **{k: v for k, v in entry.items() if k != "config_name"}}
 
 
 def card_text(

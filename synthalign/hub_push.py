@@ -56,7 +56,13 @@ def _http_error(error: HfHubHTTPError, repo_id: str, secrets: list[str]) -> Outp
 
 
 def push_hub_folder(
-    path: str | Path, repo_id: str, *, private: bool = False, token: str | None = None
+    path: str | Path,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
 ) -> str:
     """Upload a validated Hub-layout folder to the dataset repo ``repo_id``.
 
@@ -64,7 +70,11 @@ def push_hub_folder(
     ``token``, else ``HF_TOKEN``, else the ``hf auth login`` cache; without one this
     fails before any network call. Data shards and figures that the folder no longer
     has are deleted from the repo in the same commit, so the repo ends up holding
-    exactly the folder. Returns the dataset's URL.
+    exactly the folder. ``private`` None leaves a new repo's visibility to the Hub (an
+    organisation's default); True / False set it (an existing repo keeps its own).
+    ``revision`` pushes to that branch (created from the default branch when new);
+    ``create_pr`` opens a pull request instead of committing. Returns the dataset's URL,
+    or the pull request's.
     """
     from huggingface_hub import HfApi, get_token  # heavy: keeps import synthalign.hub light
     from huggingface_hub.errors import HfHubHTTPError  # heavy: as above
@@ -80,12 +90,16 @@ def push_hub_folder(
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        if revision:
+            api.create_branch(repo_id, branch=revision, repo_type="dataset", exist_ok=True)
         commit = api.upload_folder(
             repo_id=repo_id,
             repo_type="dataset",
             folder_path=folder,
             commit_message=f"Upload {folder.name} with synthalign",
             delete_patterns=["data/*", "figures/*"],
+            revision=revision,
+            create_pr=create_pr,
         )
     except HfHubHTTPError as error:
         raise _http_error(error, repo_id, secrets) from None
@@ -105,5 +119,12 @@ def push_hub_folder(
                 f"{_one_line(str(error), secrets) or type(error).__name__}"
             ) from None
         raise
-    logger.info("pushed %s to %s (commit %s)", folder, url, getattr(commit, "oid", "?"))
-    return str(url)
+    pr_url = getattr(commit, "pr_url", None)
+    logger.info(
+        "pushed %s to %s (commit %s%s)",
+        folder,
+        url,
+        getattr(commit, "oid", "?"),
+        f", pull request {pr_url}" if pr_url else "",
+    )
+    return str(pr_url or url)

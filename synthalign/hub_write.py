@@ -273,6 +273,22 @@ def _kept_default_config(folder: Path, shards: Mapping[str, list[Path]]) -> str 
     return default_config if default_config in shards else None
 
 
+def _written_sizes(folder: Path) -> dict[tuple[str, int], int]:
+    """``num_bytes`` per (config, rows) as the writer recorded them in the old card: the
+    Arrow size of the rows written, which reading the parquet back does not reproduce."""
+    try:
+        declared = front_matter(folder / "README.md").get("dataset_info") or []
+    except (OSError, OutputError):
+        return {}
+    sizes = {}
+    for entry in declared if isinstance(declared, list) else [declared]:
+        for split in (entry.get("splits") or []) if isinstance(entry, dict) else []:
+            if isinstance(split, dict) and split.get("name") == SPLIT:
+                key = (str(entry.get("config_name", "default")), int(split["num_examples"]))
+                sizes[key] = int(split["num_bytes"])
+    return sizes
+
+
 def _replace_card_files(folder: Path, figures: Mapping[str, bytes], text: str) -> None:
     """Swap in new ``figures/`` and ``README.md``, each complete before its rename."""
     tag = uuid.uuid4().hex[:8]
@@ -311,10 +327,12 @@ def update_card(path: str | Path, card: CardContent, *, default_config: str | No
         raise OutputError(f"default config {default_config!r} is not one of {sorted(shards)}")
 
     loaded, record = read_hub_folder(folder)
+    written = _written_sizes(folder)
     dataset_info = []
     for name, dataset in loaded.items():
         download_size = sum(f.stat().st_size for f in shards[name])
-        dataset_info.append(dataset_info_yaml(name, dataset, dataset.data.nbytes, download_size))
+        num_bytes = written.get((name, len(dataset)), dataset.data.nbytes)
+        dataset_info.append(dataset_info_yaml(name, dataset, num_bytes, download_size))
 
     secrets = known_secret_values()
     text = card_text(card, list(shards), default_config, dataset_info, secrets, run_info=record)

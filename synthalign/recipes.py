@@ -125,6 +125,13 @@ class Decontaminate(StrictModel):
     batch_size: int = Field(default=64, ge=1)
 
 
+class Price(StrictModel):
+    """A model's price in USD per million tokens (for the run's accounting)."""
+
+    input: float = Field(default=0.0, ge=0, description="USD per million input tokens")
+    output: float = Field(default=0.0, ge=0, description="USD per million output tokens")
+
+
 class Recipe(StrictModel):
     """Fields every method's recipe has."""
 
@@ -224,6 +231,13 @@ class LLMRole(StrictModel):
     )
     resources: StageResources = Field(
         default_factory=StageResources, description="replicas / GPUs of this role's step"
+    )
+    price_per_million: Price | None = Field(
+        default=None,
+        description=(
+            "USD per million input / output tokens of this role's model, e.g. "
+            "{input: 0.15, output: 0.6}: the run's accounting then shows cost"
+        ),
     )
 
     def spec(self, default: str | None) -> str:

@@ -38,6 +38,7 @@ _RUN_ONLY_KEYS = frozenset(
         "batch_size",
         "stall_timeout",
         "max_failed_fraction",
+        "price_per_million",
     }
 )
 
@@ -126,8 +127,16 @@ class RunRecord:
         """The entry of a state whose folder is written (its training may be pending)."""
         return self.progress.record(state.key)
 
-    def begin(self, state: State, path: Path, counts: dict[str, int]) -> dict[str, Any]:
-        """Record a state whose folder is about to be written; complete once trained."""
+    def begin(
+        self,
+        state: State,
+        path: Path,
+        counts: dict[str, int],
+        usage: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """Record a state whose folder is about to be written; complete once trained.
+
+        ``usage``: what its model calls used (:mod:`synthalign.accounting`)."""
         entry = {
             "key": state.key,
             "iteration": state.iteration,
@@ -137,6 +146,7 @@ class RunRecord:
             "counts": counts,
             "models": {},
             "complete": not state.train,
+            "usage": list(usage or []),
         }
         self.data["states"] = [s for s in self.data["states"] if s["key"] != state.key] + [entry]
         return entry
@@ -159,11 +169,13 @@ class RunRecord:
             if state.folder == "."
             else {k: v for k, v in self.data.items() if k != "states"}
         )
+        entry = self.progress.record(state.key) or {}
         return {
             **info,
             "iteration": state.iteration,
             "stage": state.stage,
             "counts": counts,
+            "usage": {state.key: list(entry.get("usage") or [])},
             **dict(state.data),
         }
 

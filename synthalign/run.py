@@ -20,11 +20,15 @@ follows ``next_state`` for the iterations asked.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from synthalign.accounting import priced, role_prices, summary_line
 from synthalign.cards.frame import frame_card
+from synthalign.console import RunConsole, log_path
 from synthalign.contract import METHOD_MODULES, Method, State, get_method
 from synthalign.errors import OutputError, RecipeError, RunFailed
 from synthalign.execute import leaf_datasets, pipeline_yaml_path, run_pipeline
@@ -57,6 +61,7 @@ def prepare_recipe(method: Method, config: str | Path, llms: list[str] | None) -
         if method.override_llms is None:
             raise RecipeError(f"{method.name} takes its LLMs from the recipe only; drop --llm")
         recipe = method.override_llms(recipe, llms)
+    role_prices(recipe)  # two prices for one model: refused before anything runs
     return recipe
 
 
@@ -141,11 +146,20 @@ def check_outcome(
     return funnel
 
 
+def _trainable(data: Dataset) -> bool:
+    """A config TRL trains on as it is (conversational SFT or preference columns)."""
+    columns = set(data.column_names)
+    return "messages" in columns or {"prompt", "chosen", "rejected"} <= columns
+
+
 def choose_default(method: Method, datasets: dict[str, Dataset], order: list[str]) -> str | None:
-    """The method's default config when it has rows, else the first config with rows."""
+    """The method's default config when it has rows, else the first training config with
+    rows, else the first config with rows: ``load_dataset(DIR)`` never meets an empty one."""
     if len(datasets.get(method.default_config, ())):
         return method.default_config
-    return next((name for name in order if len(datasets.get(name, ()))), None)
+    filled = [name for name in order if len(datasets.get(name, ()))]
+    training = [name for name in filled if _trainable(datasets[name])]
+    return next(iter(training or filled), None)
 
 
 def _clear(output: Path) -> None:
@@ -171,13 +185,30 @@ class Driver:
     """One run: the method, its recipe, the output folder and its record."""
 
     def __init__(
-        self, method: Method, recipe: Recipe, output: Path, *, use_ray: bool, resume: bool
+        self,
+        method: Method,
+        recipe: Recipe,
+        output: Path,
+        *,
+        use_ray: bool,
+        resume: bool,
+        console: RunConsole | None = None,
+        push_to_hub: str | None = None,
     ) -> None:
         self.method = method
+        self.push_to_hub = push_to_hub
         self.recipe = recipe
         self.output = output
         self.use_ray = use_ray
         self.record = RunRecord.open(output, method, recipe, resume=resume)
+        self.console = console
+        self.usage: list[dict[str, Any]] = []  # this run's model calls, every state
+
+    def say(self, text: str) -> None:
+        if self.console is not None:
+            self.console.line(text)
+        else:
+            logger.info(text)
 
     def run_state(self, state: State) -> None:
         """Pipeline -> configs -> card -> atomic folder -> training -> record."""
@@ -201,20 +232,30 @@ class Driver:
                 root=self.output,
                 seed=self.recipe.seed,
                 stall_timeout=self.recipe.stall_timeout,
+                console=self.console,
+                label=f"[{state.key}]",
             )
             models[job.name] = trained["model"]
+            self.say(
+                f"[{state.key}] trained {job.name} ({job.kind}) -> {_shown(Path(trained['model']))}"
+            )
         self.record.complete(state, models)
         self.record.save()
 
     def _publish(self, state: State, target: Path) -> None:
         pipeline = self.method.build_pipeline(self.recipe, state)
+        monitor = self.console.pipeline(state.key, pipeline) if self.console else None
         ran = run_pipeline(
             pipeline,
             use_ray=self.use_ray,
             api_key=self.recipe.api_key,
             sequential=self.method.sequential(self.recipe),
             stall_timeout=self.recipe.stall_timeout,
+            monitor=monitor,
+            log_file=self.console.quiet_children if self.console else None,
         )
+        usage = priced(ran.usage, role_prices(self.recipe))
+        self.usage.extend(usage)
         order = self.method.configs(self.recipe, state)
         datasets = leaf_datasets(ran, order)
         counts = {name: len(data) for name, data in datasets.items()}
@@ -226,8 +267,11 @@ class Driver:
                 "nothing was written or pushed: see the log for the failures, "
                 "fix the cause and rerun"
             )
-        self.record.begin(state, target, counts)
+        self.record.begin(state, target, counts, usage)
         info = self.record.state_info(state, counts)
+        info["folder"] = _relative(target)  # where the card's snippets point (never absolute)
+        if self.push_to_hub and state.folder == ".":
+            info["repo_id"] = self.push_to_hub
         card = make_card(self.method, datasets, info, default)
         with critical():  # a stop waits for the folder to be in place, whole
             write_hub_folder(
@@ -239,12 +283,9 @@ class Driver:
                 default_config=default,
                 overwrite=True,
             )
-        logger.info(
-            "%s: wrote %s (%s)",
-            state.key,
-            target,
-            ", ".join(f"{k}: {v}" for k, v in counts.items()),
-        )
+        took = f" in {monitor.seconds():.1f} s" if monitor else ""
+        rows = ", ".join(f"{k}: {v}" for k, v in counts.items())
+        self.say(f"[{state.key}] pipeline done{took} -> {_shown(target)} ({rows})")
         self.record.save()  # a kill while training resumes at the training, not the pipeline
 
     def states(self, iterations: int, loop: bool) -> list[State]:
@@ -275,13 +316,19 @@ def run(
     iterations: int | None = None,
     llms: list[str] | None = None,
     push_to_hub: str | None = None,
+    hub_options: Mapping[str, Any] | None = None,
     use_ray: bool = False,
     overwrite: bool = False,
+    verbose: bool = False,
+    console: RunConsole | None = None,
 ) -> Path:
     """Run a method (``generate``: its first state; ``loop``: ``iterations`` of them).
 
     ``method_name`` is a registered method's name or a :class:`Method` of your own
-    (see docs/architecture.md: a fifth method needs no change here).
+    (see docs/architecture.md: a fifth method needs no change here). The run shows
+    its progress on ``console`` (default: stderr; libraries' logs go to
+    ``<output>.log``, and to the terminal too with ``verbose``). ``hub_options``
+    (``private``, ``revision``, ``create_pr``) are :func:`push_hub_folder`'s.
     """
     with stop_guard():  # Ctrl-C / SIGTERM: every phase, every child, one way out
         method = method_name if isinstance(method_name, Method) else get_method(method_name)
@@ -293,6 +340,7 @@ def run(
         if iterations is not None:
             _check_iterations(iterations)
         recipe = prepare_recipe(method, config, llms)
+        hub = check_hub_options(push_to_hub, hub_options)
         total = iterations if iterations is not None else method.default_iterations(recipe)
         _check_iterations(total)
         out = Path(output).expanduser().absolute()
@@ -301,15 +349,64 @@ def run(
         )
         if overwrite:
             _clear(out)
-        if resume:
-            logger.warning(
-                "resuming the %s run in %s after its last finished state", method.name, out
+        with console or RunConsole(out, verbose=verbose) as shown:
+            command = "loop" if loop else "generate"
+            given = Path(output)  # the first and last lines name the folder as the user did
+            shown.line(f"synthalign {command} {method.name} -> {given} (log: {log_path(given)})")
+            if resume:
+                logger.warning(
+                    "resuming the %s run in %s after its last finished state", method.name, out
+                )
+            driver = Driver(
+                method,
+                recipe,
+                out,
+                use_ray=use_ray,
+                resume=resume,
+                console=shown,
+                push_to_hub=push_to_hub,
             )
-        driver = Driver(method, recipe, out, use_ray=use_ray, resume=resume)
-        driver.states(total, loop)
-        if push_to_hub:
-            push_hub_folder(out, push_to_hub)
+            driver.states(total, loop)
+            shown.line(summary_line(driver.usage))
+            if push_to_hub:
+                url = push_hub_folder(out, push_to_hub, **hub)
+                shown.line(f"pushed {_shown(out)} to {url}")
         return out
+
+
+def check_hub_options(push_to_hub: str | None, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The push options, checked before the run (they mean nothing without a push)."""
+    given = {k: v for k, v in (options or {}).items() if v not in (None, False)}
+    unknown = set(given) - {"private", "revision", "create_pr"}
+    if unknown:
+        raise RecipeError(f"unknown Hub option(s) {sorted(unknown)}")
+    if given and not push_to_hub:
+        named = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise RecipeError(f"{named} only apply to a push: add --push-to-hub NAMESPACE/NAME")
+    revision = given.get("revision")
+    if revision is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]*", str(revision)):
+        raise RecipeError(
+            f"--revision {revision!r} is not a branch name: use letters, digits, '.', '_', '-', '/'"
+        )
+    hub: dict[str, Any] = {"private": (options or {}).get("private")}  # None: the Hub's default
+    hub.update((k, v) for k, v in given.items() if k != "private")
+    return hub
+
+
+def _shown(path: Path) -> str:
+    """A path as the user wrote it: relative to the working folder when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _relative(path: Path) -> str:
+    """A path fit for a published file: relative to the working folder, else its name."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return path.name
 
 
 def _check_iterations(total: object) -> None:

@@ -15,6 +15,7 @@ rerun resume. It touches a heartbeat file at every optimizer step
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from synthalign.console import RunConsole
 from synthalign.contract import TrainJob
 from synthalign.errors import RESUME_HINT, RunFailed
 from synthalign.signals import PARENT_ENV, wait_child
@@ -65,6 +67,33 @@ def _stall_check(heartbeat: Path, output: Path, stall_timeout: float) -> Any:
     return check
 
 
+def _train(
+    command: list[str],
+    env: dict[str, str],
+    stall: Any,
+    console: RunConsole | None,
+    label: str,
+    heartbeat: Path,
+) -> int:
+    """The training process, waited on (its output in the run's log when quiet)."""
+    log = console.quiet_children if console is not None else None
+    with contextlib.ExitStack() as stack:
+        streams: dict[str, Any] = {}
+        if log is not None:
+            sink = stack.enter_context(log.open("ab"))
+            streams = {"stdout": sink, "stderr": subprocess.STDOUT}
+        proc = subprocess.Popen(command, env=env, start_new_session=True, **streams)
+        if console is None:
+            return wait_child(proc.pid, poll=proc.poll, check=stall)
+        monitor = stack.enter_context(console.training(label.strip(), heartbeat).watching())
+
+        def check() -> None:
+            stall()
+            monitor.tick()
+
+        return wait_child(proc.pid, poll=proc.poll, check=check)
+
+
 def run_train_job(
     job: TrainJob,
     *,
@@ -72,8 +101,13 @@ def run_train_job(
     root: Path,
     seed: int,
     stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    console: RunConsole | None = None,
+    label: str = "",
 ) -> dict[str, Any]:
-    """Train ``job`` on ``dataset`` into ``root / job.output``, unless already trained."""
+    """Train ``job`` on ``dataset`` into ``root / job.output``, unless already trained.
+
+    With ``console``, the training's output goes to the run's log (unless verbose) and
+    its optimizer steps show as a bar."""
     output = root / job.output
     if not model_done(output):
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -86,17 +120,17 @@ def run_train_job(
         env = {**os.environ, PARENT_ENV: str(os.getpid()), HEARTBEAT_ENV: str(heartbeat)}
         code = "import sys; from synthalign.cli import app; sys.exit(app())"
         command = [sys.executable, "-c", code, "train", job.kind, "--config", str(recipe_file)]
-        proc = subprocess.Popen(command, env=env, start_new_session=True)
+        stall = _stall_check(heartbeat, output, stall_timeout)
         try:
-            returncode = wait_child(
-                proc.pid, poll=proc.poll, check=_stall_check(heartbeat, output, stall_timeout)
+            returncode = _train(
+                command, env, stall, console, f"{label} train {job.name}", heartbeat
             )
         finally:
             heartbeat.unlink(missing_ok=True)
         if returncode != 0 or not model_done(output):
             raise RunFailed(
                 f"{job.kind} training for {output} failed "
-                f"({exit_description(returncode)}; see the log above): "
+                f"({exit_description(returncode)}; see the log): "
                 f"fix the cause and {RESUME_HINT}"
             )
     record = read_training_record(output)

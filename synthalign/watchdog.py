@@ -35,7 +35,9 @@ from multiprocessing.pool import RUN
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from synthalign import accounting
 from synthalign.errors import RESUME_HINT, RunFailed, SynthalignError
+from synthalign.progress import StepCounter, count_generator
 from synthalign.signals import die_with_parent_in_forks
 
 if TYPE_CHECKING:
@@ -107,25 +109,44 @@ class _Notes:
 
 
 class _NotingQueue:
-    """A step's input queue that notes every batch the step receives."""
+    """A step's input queue that notes every batch the step receives (and its rows)."""
 
-    def __init__(self, queue: Any, notes: _Notes) -> None:
+    def __init__(self, queue: Any, notes: _Notes, counter: StepCounter) -> None:
         self._queue = queue
         self._notes = notes
+        self._counter = counter
 
     def get(self, *args: Any, **kwargs: Any) -> Any:
         item = self._queue.get(*args, **kwargs)
         seq_no = getattr(item, "seq_no", None)
         if seq_no is not None:
             self._notes("batch", seq_no)
+            self._counter.received(item)
         return item
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._queue, name)
 
 
+_counter: StepCounter | None = None  # the step this worker runs now (one at a time)
+
+
+def _patch_generators() -> None:
+    """A generator step counts its rows before yielding them: its bar knows the total."""
+    from distilabel.steps.base import GeneratorStep  # heavy: distilabel
+
+    original = GeneratorStep.process_applying_mappings
+
+    def counted(self: GeneratorStep, offset: int = 0) -> Any:
+        return count_generator(original(self, offset=offset), offset, _counter)
+
+    functools.update_wrapper(counted, original)
+    GeneratorStep.process_applying_mappings = counted  # type: ignore[method-assign]
+
+
 def _patch_step_wrapper(folder: Path) -> None:
-    """Note each step's events (in the runner: the workers it forks inherit the patch)."""
+    """Note each step's events and rows (in the runner: the workers it forks inherit the
+    patch); a worker's model calls are accounted to the step it runs."""
     from distilabel.pipeline.step_wrapper import _StepWrapper  # heavy: distilabel
 
     run, notify_load, send_batch = (
@@ -135,11 +156,18 @@ def _patch_step_wrapper(folder: Path) -> None:
     )
 
     def noted_run(self: _StepWrapper) -> str:
-        notes = _Notes(folder, str(self.step.name), self.replica)
+        global _counter
+        step = str(self.step.name)
+        notes = _Notes(folder, step, self.replica)
+        counter = StepCounter(folder, step, self.replica, generator=bool(self.step.is_generator))
+        _counter = counter
+        accounting.set_step(step)
         self._synthalign_notes = notes
-        self.input_queue = _NotingQueue(self.input_queue, notes)
+        self._synthalign_counter = counter
+        self.input_queue = _NotingQueue(self.input_queue, notes, counter)
         notes("loading")
         name = run(self)
+        counter.finished()
         notes("done")
         return name
 
@@ -149,6 +177,7 @@ def _patch_step_wrapper(folder: Path) -> None:
 
     def noted_send(self: _StepWrapper, batch: Any) -> None:
         send_batch(self, batch)
+        self._synthalign_counter.sent(batch)
         self._synthalign_notes("sent", batch.seq_no)
 
     for patched, original in (
@@ -206,6 +235,8 @@ def arm_runner(pipeline: Pipeline, folder: Path) -> None:
     die with the runner, and a thread watches the pool."""
     (folder / WORKERS).mkdir(parents=True, exist_ok=True)
     die_with_parent_in_forks()
+    accounting.start(folder)
+    _patch_generators()
     _patch_step_wrapper(folder)
     threading.Thread(
         target=_watch_pool, args=(pipeline, folder), daemon=True, name="synthalign-pool-watch"
@@ -239,7 +270,7 @@ def report_error(folder: Path, exc: BaseException) -> None:
     if error is None:
         first = (str(exc).strip().splitlines() or [""])[0]
         error = RunFailed(
-            f"the pipeline failed: {type(exc).__name__}: {first} (see the log above); {KEPT}"
+            f"the pipeline failed: {type(exc).__name__}: {first} (see the log); {KEPT}"
         )
     try:
         data = pickle.dumps(error)

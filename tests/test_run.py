@@ -58,7 +58,7 @@ def test_generate_writes_one_state_as_a_hub_folder_with_the_shared_card_frame(
     assert (
         short and f"| length | too short | {short} |" in readme
     )  # the funnel, from the drop columns
-    assert "distilabel pipeline run --config pipeline.yaml" in readme
+    assert "distilabel pipeline run --config out/pipeline.yaml" in readme  # never an absolute path
 
 
 def test_generate_pipeline_yaml_reruns_to_the_same_configs(tmp_path: Path) -> None:

@@ -379,16 +379,26 @@ def claim_output(output_dir: Path, kind: str, *, overwrite: bool) -> bool:
 
 
 def heartbeat_callback() -> Any:
-    """A TrainerCallback touching :data:`HEARTBEAT_ENV`'s file at every step, when set."""
+    """A TrainerCallback rewriting :data:`HEARTBEAT_ENV`'s file at every step, when set."""
     from transformers import TrainerCallback  # heavy: transformers
 
     path = os.environ.get(HEARTBEAT_ENV)
     if not path:
         return None
 
+    def beat(step: int, max_steps: int | None) -> None:
+        """The step and the total (the driver's bar reads them; the mtime is the stall check)."""
+        target = Path(path)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(json.dumps({"step": step, "max_steps": max_steps}), encoding="utf-8")
+        os.replace(tmp, target)
+
     class Heartbeat(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            beat(state.global_step, state.max_steps or None)
+
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            Path(path).touch()
+            beat(state.global_step, state.max_steps or None)
 
     Path(path).touch()
     return Heartbeat()

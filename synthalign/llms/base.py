@@ -11,6 +11,7 @@ tasks with different schemas. Subclasses implement a single batched call,
 from __future__ import annotations
 
 import json
+import time
 from abc import abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from distilabel.models.llms.base import LLM
 from pydantic import BaseModel, Field, PrivateAttr
 
 import synthalign.offline  # noqa: F401  (no citation fetches)
+from synthalign import accounting
 
 if TYPE_CHECKING:
     from distilabel.typing import FormattedInput, GenerateOutput
@@ -168,9 +170,20 @@ class SynthLLM(LLM):
         decoding = Decoding(
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
         )
+        started = time.perf_counter()
         completions = (
             self._generate_batch(conversations, schemas, decoding=decoding) if conversations else []
         )
+        if completions:
+            accounting.record(
+                self.model_name,
+                calls=len(completions),
+                input_tokens=sum(c.input_tokens or 0 for c in completions),
+                output_tokens=sum(c.output_tokens or 0 for c in completions),
+                failures=sum(c.text is None for c in completions),
+                retries=sum(c.retries for c in completions),
+                seconds=time.perf_counter() - started,
+            )
         outputs: list[GenerateOutput] = []
         for i in range(len(inputs)):
             group = completions[i * num_generations : (i + 1) * num_generations]

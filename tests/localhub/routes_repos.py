@@ -48,7 +48,10 @@ def create_repo(req: Request) -> Response:
     if repo_type not in URL_PREFIX:
         raise HttpError(400, f"invalid repo type {repo_type!r}")
     repo_id = f"{payload.get('organization') or USER}/{name}"
-    private = payload.get("visibility") == "private" or bool(payload.get("private"))
+    if "visibility" in payload or payload.get("private") is not None:
+        private = payload.get("visibility") == "private" or bool(payload.get("private"))
+    else:  # left to the Hub: the namespace's default
+        private = req.store.default_private
     url = repo_url(req.hub.endpoint, repo_id, repo_type)
     store = req.store
     with store.lock:

@@ -168,8 +168,6 @@ def commit(req: Request, api_type: str, ns: str, name: str, rev: str) -> Respons
     if not lines or lines[0].get("key") != "header":
         raise HttpError(400, "a commit starts with a header line")
     header = lines[0]["value"]
-    if req.flag("create_pr"):
-        raise HttpError(400, "the local hub does not implement pull requests")
     with store.lock:
         repo = _writable_repo(req, API_TYPES[api_type], f"{ns}/{name}")
         branch = unquote(rev)
@@ -184,16 +182,43 @@ def commit(req: Request, api_type: str, ns: str, name: str, rev: str) -> Respons
         new = store.new_commit(
             repo, head, files, header.get("summary") or "update", header.get("description") or ""
         )
-        repo.branches[branch] = new.oid
-    url = f"{repo_url(req.hub.endpoint, repo.repo_id, repo.repo_type)}/commit/{new.oid}"
+        pr_url = None
+        base = repo_url(req.hub.endpoint, repo.repo_id, repo.repo_type)
+        if req.flag("create_pr"):  # as the Hub: the commit goes to refs/pr/N, the branch stays
+            number = 1 + sum(b.startswith("refs/pr/") for b in repo.branches)
+            repo.branches[f"refs/pr/{number}"] = new.oid
+            pr_url = f"{base}/discussions/{number}"
+        else:
+            repo.branches[branch] = new.oid
     return Response(
-        200, {"success": True, "commitOid": new.oid, "commitUrl": url, "pullRequestUrl": None}
+        200,
+        {
+            "success": True,
+            "commitOid": new.oid,
+            "commitUrl": f"{base}/commit/{new.oid}",
+            "pullRequestUrl": pr_url,
+        },
     )
+
+
+def create_branch(req: Request, api_type: str, ns: str, name: str, branch: str) -> Response:
+    """A new branch at the head of the default branch (or of ``startingPoint``)."""
+    store = req.store
+    payload = req.json() or {}
+    with store.lock:
+        repo = _writable_repo(req, API_TYPES[api_type], f"{ns}/{name}")
+        branch = unquote(branch)
+        if branch in repo.branches:
+            raise HttpError(409, f"Reference already exists: {branch}")
+        start = store.commit(repo, payload.get("startingPoint") or "main")
+        repo.branches[branch] = start.oid
+    return Response(200, {})
 
 
 ROUTES: tuple[Route, ...] = (
     route("POST", API_REPO + r"/preupload/(?P<rev>[^/]+)$", preupload),
     route("POST", API_REPO + r"/commit/(?P<rev>[^/]+)$", commit),
+    route("POST", API_REPO + r"/branch/(?P<branch>.+)$", create_branch),
     route("POST", REPO_URL + r"\.git/info/lfs/objects/batch$", lfs_batch),
     route("PUT", r"^/__lfs/upload/(?P<ticket>[0-9a-f]+)$", lfs_put),
     route("POST", r"^/__lfs/verify/(?P<ticket>[0-9a-f]+)$", lfs_verify),

@@ -170,6 +170,8 @@ class Store:
     def __init__(self, token: str) -> None:
         self.lock = threading.RLock()
         self.repos: dict[tuple[str, str], Repo] = {}
+        self.default_private = False
+        """A new repo's visibility when the request leaves it to the Hub (an org's default)."""
         # upload URL ticket -> (repo key, oid, size), like the claims of a presigned URL
         self.upload_tickets: dict[str, tuple[tuple[str, str], str, int]] = {}
         self._tokens = {token}

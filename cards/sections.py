@@ -1,0 +1,127 @@
+"""Card sections every method's card ends with: accounting and usage.
+
+Kept apart from :mod:`synthalign.cards.frame` (which assembles the card) because each
+is a small piece of text with its own facts: what the model calls used
+(:mod:`synthalign.accounting`), and the commands that load, train on and rerun the
+folder. The decontamination section is :mod:`synthalign.cards.decontamination`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from synthalign.accounting import TABLE_HEADERS, summary_line, table_rows
+from synthalign.cards.base import markdown_table
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+__all__ = [
+    "SFT_MODEL",
+    "accounting_section",
+    "trl_command",
+    "usage_section",
+    "where_of",
+]
+
+SFT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+"""The model the card's TRL commands name; any chat model works."""
+
+
+def accounting_section(info: Mapping[str, Any]) -> str:
+    """What the model calls of the run that wrote this folder used."""
+    by_state = info.get("usage") or {}
+    rows = table_rows(by_state) if isinstance(by_state, Mapping) else []
+    text = "## Accounting\n\n"
+    if not rows:
+        return text + (
+            "No model calls were recorded for this folder: its batches came from the batch "
+            "store of an earlier run, or the run went through Ray.\n"
+        )
+    every = [e for entries in by_state.values() for e in entries]
+    return (
+        text + "Model calls of the run that wrote this folder, with the backends' own token counts "
+        "(batches resumed from the batch store cost nothing and are not counted). Cost needs "
+        "`price_per_million: {input: X, output: Y}` (USD) on the recipe's LLM roles.\n\n"
+        + markdown_table(rows, TABLE_HEADERS)
+        + f"\n{summary_line(every)}\n"
+    )
+
+
+def _formats(data: Dataset) -> str | None:
+    columns = set(data.column_names)
+    if "messages" in columns:
+        return "sft"
+    if {"prompt", "chosen", "rejected"} <= columns:
+        return "dpo"
+    return None
+
+
+def trl_command(kind: str, where: str, config: str, model: str = SFT_MODEL) -> str:
+    """``trl sft`` / ``trl dpo`` on one config of the folder or repo, as TRL's CLI takes it."""
+    return (
+        f"trl {kind} --model_name_or_path {model} --dataset_name {where} "
+        f"--dataset_config {config} --output_dir {config}-{kind}-model"
+    )
+
+
+def usage_section(
+    where: str, default: str | None, datasets: Mapping[str, Dataset], *, on_hub: bool
+) -> str:
+    """How to load the folder (or repo), train on it with TRL and rerun it."""
+    name = default or next(iter(datasets), "default")
+    lines = [
+        "## Use and reproduce",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        f'data = load_dataset("{where}", "{name}", split="train")',
+        "```",
+        "",
+    ]
+    trl = [
+        trl_command(kind, where, config)
+        for config, data in datasets.items()
+        if (kind := _formats(data)) is not None
+    ]
+    if trl:
+        lines += [
+            "Train on it with TRL's CLI, no glue code (TRL reads the columns as they are):",
+            "",
+            "```bash",
+            *trl,
+            "```",
+            "",
+        ]
+    config = (
+        f"https://huggingface.co/datasets/{where}/raw/main/pipeline.yaml"
+        if on_hub
+        else f"{where}/pipeline.yaml"
+    )
+    rerun = [f"distilabel pipeline run --config {config}"]
+    if not on_hub:
+        rerun.append(f"synthalign card {where}")
+    lines += [
+        "Rerun the pipeline that made it"
+        + ("" if on_hub else ", or rebuild this card from the folder")
+        + ":",
+        "",
+        "```bash",
+        *rerun,
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def where_of(info: Mapping[str, Any], folder_name: str) -> tuple[str, bool]:
+    """Where a reader finds this dataset, and whether that is a Hub repo: the repo it
+    was pushed to, else the folder as the run named it (relative to where it ran, never
+    a machine's absolute path)."""
+    repo = info.get("repo_id")
+    if isinstance(repo, str) and repo:
+        return repo, True
+    shown = info.get("folder")
+    return (shown if isinstance(shown, str) and shown else folder_name), False
