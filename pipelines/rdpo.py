@@ -59,12 +59,14 @@ from synthalign.steps.rdpo import (
     PRINCIPLES,
     AttachPrinciple,
     PairWithPreferenceProbability,
+    SelfCritiqueRevision,
+    resolve_principle,
+)
+from synthalign.steps.rdpo_publish import (
     SelectAllRows,
     SelectDSCMessages,
     SelectPreferencePairs,
     SelectSFTMessages,
-    SelfCritiqueRevision,
-    resolve_principle,
 )
 from synthalign.steps.scoring import JUDGE_SCALES, ScoreWithJudge, ScoreWithRewardModel
 from synthalign.steps.seeds import LoadSeeds, seed_rows

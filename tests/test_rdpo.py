@@ -194,7 +194,11 @@ def test_published_configs_keep_their_schema_when_empty_or_all_none() -> None:
     from datasets import Dataset
 
     from synthalign.steps.publish import DROP_COLUMNS
-    from synthalign.steps.rdpo import SelectAllRows, SelectPreferencePairs, SelectSFTMessages
+    from synthalign.steps.rdpo_publish import (
+        SelectAllRows,
+        SelectPreferencePairs,
+        SelectSFTMessages,
+    )
 
     rows = _pair(
         [_scored(), _scored(answer_error="empty output")],
