@@ -3,6 +3,8 @@ args of a run, and the check that a command failed with exactly one ``error:`` l
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -11,6 +13,7 @@ from typer.testing import CliRunner
 from synthalign.cli import app
 
 RECIPES = Path(__file__).resolve().parents[1] / "pipelines" / "recipes"
+SYNTHALIGN = Path(sys.executable).with_name("synthalign")
 
 
 def recipe_with(tmp_path: Path, base: str, **changes: object) -> Path:
@@ -46,3 +49,16 @@ def fails_in_one_line(args: list[str], *needles: str) -> str:
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
+
+
+def generate_ok(
+    method: str, recipe: Path, out: Path, *, cwd: Path, timeout: int = 900
+) -> subprocess.CompletedProcess[str]:
+    """``synthalign generate`` as a user runs it (a subprocess, the installed script); it
+    must exit 0, else the test fails with the end of stderr."""
+    proc = subprocess.run(
+        [str(SYNTHALIGN), *generate_args(method, recipe, out)],
+        capture_output=True, text=True, timeout=timeout, cwd=cwd,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc

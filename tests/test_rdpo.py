@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from cli_checks import generate_ok
 from pydantic import Field, SecretStr
 from rdpo_recipe import write_tiny_rdpo_recipe
 from rerun import assert_rerun_reproduces
@@ -454,11 +454,7 @@ def rdpo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         behaviour={"principle": "persona"},
     )
     out = tmp / "dataset"
-    proc = subprocess.run(
-        [str(SYNTHALIGN), "generate", "rdpo", "--config", str(path), "--output", str(out)],
-        capture_output=True, text=True, timeout=1200, cwd=tmp,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = generate_ok("rdpo", path, out, cwd=tmp, timeout=1200)
     assert f"dataset written to {out}" in proc.stdout
     return out
 

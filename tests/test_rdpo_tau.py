@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cli_checks import generate_ok
 
 from synthalign.errors import RecipeError
 from synthalign.recipes import parse_recipe
@@ -139,11 +140,7 @@ def quickstart_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     out = tmp / "dataset"
-    proc = subprocess.run(
-        [str(SYNTHALIGN), "generate", "rdpo", "--config", str(path), "--output", str(out)],
-        capture_output=True, text=True, timeout=900, cwd=tmp,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    generate_ok("rdpo", path, out, cwd=tmp, timeout=900)
     return out
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from cli_checks import generate_ok
 from pydantic import Field
 
 from synthalign.errors import RecipeError
@@ -21,7 +20,6 @@ from synthalign.steps.pairwise import CompareWithLLM
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "pipelines" / "recipes"
-SYNTHALIGN = Path(sys.executable).with_name("synthalign")
 
 
 class ScriptedJudge(SynthLLM):
@@ -112,11 +110,7 @@ def test_rdpo_with_a_pairwise_scorer_on_a_real_model(tmp_path: Path) -> None:
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "dataset"
-    proc = subprocess.run(
-        [str(SYNTHALIGN), "generate", "rdpo", "--config", str(path), "--output", str(out)],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    generate_ok("rdpo", path, out, cwd=tmp_path, timeout=900)
     everything = load_dataset(str(out), "all", split="train")
     assert len(everything) == 4 and sum(everything["kept"]) >= 1
     for row in everything:
@@ -149,11 +143,7 @@ def test_synpo_keeps_pairs_by_the_pairwise_preference(tmp_path: Path) -> None:
     path = tmp_path / "synpo.yaml"
     path.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "pairs"
-    proc = subprocess.run(
-        [str(SYNTHALIGN), "generate", "synpo", "--config", str(path), "--output", str(out)],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    generate_ok("synpo", path, out, cwd=tmp_path, timeout=900)
     pairs = load_dataset(str(out), "pairs", split="train")
     assert len(pairs) > 0 and all(s.startswith("pairwise_llm:") for s in pairs["scorer"])
     for chosen, rejected, gap in zip(
