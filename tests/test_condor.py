@@ -193,6 +193,34 @@ def test_critique_parser(raw: str, error: str | None) -> None:
         assert out["critique_strengths"] is None and out["critique_raw"] == raw
 
 
+def test_a_critique_cut_at_its_budget_is_kept_with_the_cut_marked() -> None:
+    """The decoder closed a looping field (``[truncated]``): the text written so far is
+    the field, ``critique_cut`` names it, and the refine step gets a full row. A field
+    left unwritten, or cut before any text, still fails the row with its reason."""
+    task = _task(CritiqueResponse)
+    cut = task.format_output(
+        '{"strengths": "Clear.", "weaknesses": "It never explains gain, gain, gain[truncated]", '
+        '"suggestions": "Explain stimulated emission."}',
+        QA,
+    )
+    assert cut["critique_error"] is None and cut["critique_cut"] == ["weaknesses"]
+    assert cut["critique_weaknesses"] == "It never explains gain, gain, gain"
+    assert cut["critique_strengths"] == "Clear." and cut["critique_suggestions"]
+    whole = task.format_output('{"strengths": "a", "weaknesses": "b", "suggestions": "c"}', QA)
+    assert whole["critique_error"] is None and whole["critique_cut"] is None
+    unwritten = task.format_output(
+        '{"strengths": "Clear, clear, clear[truncated]", "weaknesses": null, "suggestions": null}',
+        QA,
+    )
+    assert unwritten["critique_error"].startswith("truncated: reached max_new_tokens")
+    assert "'weaknesses' not written" in unwritten["critique_error"]
+    assert unwritten["critique_strengths"] is None
+    empty = task.format_output(
+        '{"strengths": "[truncated]", "weaknesses": "b", "suggestions": "c"}', QA
+    )
+    assert empty["critique_error"].startswith("schema: strengths")
+
+
 # ------------------------------------------------------------------ gating and truncation (real tiny model)
 
 
