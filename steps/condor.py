@@ -331,12 +331,20 @@ class CritiqueResponse(_GatedSchemaTask):
 
     template: ClassVar[str] = "condor_critique.jinja2"
     column_prefix: ClassVar[str] = "critique"
-    allow_cut: ClassVar[frozenset[str]] = frozenset({"strengths", "weaknesses", "suggestions"})
     cut_column: ClassVar[str | None] = "critique_cut"
     input_columns: ClassVar[tuple[str, ...]] = ("question", "response")
     max_field_chars: int | None = Field(
         default=None, ge=16, description="maxLength of each critique field (None: no cap)"
     )
+    keep_cut_fields: bool = Field(
+        default=True,
+        description="a field cut at the token budget keeps its text (named in critique_cut)",
+    )  # a field, not a ClassVar: it is part of the step's signature, so the batch store
+    # of a run made without it is not reused
+
+    @property
+    def allow_cut(self) -> frozenset[str]:  # type: ignore[override]
+        return frozenset(self.output_model.model_fields) if self.keep_cut_fields else frozenset()
 
     @property
     def output_model(self) -> type[BaseModel]:  # type: ignore[override]

@@ -219,6 +219,10 @@ def test_a_critique_cut_at_its_budget_is_kept_with_the_cut_marked() -> None:
         '{"strengths": "[truncated]", "weaknesses": "b", "suggestions": "c"}', QA
     )
     assert empty["critique_error"].startswith("schema: strengths")
+    strict = _task(CritiqueResponse, keep_cut_fields=False).format_output(
+        '{"strengths": "a", "weaknesses": "b, b, b[truncated]", "suggestions": "c"}', QA
+    )
+    assert strict["critique_error"] == "truncated: reached max_new_tokens ('weaknesses' truncated)"
 
 
 # ------------------------------------------------------------------ gating and truncation (real tiny model)
