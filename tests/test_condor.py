@@ -542,6 +542,14 @@ def test_quickstart_recipe_end_to_end_on_smollm2(tmp_path: Path) -> None:
         assert rr["response_model"] == "builtin:smollm2-135m"
     info = json.loads((out / "synthalign.json").read_text())
     assert info["recipe"]["llm"] == "builtin:smollm2-135m"
+    # no row lost to a token budget (issue 16): cut critiques are kept and marked
+    generations = load_dataset(str(out), "generations", split="train")
+    lost = [
+        r["drop_reason"]
+        for r in generations
+        if r["drop_reason"] and ("max_new_tokens" in r["drop_reason"] or "JSON" in r["drop_reason"])
+    ]
+    assert lost == []
 
 
 def test_when_every_row_fails_the_run_fails_with_the_funnel_and_writes_nothing(
