@@ -70,7 +70,7 @@ from synthalign.steps.rdpo_publish import (
 )
 from synthalign.steps.scoring import JUDGE_SCALES, ScoreWithJudge, ScoreWithRewardModel
 from synthalign.steps.seeds import LoadSeeds, seed_rows
-from synthalign.steps.tau import COARSE_SCALE_RANGE, CalibrateTau
+from synthalign.steps.tau import COARSE_SCALE_RANGE, CalibrateTau, tau_record
 
 CONFIGS: tuple[str, ...] = ("rdpo", "dpo", "sft", "dsc", "all")
 
@@ -481,4 +481,5 @@ METHOD = Method(
     override_llms=override_llms,
     preflight=preflight,
     funnel_configs=("all",),
+    record_fields=tau_record,
 )

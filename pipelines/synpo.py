@@ -36,6 +36,7 @@ recipe's models (``prompt_generator``, ``improver``; default: the policy, prompt
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ from synthalign.steps.synpo import (
     GeneratePromptFromKeywords,
     ImproveResponse,
     KeepValidPrompts,
+    MixManualPrompts,
     response_clean,
 )
 from synthalign.steps.synpo_data import (
@@ -111,6 +113,8 @@ def preflight(recipe: SynPORecipe) -> None:
     """Read the seed data and a local corpus before any model loads (a streamed Hub
     corpus is read by the pipeline itself)."""
     read_seed_examples(**recipe.seed_data.model_dump())
+    if recipe.mix_prompts is not None and _is_local(recipe.mix_prompts.source):
+        _mix_prompts(recipe)[0].manual_prompts()  # the file and its column exist
     c = recipe.corpus
     if _is_local(c.source):
         read_paragraphs(
@@ -372,6 +376,14 @@ def improver_set_pipeline(recipe: SynPORecipe, state: State) -> Pipeline:
     return pipeline
 
 
+def _mix_prompts(recipe: SynPORecipe) -> list[MixManualPrompts]:
+    """The manual-prompt step of ``mix_prompts`` (SynPO Mix.), or none."""
+    mix = recipe.mix_prompts
+    if mix is None:
+        return []
+    return [MixManualPrompts(name="mix_manual_prompts", **mix.model_dump(mode="json"))]
+
+
 def pairs_pipeline(recipe: SynPORecipe, state: State) -> Pipeline:
     """Keywords -> prompts (flagged) -> policy answer (+ initial answer) -> improved -> scored
     -> selected; leaves ``prompts``, ``candidates`` and ``pairs``."""
@@ -456,7 +468,10 @@ def pairs_pipeline(recipe: SynPORecipe, state: State) -> Pipeline:
             rejected_from=recipe.rejected_from,
             models=models,
         )
-        sample >> write >> clean_prompts >> flag >> [prompts, keep, select]
+        prompt_steps = [sample, write, clean_prompts, *_mix_prompts(recipe), flag]
+        for before, after in itertools.pairwise(prompt_steps):
+            before >> after
+        flag >> [prompts, keep, select]
         chain = keep
         for step in [*answers, improve, clean_responses, score]:
             chain = chain >> step

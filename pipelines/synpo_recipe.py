@@ -185,6 +185,14 @@ class SimPOStage(_LoopStage, SimPORecipe):
     """SimPO settings for each iteration's policy (published SimPO defaults)."""
 
 
+class MixPromptsSection(SeedData):
+    """Manually collected prompts mixed with the synthetic ones (the paper's "SynPO Mix.",
+    section 4.1, Table 7): a ``prompt_column``, or the first user turn of ``messages_column``."""
+
+    prompt_column: str | None = Field(default=None, description="instead of messages_column")
+    messages_column: str | None = "messages"
+
+
 class SynPORecipe(Recipe):
     """A SynPO run: the initial model, seed data, corpus, thresholds and training settings."""
 
@@ -223,6 +231,11 @@ class SynPORecipe(Recipe):
         default=True,
         description="SimPO of iteration k trains on the pairs of iterations 1..k together "
         "(section 2.3, Appendix C.3); false: on iteration k's own pairs alone",
+    )
+    mix_prompts: MixPromptsSection | None = Field(
+        default=None,
+        description="manual prompts answered, improved and scored beside the synthetic ones "
+        "in every pairs stage (section 4.1, Table 7 'SynPO Mix.'); None: synthetic only",
     )
     prompt_decoding: DecodingSection = Field(
         default_factory=lambda: DecodingSection(max_new_tokens=256)

@@ -127,11 +127,14 @@ class SchemaTask(_PromptTask):
 
     A record the token budget cut (:mod:`synthalign.llms.closing`) fails as a whole
     unless the cut fields are in ``allow_cut`` or :meth:`partial_columns` makes
-    columns of what survived.
+    columns of what survived. A record kept with cut fields names them in
+    ``cut_column`` (when the task declares one among its outputs), so the cut stays
+    visible in the data.
     """
 
     output_model: ClassVar[type[BaseModel]]
     allow_cut: ClassVar[frozenset[str]] = frozenset()
+    cut_column: ClassVar[str | None] = None
 
     def format_input(self, input: dict[str, Any]) -> "FormattedInput":
         return (self.messages(input), {"format": "json", "schema": _schema_of(self.output_model)})
@@ -152,6 +155,8 @@ class SchemaTask(_PromptTask):
         columns = self.empty_columns()
         if parsed.record is not None:
             columns.update(self.record_columns(parsed.record, input or {}))
+            if self.cut_column is not None:
+                columns[self.cut_column] = sorted(parsed.field_errors) or None
         elif parsed.field_errors:
             partial = self.partial_columns(parsed, input or {})
             if partial is not None:

@@ -321,14 +321,30 @@ class AnswerQuestion(_GatedTextTask):
 
 
 class CritiqueResponse(_GatedSchemaTask):
-    """Self-reflection: strengths, weaknesses and suggestions for one answer, as columns."""
+    """Self-reflection: strengths, weaknesses and suggestions for one answer, as columns.
+
+    A field that reached its share of the token budget keeps the text written so far
+    (``allow_cut``) and is named in ``critique_cut``: a critique's last words matter
+    little to the refinement, so the row goes on rather than failing. A field the budget
+    left unwritten, or cut to nothing, still fails the row with its reason.
+    """
 
     template: ClassVar[str] = "condor_critique.jinja2"
     column_prefix: ClassVar[str] = "critique"
+    cut_column: ClassVar[str | None] = "critique_cut"
     input_columns: ClassVar[tuple[str, ...]] = ("question", "response")
     max_field_chars: int | None = Field(
         default=None, ge=16, description="maxLength of each critique field (None: no cap)"
     )
+    keep_cut_fields: bool = Field(
+        default=True,
+        description="a field cut at the token budget keeps its text (named in critique_cut)",
+    )  # a field, not a ClassVar: it is part of the step's signature, so the batch store
+    # of a run made without it is not reused
+
+    @property
+    def allow_cut(self) -> frozenset[str]:  # type: ignore[override]
+        return frozenset(self.output_model.model_fields) if self.keep_cut_fields else frozenset()
 
     @property
     def output_model(self) -> type[BaseModel]:  # type: ignore[override]
@@ -340,6 +356,7 @@ class CritiqueResponse(_GatedSchemaTask):
             "critique_strengths",
             "critique_weaknesses",
             "critique_suggestions",
+            "critique_cut",
             *provenance_columns(self.column_prefix),
         ]
 
@@ -348,6 +365,7 @@ class CritiqueResponse(_GatedSchemaTask):
             "critique_strengths": record.strengths,
             "critique_weaknesses": record.weaknesses,
             "critique_suggestions": record.suggestions,
+            "critique_cut": None,
         }
 
 
@@ -412,6 +430,7 @@ GENERATIONS_COLUMNS = [
     "generation_settings",
     *ERROR_COLUMNS,
     *CONTAMINATION_COLUMNS,
+    "critique_cut",
     "clean_error",
     "clean_changed",
     "kept",
@@ -453,8 +472,9 @@ def format_row(row: dict[str, Any], config: str, settings: dict[str, Any]) -> di
     if config == "generations":
         errors = {
             c: row.get(c)
-            for c in [*ERROR_COLUMNS, *CONTAMINATION_COLUMNS, "clean_error", "clean_changed"]
+            for c in [*ERROR_COLUMNS, *CONTAMINATION_COLUMNS, "critique_cut", "clean_error"]
         }
+        errors["clean_changed"] = row.get("clean_changed")
         errors["knowledge_tree_stats"] = row.get("knowledge_tree_stats")
         return {**values, **errors, **(kept() if reason is None else dropped(stage, reason))}
     if reason is not None:
@@ -502,6 +522,7 @@ def config_features(config: str, settings: dict[str, dict[str, Any]]) -> Any:
         **drop_features(),
     )
     columns["clean_changed"] = List(text)
+    columns["critique_cut"] = List(text)  # critique fields the token budget cut (kept)
     columns["knowledge_tree_stats"] = {k: Value("int64") for k in TREE_STATS}
     return Features({c: columns[c] for c in GENERATIONS_COLUMNS})
 

@@ -37,6 +37,7 @@ from synthalign.steps.clean import CleanColumn
 from synthalign.steps.columns import FixedColumns
 from synthalign.steps.keywords import stopwords
 from synthalign.steps.publish import DROP_COLUMNS, dropped, kept
+from synthalign.steps.seeds import read_seed_rows
 
 if TYPE_CHECKING:
     from distilabel.typing import StepOutput
@@ -240,6 +241,52 @@ class FlagInvalidPrompts(FixedColumns, GlobalStep):
             else:
                 row.update(kept() if reason is None else dropped("prompt", reason))
         yield inputs
+
+
+class MixManualPrompts(FixedColumns, GlobalStep):
+    """The paper's "SynPO Mix." (section 4.1, Table 7): manually collected prompts go
+    through the same pipeline as the synthetic ones.
+
+    Each prompt of ``source`` (its ``prompt_column``, or the first user turn of its
+    ``messages_column``) becomes a row beside the generator's: no keywords, a negative
+    ``paragraph_position`` (so it never counts as a corpus paragraph used),
+    ``prompt_gen_model`` = ``manual:<file>``. From here on both kinds are flagged,
+    answered, improved, scored and sampled alike.
+    """
+
+    input_columns: ClassVar[tuple[str, ...]] = ("prompt", "keywords", "paragraph_position")
+    output_columns: ClassVar[tuple[str, ...]] = ()
+
+    source: str = Field(description="file or Hub id of the manually collected prompts")
+    split: str = "train"
+    config: str | None = None
+    limit: int | None = Field(default=None, description="the first N prompts")
+    prompt_column: str | None = Field(default=None, description="the prompt column, or")
+    messages_column: str | None = Field(default="messages", description="the first user turn")
+
+    def manual_prompts(self) -> list[str]:
+        column = self.prompt_column or self.messages_column or "prompt"
+        rows = read_seed_rows(
+            self.source, [column], limit=self.limit, split=self.split, config=self.config
+        )
+        if self.prompt_column:
+            return [str(row[column]).strip() for row in rows]
+        firsts = (
+            next((m.get("content") for m in row[column] or [] if m.get("role") == "user"), "")
+            for row in rows
+        )
+        return [str(text or "").strip() for text in firsts]
+
+    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        rows = list(inputs)
+        keys = list(rows[0]) if rows else ["prompt", "keywords", "paragraph_position"]
+        name = f"manual:{self.source.rsplit('/', 1)[-1]}"
+        manual = [
+            {**dict.fromkeys(keys), "prompt": prompt, "keywords": [], "prompt_gen_model": name}
+            | {"paragraph_position": -(i + 1)}
+            for i, prompt in enumerate(self.manual_prompts())
+        ]
+        yield [*rows, *manual]
 
 
 class KeepValidPrompts(FixedColumns, Step):

@@ -439,7 +439,9 @@ class PairRows(SynPOConfig):
             "chosen": _assistant(row["response_improved"]),
             "rejected": _assistant(row[self.rejected_column]),
             "rejected_from": self.rejected_from,
-            "generator_model": self.models.get("generator"),
+            "generator_model": (
+                self.models.get("generator") if row.get("keywords") else row.get("prompt_gen_model")
+            ),  # a manual prompt (mix_prompts) names its file: manual:<file>
             "policy_model": self.models.get("policy"),
             "rejected_model": self.models.get(rejected_role),
             "improver_model": self.models.get("improver"),

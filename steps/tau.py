@@ -16,7 +16,8 @@ instead (tie 0.6, one level up 0.9, one down 0.2).
 
 # No `from __future__ import annotations`: distilabel finds the batch argument of
 # `process` by its runtime `StepInput` annotation.
-from collections.abc import Sequence
+import statistics
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from distilabel.steps import GlobalStep, StepInput
@@ -26,9 +27,10 @@ from synthalign.steps.columns import FixedColumns
 from synthalign.steps.scoring import calibrated_temperature, coarse_tau, preference_probability
 
 if TYPE_CHECKING:
+    from datasets import Dataset
     from distilabel.typing import StepOutput
 
-__all__ = ["COARSE_SCALE_RANGE", "CalibrateTau", "calibrated_taus"]
+__all__ = ["COARSE_SCALE_RANGE", "CalibrateTau", "calibrated_taus", "tau_record"]
 
 COARSE_SCALE_RANGE = 2
 """A judge scale whose max - min is at most this (0/1, or three levels) gets the level
@@ -117,3 +119,33 @@ class CalibrateTau(FixedColumns, GlobalStep):
             "tau calibration: %s, T = %s over %d pairs", mode, temperature, len(pairs)
         )
         yield inputs
+
+
+def tau_record(datasets: Mapping[str, "Dataset"]) -> dict[str, Any]:
+    """``synthalign.json``'s ``tau_calibration``: how T was set, T, and tau's spread.
+
+    Read from the ``all`` config's kept pairs (what :class:`CalibrateTau` wrote), so
+    the record says what the published tau is without recomputing it from the rows:
+    ``mode`` (``auto``, ``fixed``, ``judge levels``, ``pairwise``), ``temperature``
+    (None for the level map), and the population std of tau at T = 1 (``std_before``)
+    and as published (``std_after``). Empty when no pair was kept.
+    """
+    everything = datasets.get("all")
+    needed = ["kept", "tau", *CalibrateTau.output_columns]
+    if everything is None or not set(needed) <= set(everything.column_names):
+        return {}
+    kept = [r for r in everything.select_columns(needed) if r["kept"] and r["tau"] is not None]
+    if not kept:
+        return {}
+    after = [float(r["tau"]) for r in kept]
+    before = [float(r["tau_t1"]) for r in kept if r["tau_t1"] is not None]
+    return {
+        "tau_calibration": {
+            "mode": kept[0]["tau_calibration"],
+            "temperature": kept[0]["tau_temperature"],
+            "pairs": len(kept),
+            "std_before": round(statistics.pstdev(before), 4) if before else None,
+            "std_after": round(statistics.pstdev(after), 4),
+            "mean_after": round(statistics.fmean(after), 4),
+        }
+    }

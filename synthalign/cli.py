@@ -231,6 +231,13 @@ def train(
         str | None,
         typer.Option("--dataset", help="dataset folder or Hub repo id (overrides the recipe)"),
     ] = None,
+    dataset_config: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset-config",
+            help="config of the dataset to train on, e.g. rdpo's dsc (overrides the recipe)",
+        ),
+    ] = None,
     model: Annotated[
         str | None, typer.Option("--model", help="model spec or path (overrides the recipe)")
     ] = None,
@@ -248,7 +255,9 @@ def train(
 
     def train_model() -> Path:
         module = importlib.import_module(TRAINER_MODULES[kind.value])
-        extra = {"overwrite": True} if overwrite else {}
+        extra: dict[str, Any] = {"overwrite": True} if overwrite else {}
+        if dataset_config:
+            extra["dataset_config"] = dataset_config
         return module.train_from_recipe(
             config, kind=kind.value, dataset=dataset, model=model, output=output, **extra
         )

@@ -130,6 +130,9 @@ class Method:
     - ``sequential(recipe)``: load one step at a time (in-process GPU engines).
     - ``funnel_configs``: the configs that together hold every row the run considered,
       each with ``kept`` / ``drop_stage`` / ``drop_reason``; the card's funnel counts them.
+    - ``record_fields(datasets)``: facts of one state that the pipeline computed over its
+      published configs (rDPO's tau temperature), added to ``synthalign.json`` and to
+      the card's ``info``, so a reader need not recompute them from the rows.
     """
 
     name: str
@@ -146,6 +149,7 @@ class Method:
     funnel_configs: tuple[str, ...] = ()
     loops: bool = False
     default_iterations: Callable[[Any], int] = lambda recipe: 1
+    record_fields: Callable[[dict[str, Dataset]], dict[str, Any]] | None = None
 
 
 def get_method(name: str) -> Method:

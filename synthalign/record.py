@@ -133,10 +133,12 @@ class RunRecord:
         path: Path,
         counts: dict[str, int],
         usage: list[dict[str, Any]] | None = None,
+        facts: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Record a state whose folder is about to be written; complete once trained.
 
-        ``usage``: what its model calls used (:mod:`synthalign.accounting`)."""
+        ``usage``: what its model calls used (:mod:`synthalign.accounting`); ``facts``:
+        the method's :attr:`~synthalign.contract.Method.record_fields` of the state."""
         entry = {
             "key": state.key,
             "iteration": state.iteration,
@@ -147,6 +149,7 @@ class RunRecord:
             "models": {},
             "complete": not state.train,
             "usage": list(usage or []),
+            **({"facts": dict(facts)} if facts else {}),
         }
         self.data["states"] = [s for s in self.data["states"] if s["key"] != state.key] + [entry]
         return entry
@@ -176,6 +179,7 @@ class RunRecord:
             "stage": state.stage,
             "counts": counts,
             "usage": {state.key: list(entry.get("usage") or [])},
+            **dict(entry.get("facts") or {}),
             **dict(state.data),
         }
 

@@ -267,7 +267,8 @@ class Driver:
                 "nothing was written or pushed: see the log for the failures, "
                 "fix the cause and rerun"
             )
-        self.record.begin(state, target, counts, usage)
+        facts = self.method.record_fields(datasets) if self.method.record_fields else {}
+        self.record.begin(state, target, counts, usage, facts)
         info = self.record.state_info(state, counts)
         info["folder"] = _relative(target)  # where the card's snippets point (never absolute)
         if self.push_to_hub and state.folder == ".":

@@ -193,6 +193,38 @@ def test_critique_parser(raw: str, error: str | None) -> None:
         assert out["critique_strengths"] is None and out["critique_raw"] == raw
 
 
+def test_a_critique_cut_at_its_budget_is_kept_with_the_cut_marked() -> None:
+    """The decoder closed a looping field (``[truncated]``): the text written so far is
+    the field, ``critique_cut`` names it, and the refine step gets a full row. A field
+    left unwritten, or cut before any text, still fails the row with its reason."""
+    task = _task(CritiqueResponse)
+    cut = task.format_output(
+        '{"strengths": "Clear.", "weaknesses": "It never explains gain, gain, gain[truncated]", '
+        '"suggestions": "Explain stimulated emission."}',
+        QA,
+    )
+    assert cut["critique_error"] is None and cut["critique_cut"] == ["weaknesses"]
+    assert cut["critique_weaknesses"] == "It never explains gain, gain, gain"
+    assert cut["critique_strengths"] == "Clear." and cut["critique_suggestions"]
+    whole = task.format_output('{"strengths": "a", "weaknesses": "b", "suggestions": "c"}', QA)
+    assert whole["critique_error"] is None and whole["critique_cut"] is None
+    unwritten = task.format_output(
+        '{"strengths": "Clear, clear, clear[truncated]", "weaknesses": null, "suggestions": null}',
+        QA,
+    )
+    assert unwritten["critique_error"].startswith("truncated: reached max_new_tokens")
+    assert "'weaknesses' not written" in unwritten["critique_error"]
+    assert unwritten["critique_strengths"] is None
+    empty = task.format_output(
+        '{"strengths": "[truncated]", "weaknesses": "b", "suggestions": "c"}', QA
+    )
+    assert empty["critique_error"].startswith("schema: strengths")
+    strict = _task(CritiqueResponse, keep_cut_fields=False).format_output(
+        '{"strengths": "a", "weaknesses": "b, b, b[truncated]", "suggestions": "c"}', QA
+    )
+    assert strict["critique_error"] == "truncated: reached max_new_tokens ('weaknesses' truncated)"
+
+
 # ------------------------------------------------------------------ gating and truncation (real tiny model)
 
 
@@ -510,6 +542,14 @@ def test_quickstart_recipe_end_to_end_on_smollm2(tmp_path: Path) -> None:
         assert rr["response_model"] == "builtin:smollm2-135m"
     info = json.loads((out / "synthalign.json").read_text())
     assert info["recipe"]["llm"] == "builtin:smollm2-135m"
+    # no row lost to a token budget (issue 16): cut critiques are kept and marked
+    generations = load_dataset(str(out), "generations", split="train")
+    lost = [
+        r["drop_reason"]
+        for r in generations
+        if r["drop_reason"] and ("max_new_tokens" in r["drop_reason"] or "JSON" in r["drop_reason"])
+    ]
+    assert lost == []
 
 
 def test_when_every_row_fails_the_run_fails_with_the_funnel_and_writes_nothing(

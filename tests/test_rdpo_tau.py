@@ -3,6 +3,7 @@ switch, and the quickstart recipe (tiny-reward) end to end with its ``dsc`` conf
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -164,6 +165,14 @@ def test_quickstart_tau_spreads_and_the_card_shows_before_and_after(
     assert "std of tau at T = 1 (before)" in readme and "tau_temperature: auto" in readme
     generation = yaml.safe_load(pairs[0]["generation"])
     assert generation["tau_temperature"] == "auto"
+    # synthalign.json records T and the spread before/after (Method.record_fields)
+    record = json.loads((quickstart_folder / "synthalign.json").read_text())
+    calibration = record["tau_calibration"]
+    assert calibration["mode"] == "auto" and calibration["pairs"] == len(pairs)
+    assert calibration["temperature"] == pytest.approx(calibrated_temperature(gaps))
+    assert calibration["std_after"] == pytest.approx(std, abs=1e-3)
+    assert calibration["std_before"] < calibration["std_after"]
+    assert record["states"][0]["facts"] == {"tau_calibration": calibration}
 
 
 @pytest.mark.slow
@@ -184,14 +193,30 @@ def test_quickstart_publishes_dsc_for_sft(quickstart_folder: Path, tmp_path: Pat
     assert "dsc" in {s["name"] for s in counts["pipeline"]["steps"]}  # a leaf of pipeline.yaml
     train = yaml.safe_load((RECIPES / "rdpo-train-quickstart-dsc.yaml").read_text())
     assert parse_recipe(train, SFTRecipe).dataset_config == "dsc"
-    # `synthalign train sft` on it: --config is the training recipe, which names the config
+    # `synthalign train sft` on it from the plain SFT recipe: --dataset-config picks dsc
+    train = yaml.safe_load((RECIPES / "rdpo-train-quickstart-sft.yaml").read_text())
+    assert train["dataset_config"] == "sft"
     train.update(max_steps=1, lora={"r": 2, "alpha": 4, "dropout": 0.0}, save_total_limit=1)
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(train))
     out = tmp_path / "dsc-model"
     proc = subprocess.run(
         [str(SYNTHALIGN), "train", "sft", "--config", str(tmp_path / "train.yaml"),
-         "--dataset", str(quickstart_folder), "--output", str(out)],
+         "--dataset", str(quickstart_folder), "--dataset-config", "dsc", "--output", str(out)],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert yaml.safe_load((out / "synthalign-train.json").read_text())["dataset_config"] == "dsc"
+
+
+def test_dataset_config_flag_overrides_the_training_recipe(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from synthalign.cli import app
+    from synthalign.trainers.common import load_train_recipe
+    from synthalign.trainers.sft import SFTRecipe
+
+    recipe = RECIPES / "rdpo-train-quickstart-sft.yaml"
+    assert load_train_recipe(recipe, SFTRecipe).dataset_config == "sft"
+    picked = load_train_recipe(recipe, SFTRecipe, dataset=str(tmp_path), dataset_config="dsc")
+    assert picked.dataset_config == "dsc" and picked.dataset == str(tmp_path)
+    assert "--dataset-config" in CliRunner().invoke(app, ["train", "--help"]).output

@@ -99,3 +99,45 @@ def test_per_iteration_recipe_trains_each_iteration_on_its_own_pairs(tmp_path: P
 
     # the config is made by the pipeline: its pipeline.yaml reruns it, one iteration's pairs
     assert_rerun_reproduces(out / "iter-2" / "preferences", tmp_path / "rerun")
+
+
+# ------------------------------------------------------------------ mix_prompts (SynPO Mix.)
+
+
+@pytest.mark.slow  # ~30 s of CPU: one pairs stage on builtin:tiny-random
+def test_mix_prompts_adds_the_manual_prompts_and_a_missing_file_fails_before_models(
+    tmp_path: Path,
+) -> None:
+    """The paper's "SynPO Mix." (section 4.1, Table 7): manual prompts go through the
+    same pairs stage as the synthetic ones, on builtin:tiny-random (``generate synpo``)."""
+    from datasets import load_dataset
+    from test_synpo_loop import _cli
+
+    seeds = RECIPE.parent / "data" / "synpo-seed.jsonl"
+    mix = {"source": str(seeds), "limit": 3}
+    out = tmp_path / "pairs"
+    proc = _cli(
+        "generate", "synpo", "--config", str(_recipe_file(tmp_path, mix_prompts=mix)),
+        "--output", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    prompts = load_dataset(str(out), "prompts", split="train")
+    manual = [r for r in prompts if r["prompt_gen_model"] == "manual:synpo-seed.jsonl"]
+    firsts = [json.loads(line)["messages"][0]["content"] for line in seeds.read_text().splitlines()]
+    assert [r["prompt"] for r in manual] == firsts[:3]
+    assert len(prompts) == 12 + 3 and all(r["keywords"] == [] for r in manual)
+    assert all(r["paragraph_position"] < 0 for r in manual)
+    candidates = load_dataset(str(out), "candidates", split="train")
+    assert sum(r["keywords"] == [] for r in candidates) == 3  # answered, improved, scored too
+    answered = [r for r in candidates if r["keywords"] == [] and r["kept"]]
+    assert all(r["response_improved"] and r["score_gap"] is not None for r in answered)
+    pairs = load_dataset(str(out), "pairs", split="train")
+    assert {r["generator_model"] for r in pairs if not r["keywords"]} <= {"manual:synpo-seed.jsonl"}
+
+    missing = {"source": str(tmp_path / "nope.jsonl")}
+    proc = _cli(
+        "generate", "synpo", "--config", str(_recipe_file(tmp_path, mix_prompts=missing)),
+        "--output", str(tmp_path / "never"),
+    )  # fmt: skip
+    assert proc.returncode != 0 and "nope.jsonl" in proc.stderr
+    assert not (tmp_path / "never").exists()

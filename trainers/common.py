@@ -212,6 +212,7 @@ def load_train_recipe(
     dataset: str | None = None,
     model: str | None = None,
     output: str | Path | None = None,
+    dataset_config: str | None = None,
 ) -> T:
     """Read a recipe (YAML path, dict or instance) and apply the CLI overrides."""
     if isinstance(config, cls):
@@ -229,6 +230,8 @@ def load_train_recipe(
         updates["model"] = model
     if output:
         updates["output_dir"] = str(output)
+    if dataset_config:
+        updates["dataset_config"] = dataset_config
     if updates:
         recipe = parse_recipe({**recipe.model_dump(), **updates}, cls)
     if recipe.dataset and recipe.dataset_mixture:
@@ -524,8 +527,12 @@ def recipe_trainer(
         model: str | None = None,
         output: str | Path | None = None,
         overwrite: bool = False,
+        dataset_config: str | None = None,
     ) -> Path:
-        recipe = load_train_recipe(config, recipe_cls, dataset=dataset, model=model, output=output)
+        recipe = load_train_recipe(
+            config, recipe_cls, dataset=dataset, model=model, output=output,
+            dataset_config=dataset_config,
+        )  # fmt: skip
         return run_training(
             recipe,
             kind=kind,

@@ -324,6 +324,7 @@ def train_from_recipe(
     model: str | None = None,
     output: str | Path | None = None,
     overwrite: bool = False,
+    dataset_config: str | None = None,
 ) -> Path:
     """Train rDPO (or the plain-DPO baseline) and return the saved model folder.
 
@@ -331,7 +332,10 @@ def train_from_recipe(
     """
     if kind not in ("rdpo", "dpo"):
         raise RecipeError(f"trainers.rdpo trains 'rdpo' or 'dpo', not {kind!r}")
-    recipe = load_train_recipe(config, RDPOTrainRecipe, dataset=dataset, model=model, output=output)
+    recipe = load_train_recipe(
+        config, RDPOTrainRecipe, dataset=dataset, model=model, output=output,
+        dataset_config=dataset_config,
+    )  # fmt: skip
     if recipe.dataset_config is None:
         recipe = recipe.model_copy(update={"dataset_config": kind})
     required = [*PREFERENCE_COLUMNS, recipe.tau_column] if kind == "rdpo" else PREFERENCE_COLUMNS
