@@ -56,7 +56,8 @@ from synthalign.pipelines.synpo_recipe import (
 from synthalign.steps.clean import CleanOutputs
 from synthalign.steps.decontaminate import decontaminated
 from synthalign.steps.keywords import read_paragraphs
-from synthalign.steps.pairwise import response_scorer
+from synthalign.steps.pairwise import CompareWithLLM, response_scorer
+from synthalign.steps.scoring import ScoreWithRewardModel
 from synthalign.steps.seeds import LOCAL_SUFFIXES
 from synthalign.steps.synpo import (
     PROMPT_CLEAN,
@@ -342,6 +343,21 @@ def generator_set_pipeline(recipe: SynPORecipe, state: State) -> Pipeline:
     return pipeline
 
 
+def _scorer(
+    recipe: SynPORecipe, name: str, responses: list[str], scores: list[str]
+) -> ScoreWithRewardModel | CompareWithLLM:
+    """The recipe's scorer (reward model or pairwise) over two response columns."""
+    return response_scorer(
+        recipe.scorer.kind,
+        recipe.scorer.reward_model,
+        recipe.scorer.pairwise,
+        seed=recipe.seed,
+        name=name,
+        response_columns=responses,
+        score_columns=scores,
+    )
+
+
 def improver_set_pipeline(recipe: SynPORecipe, state: State) -> Pipeline:
     """The current policy answers the seed prompts; gold and policy answers are scored."""
     decoding = recipe.response_decoding
@@ -356,14 +372,11 @@ def improver_set_pipeline(recipe: SynPORecipe, state: State) -> Pipeline:
             name="answer_seed_prompts",
             **_role(recipe, decoding, policy, state.data["generation_seed"]),
         )
-        score = response_scorer(
-            recipe.scorer.kind,
-            recipe.scorer.reward_model,
-            recipe.scorer.pairwise,
-            seed=recipe.seed,
-            name="score_gold_and_policy",
-            response_columns=["response", "response_policy"],
-            score_columns=["score_gold", "score_policy"],
+        score = _scorer(
+            recipe,
+            "score_gold_and_policy",
+            ["response", "response_policy"],
+            ["score_gold", "score_policy"],
         )
         judge = JudgeImproverRows(
             name="judge_improver_rows", threshold=recipe.scorer.improver_threshold
@@ -440,14 +453,11 @@ def pairs_pipeline(recipe: SynPORecipe, state: State) -> Pipeline:
             columns=response_clean(rejected),
             input_batch_size=recipe.improver_decoding.batch_size,
         )
-        score = response_scorer(
-            recipe.scorer.kind,
-            recipe.scorer.reward_model,
-            recipe.scorer.pairwise,
-            seed=recipe.seed,
-            name="score_pairs",
-            response_columns=["response_improved", rejected],
-            score_columns=["score_chosen", "score_rejected"],
+        score = _scorer(
+            recipe,
+            "score_pairs",
+            ["response_improved", rejected],
+            ["score_chosen", "score_rejected"],
         )
         select = SelectPairs(
             name="select_pairs",

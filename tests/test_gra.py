@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from datasets import load_dataset
+from gra_recipe import tiny_gra_recipe
 from loopback_llm import loopback_llm
 from pydantic import SecretStr
 from rerun import assert_rerun_reproduces
@@ -258,30 +259,18 @@ N_CANDIDATES = 40
 
 
 def _tiny_recipe(tmp_path: Path) -> Path:
-    data = yaml.safe_load(QUICKSTART.read_text())
     # Random reviewers say "yes" to a criterion about half the time, so with the paper's
     # rule (any "no" rejects) almost nothing passes a committee of random models. One
     # reviewer per sample and min_mean_score 0 let some samples through so that every
     # stage after the reviews (dedup, enrichment, the next round's pool) runs on real rows.
-    data.update(
-        pool=[
-            {"spec": TINY, "seed": s} for s in (1, 2, 3, 4)
-        ],  # the quickstart pool minus SmolLM2, for speed
-        seed_data={
-            **data["seed_data"],
-            "source": str(ROOT / data["seed_data"]["source"]),
-            "limit": 10,
-        },
-        samples_per_round=N_CANDIDATES,
+    return tiny_gra_recipe(
+        tmp_path,
+        limit=10,
+        samples=N_CANDIDATES,
         n_reviewers=1,
         min_valid_reviews=1,
         min_mean_score=0.0,
-        cache_dir=str(tmp_path / "cache"),
     )
-    data["generation"].update(max_new_tokens=24, structured_max_new_tokens=200)
-    path = tmp_path / "gra.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def _load(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:

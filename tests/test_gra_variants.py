@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from cli_checks import fails_in_one_line, generate_args, recipe_with
+from gra_recipe import tiny_gra_recipe
 
 from synthalign.contract import State, get_method
 from synthalign.errors import RecipeError
@@ -189,19 +190,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def _variant_recipe(tmp_path: Path, changes: dict[str, Any]) -> Path:
-    data = yaml.safe_load((RECIPES / "gra-quickstart.yaml").read_text())
-    source = str(ROOT / data["seed_data"]["source"])
-    data.update(
-        pool=[{"spec": TINY, "seed": s} for s in (1, 2, 3, 4)],
-        seed_data={**data["seed_data"], "source": source, "limit": 7},
-        samples_per_round=16,
-        cache_dir=str(tmp_path / "cache"),
-        **changes,
-    )
-    data["generation"].update(max_new_tokens=24, structured_max_new_tokens=200)
-    path = tmp_path / "gra.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return tiny_gra_recipe(tmp_path, limit=7, samples=16, **changes)
 
 
 def _check_variant(name: str, rows: list[dict[str, Any]]) -> None:
