@@ -41,6 +41,7 @@ class _StubHandler(BaseHTTPRequestHandler):
 
     bodies: list[dict[str, Any]]
     auth: list[str | None]
+    reply: str | None = None  # a plain answer (numbered per request) instead of the JSON echo
     in_flight = 0
     peak = 0
     lock = threading.Lock()
@@ -71,6 +72,8 @@ class _StubHandler(BaseHTTPRequestHandler):
         with cls.lock:
             cls.in_flight -= 1
         text = json.dumps({"label": body["messages"][-1]["content"], "confidence": 3})
+        if cls.reply:
+            text = f"{cls.reply} (reply {len(cls.bodies)})"
         self._send(
             {
                 "choices": [{"message": {"role": "assistant", "content": text}}],

@@ -72,11 +72,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"choices": [{"message": answer}], "usage": usage}, {})
 
 
+class _Server(ThreadingHTTPServer):
+    # the default listen backlog (5) resets some of 32 simultaneous connects: those retries
+    # would never reach the quota's count, and the test compares retries with 429s
+    request_queue_size = 128
+
+
 @pytest.fixture()
 def hosted() -> Iterator[tuple[str, Quota]]:
     quota = Quota()
     handler = type("Handler", (_Handler,), {"quota": quota})
-    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+    with _Server(("127.0.0.1", 0), handler) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         yield f"http://127.0.0.1:{server.server_port}/v1", quota
         server.shutdown()

@@ -331,7 +331,7 @@ def _small_synpo_recipe(folder: Path) -> Path:
     for section in ("seed_data", "corpus"):
         data[section]["source"] = str(quickstart.parent / data[section]["source"])
     for training in ("generator_training", "improver_training", "simpo_training"):
-        data[training].update(max_steps=1, max_length=128)
+        data[training].update(max_steps=1)  # max_length as the quickstart: prompts fit
     path = folder / "synpo.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

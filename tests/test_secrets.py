@@ -58,6 +58,8 @@ def test_no_canary_in_any_file_log_or_push(
     stub_server: tuple[str, type],  # noqa: F811
 ) -> None:
     url, handler = stub_server
+    # a plain answer: the JSON echo of the prompt would be dropped by the cleaning step as scaffolding
+    handler.reply = "Keep it in a password manager, never in a plain file or a chat message."
     hf_token, env_key, recipe_key = _canary("hf"), _canary("env"), _canary("recipe")
     local_hub.accept_token(hf_token)
     canaries = [hf_token, env_key, recipe_key]

@@ -145,3 +145,18 @@ def test_a_chat_without_a_final_answer_fails_in_one_line(tmp_path: Path) -> None
     data = Dataset.from_list([*ROWS, {"messages": _chat("a question left unanswered")}])
     with pytest.raises(SeedDataError, match=r"training row 2: .* completion_only: false"):
         build_trainer(recipe, model, tokenizer, data, tmp_path / "o")
+
+
+def test_a_max_length_that_cuts_every_answer_fails_in_one_line(tmp_path: Path) -> None:
+    """TRL drops an example whose answer lies wholly past max_length; when that is every
+    example, the run says so instead of failing inside the sampler on an empty dataset."""
+    from datasets import Dataset
+
+    recipe = _recipe(max_length=8)
+    model, tokenizer = load_model_and_tokenizer(recipe.model)
+    long_prompt = _chat("a question that runs on " + "and on " * 20, "a short answer")
+    with pytest.raises(RecipeError, match="max_length 8 cuts every one of the 1 examples") as e:
+        build_trainer(
+            recipe, model, tokenizer, Dataset.from_list([{"messages": long_prompt}]), tmp_path / "o"
+        )
+    assert "\n" not in str(e.value)

@@ -141,7 +141,15 @@ def build_trainer(
         dataset = completion_dataset(dataset)
     elif recipe.loss_on == "assistant":
         check_assistant_template(tokenizer, recipe.model)
-    return SFTTrainer(**recipe.trainer_kwargs(model, tokenizer, dataset, SFTConfig(**kwargs)))
+    trainer = SFTTrainer(**recipe.trainer_kwargs(model, tokenizer, dataset, SFTConfig(**kwargs)))
+    if len(dataset) and not len(trainer.train_dataset):
+        # TRL drops an example whose every answer token lies past max_length (fully masked):
+        # with all of them gone, training would fail deep in the sampler instead
+        raise RecipeError(
+            f"max_length {recipe.max_length} cuts every one of the {len(dataset)} examples "
+            "before its answer starts: raise max_length, or set completion_only: false"
+        )
+    return trainer
 
 
 train_from_recipe = recipe_trainer(SFTRecipe, REQUIRED_COLUMNS, build_trainer)
