@@ -25,6 +25,7 @@ from synthalign.cards.base import (
     new_figure,
     versions,
 )
+from synthalign.cards.sections import where_of
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -356,14 +357,15 @@ def build_card(datasets: dict[str, Dataset], info: dict[str, Any]) -> CardConten
     kept_share = f"{100.0 * len(refined) / total:.1f}%" if total else "n/a"
     tree = _unique(generations, "knowledge_tree")
     recipe_name = recipe.get("name", "condor")
+    where, _ = where_of(info, str(info.get("folder_name") or "condor"))
 
     body = [
         f"# {recipe_name}: Condor synthetic SFT data\n",
         "Supervised fine-tuning data made with the **Condor** method "
         "([arXiv 2501.12273](https://arxiv.org/abs/2501.12273)) with synthalign on "
         "[distilabel](https://github.com/argilla-io/distilabel): "
-        "questions inspired by a World Knowledge Tree (root domain > sub-domain > tag) across seven task types "
-        "and three difficulties, answered by the model, critiqued by the same model (strengths, weaknesses, "
+        "questions inspired by a World Knowledge Tree (root domain > sub-domain > tag) across task types "
+        "and difficulties, answered by the model, critiqued by the same model (strengths, weaknesses, "
         "suggestions) and rewritten from that critique.\n",
         "## Configs\n",
         markdown_table(
@@ -386,10 +388,11 @@ def build_card(datasets: dict[str, Dataset], info: dict[str, Any]) -> CardConten
             ],
             ["config", "rows", "what it holds"],
         ),
-        '\n```python\nfrom datasets import load_dataset\n\nrefined = load_dataset("REPO_OR_FOLDER", "refined", split="train")  # TRL SFT `messages`\n'
-        'void = load_dataset("REPO_OR_FOLDER", "void", split="train")\n```\n',
-        "Train with TRL's SFTTrainer (the paper: lr 2e-5, 3 epochs): "
-        "`synthalign train sft --config pipelines/recipes/condor-sft.yaml --dataset REPO_OR_FOLDER`.\n",
+        "\nTrain with TRL's SFTTrainer on `refined`: "
+        "`synthalign train sft --config pipelines/recipes/condor-sft-quickstart.yaml "
+        f"--dataset {where}` "
+        "(offline, a built-in model); `condor-sft.yaml` has the paper's settings "
+        "(Qwen2.5-7B, lr 2e-5, 3 epochs).\n",
         "Every row of `refined` / `void` carries its provenance: `tag_path`, `root_domain`, `sub_domain`, `tag`, "
         "`task_type`, `difficulty`, `sample_index` (the question call), the critique columns, the model and prompt "
         "template (name@hash) of each stage, the knowledge tree id and `generation_settings`.\n",

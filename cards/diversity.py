@@ -101,6 +101,13 @@ def _nearest(sims: np.ndarray) -> np.ndarray:
     return work.max(axis=1)
 
 
+SEED_COVERAGE = "seed coverage"
+NO_SEEDS = (
+    "not measured: the recipe names no seed prompts (Condor grows its questions from the "
+    "knowledge tree: see the spread rows), or its seed file is no longer where it was"
+)
+
+
 def _seed_prompts(info: Mapping[str, Any]) -> list[str]:
     """The seed prompts named by the recipe's ``seed_data`` (empty when there are none)."""
     section = (info.get("recipe") or {}).get("seed_data")
@@ -230,11 +237,14 @@ def diversity_section(
         ],
     ]
     figures: dict[str, bytes] = {}
+    seeds = _seed_prompts(info)
     try:
-        embedded, nearest = _embedding_rows(prompts, _seed_prompts(info), seed)
+        embedded, nearest = _embedding_rows(prompts, seeds, seed)
     except SynthalignError as exc:  # the MiniLM wheel is not installed
         embedded, nearest = [["embedding measures", f"not computed: {exc}"]], {}
     rows += embedded
+    if not seeds:
+        rows.append([SEED_COVERAGE, NO_SEEDS])
     for column in CATEGORY_COLUMNS:
         if column in data.column_names:
             values = data[column]

@@ -343,7 +343,8 @@ deduplicated in descending score order against the seed pool and earlier rounds
 (all-MiniLM-L6-v2, cosine < **{threshold}**) and get a summary so they can serve as examples
 in the next round.
 
-Train with `synthalign train sft --dataset THIS_DIR` (column `messages`).
+Train on `messages` with `synthalign train sft` or `trl sft`: the commands are under
+"Use and reproduce" below.
 
 ## Variant
 

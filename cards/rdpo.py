@@ -87,9 +87,9 @@ INTRO = (
     "own score gaps unless the recipe fixes it."
 )
 TRAIN = (
-    "A config with 0 rows is not published (no row reached it). Train: `synthalign train rdpo "
-    "--config R.yaml --dataset REPO_OR_DIR` (rDPO), `synthalign train dpo` (hard-label DPO "
-    "baseline on `dpo`), or `synthalign train sft` with `dataset_config: sft` (SFT on the chosen "
+    "A config with 0 rows is not published (no row reached it). Train: `synthalign train rdpo` "
+    '(rDPO; the command is under "Use and reproduce" below), `synthalign train dpo` '
+    "(hard-label DPO baseline on `dpo`), or `synthalign train sft` with `dataset_config: sft` (SFT on the chosen "
     "responses)."
 )
 

@@ -173,7 +173,7 @@ prompt is the answer. The noise keyword teaches the generator to leave out a key
 that does not fit. Keywords are YAKE candidates without stopwords or personal names (see
 `synthalign.steps.keywords`); a seed prompt with too few keywords gives no row.
 
-Train with `synthalign train sft --dataset THIS_DIR` (`dataset_config: generator`).
+Train the generator with `synthalign train sft` and `dataset_config: generator` in its recipe.
 
 ## Columns
 
@@ -259,7 +259,7 @@ Models: {", ".join(f"{k} `{v}`" for k, v in models.items()) or "see the rows"}.
   `drop_reason` (stage `sample` = passed every filter but was not drawn)
 - `prompts`: every generated prompt, kept or dropped at stage `prompt` with the reason
 
-Train with `synthalign train simpo --dataset THIS_DIR` (`dataset_config: pairs`).
+Train with `synthalign train simpo` on `pairs`: the command is under "Use and reproduce" below.
 {_example(datasets.get("pairs"), ["prompt", "chosen", "rejected", "keywords", "score_gap"])}"""
     return CardContent(_metadata(datasets, ["dpo", "simpo", "preference"]), body, figures)
 
@@ -309,6 +309,6 @@ with its provenance (keywords, iteration, scores, gap, models).
 
 ![score gaps](figures/score_gap_histogram.png)
 
-Train with `synthalign train simpo --dataset THIS_DIR` (`dataset_config: preferences`).
+Train with `synthalign train simpo` and `dataset_config: preferences` in its recipe.
 {_example(data, ["prompt", "chosen", "rejected", "keywords", "iteration", "score_gap"])}"""
     return CardContent(_metadata(datasets, ["dpo", "simpo", "preference"]), body, figures)

@@ -172,7 +172,13 @@ def generate(
     llm: Annotated[
         list[str] | None,
         typer.Option(
-            "--llm", help="LLM spec(s) overriding the recipe's, e.g. builtin:smollm2-135m"
+            "--llm",
+            help=(
+                "LLM spec(s) replacing the recipe's, e.g. builtin:smollm2-135m. condor: one "
+                "(every role) or four (question, answer, critique, refine); gra: the pool "
+                "(repeat it); rdpo: the teacher, then optionally the judge; synpo: not "
+                "accepted, its models are the recipe's policy and trained checkpoints"
+            ),
         ),
     ] = None,
     output: OutputOpt = None,
@@ -189,7 +195,8 @@ def generate(
         bool,
         typer.Option(
             "--dry-run",
-            help="print the plan (steps, models, expected calls and tokens) and exit; loads no model",
+            help="print the plan (steps, models, expected calls and tokens) and exit; "
+            "loads no model",
         ),
     ] = False,
 ) -> None:
@@ -234,7 +241,15 @@ def train(
     model: Annotated[
         str | None, typer.Option("--model", help="model spec or path (overrides the recipe)")
     ] = None,
-    output: OutputOpt = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="model folder: checkpoints, then the trained model and its tokenizer "
+            "(overrides the recipe's output_dir)",
+        ),
+    ] = None,
     overwrite: Annotated[
         bool,
         typer.Option(
