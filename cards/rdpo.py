@@ -89,8 +89,8 @@ INTRO = (
 TRAIN = (
     "A config with 0 rows is not published (no row reached it). Train: `synthalign train rdpo` "
     '(rDPO; the command is under "Use and reproduce" below), `synthalign train dpo` '
-    "(hard-label DPO baseline on `dpo`), or `synthalign train sft` with `dataset_config: sft` (SFT on the chosen "
-    "responses)."
+    "(hard-label DPO baseline on `dpo`), or `synthalign train sft` with `dataset_config: sft` "
+    "(SFT on the chosen responses)."
 )
 
 
