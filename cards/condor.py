@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from synthalign.cards.base import (
     CardContent,
     base_metadata,
+    count_axis,
     counts_table,
     figure_png,
     markdown_table,
@@ -29,6 +30,7 @@ from synthalign.cards.sections import where_of
 
 if TYPE_CHECKING:
     from datasets import Dataset
+    from matplotlib.figure import Figure
 
 DIFFICULTIES = ["Easy", "Medium", "Hard"]
 STAGES = [
@@ -145,6 +147,10 @@ def heatmap_png(matrix: list[list[int]], rows: list[str], columns: list[str], ti
 
 def length_shift_png(original: list[str], refined: list[str]) -> bytes:
     """Answer length before and after refinement: overlaid histograms plus a per-row scatter."""
+    return figure_png(length_shift_figure(original, refined))
+
+
+def length_shift_figure(original: list[str], refined: list[str]) -> Figure:
     fig = new_figure(9.0, 3.6)
     left, right = fig.subplots(1, 2)
     a = [len(t.split()) for t in original]
@@ -161,8 +167,9 @@ def length_shift_png(original: list[str], refined: list[str]) -> bytes:
     right.plot([0, top], [0, top], color="#999999", linestyle="--", linewidth=1)
     right.set_xlabel("original words")
     right.set_ylabel("refined words")
-    right.set_title("per row: above the line = longer after refinement")
-    return figure_png(fig)
+    right.set_title("per row\n(above the line: longer after refinement)", fontsize=10)
+    count_axis(left.yaxis)
+    return fig
 
 
 def funnel_png(stages: list[dict[str, Any]], total: int) -> bytes:
@@ -175,6 +182,7 @@ def funnel_png(stages: list[dict[str, Any]], total: int) -> bytes:
     ax.bar(labels, alive, color="#4472c4", label="rows kept")
     ax.bar(labels, lost, bottom=alive, color="#c0504d", label="failed at this stage")
     ax.set_ylabel("question rows")
+    count_axis(ax.yaxis)
     ax.set_title("rows through the pipeline")
     ax.legend(fontsize=8)
     ax.tick_params(axis="x", labelsize=8)
