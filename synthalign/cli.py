@@ -138,6 +138,14 @@ RevisionOpt = Annotated[
 CreatePROpt = Annotated[
     bool, typer.Option("--create-pr", help="open a pull request instead of committing")
 ]
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="print the plan (steps, models, expected calls and tokens) of the first state "
+        "and exit; loads no model",
+    ),
+]
 VerboseOpt = Annotated[
     bool,
     typer.Option(
@@ -191,14 +199,7 @@ def generate(
     ray: RayOpt = False,
     overwrite: OverwriteOpt = False,
     verbose: VerboseOpt = False,
-    dry_run: Annotated[
-        bool,
-        typer.Option(
-            "--dry-run",
-            help="print the plan (steps, models, expected calls and tokens) and exit; "
-            "loads no model",
-        ),
-    ] = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Generate a dataset with one method and write it as a Hub dataset folder."""
     _quiet_imports(verbose)
@@ -283,10 +284,17 @@ def loop(
     ray: RayOpt = False,
     overwrite: OverwriteOpt = False,
     verbose: VerboseOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Run rounds (GRA) or self-boosting iterations (SynPO); resumes after the last finished one."""
     _quiet_imports(verbose)
     from synthalign.run import loop as run  # lazy: keeps `synthalign --help` free of distilabel
+
+    if dry_run:
+        from synthalign.plan import print_plan  # lazy: as above
+
+        report(lambda: print_plan(method.value, config))
+        return
 
     output = output or Path("outputs") / f"{method.value}-loop"
     folder = report(
