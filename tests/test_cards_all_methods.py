@@ -94,6 +94,20 @@ def _trainable(folder: Path, config: str) -> bool:
     return "messages" in columns or {"prompt", "chosen", "rejected"} <= columns
 
 
+def _front_matter_is_the_hubs_own(readme: Path, names: list[str]) -> None:
+    """The YAML is exactly what ``huggingface_hub``'s DatasetCardData writes, and
+    ``datasets``' public metadata classes read every config and its info back."""
+    from datasets.info import DatasetInfosDict
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCard
+
+    data = DatasetCard.load(readme).data
+    written = readme.read_text().split("---\n", 2)[1]
+    assert data.to_yaml(line_break="\n").rstrip("\n") == written.rstrip("\n")
+    assert list(MetadataConfigs.from_dataset_card_data(data)) == names
+    assert sorted(DatasetInfosDict.from_dataset_card_data(data)) == sorted(names)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_card_front_matter_and_snippets_are_the_same_for_every_method(
     workspace: Path, method: str
@@ -109,6 +123,7 @@ def test_card_front_matter_and_snippets_are_the_same_for_every_method(
     first = next(n for n in names if counts[n]["train"] and _trainable(folder, n))
     assert default == first, (names, counts)
     assert f"distilabel pipeline run --config out/{method}/pipeline.yaml" in body
+    _front_matter_is_the_hubs_own(folder / "README.md", names)
     assert f'load_dataset("out/{method}", "{default}", split="train")' in body
     assert re.search(rf"^trl (sft|dpo) .*--dataset_name out/{method} ", body, re.M)
 
