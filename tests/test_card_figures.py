@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from synthalign.cards import condor, gra, rdpo, synpo
-from synthalign.cards.diversity import _histogram
+from synthalign.cards.diversity import _histogram, spread_figure
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -55,6 +55,9 @@ def test_every_card_figure_renders_to_png() -> None:
         rdpo.tau_histogram([0.4, 0.6, 0.7], [0.45, 0.55, 0.6]),
         rdpo.score_scatter([0.1, 0.2], [0.3, 0.1], [True, False]),
         _histogram({"output": np.asarray([0.2, 0.5, 0.9])}),
+        spread_figure(
+            {"root_domain": ["Science", "Art", "Science"], "task_type": ["QA", "QA", "Code"]}
+        ),
     ]
     assert all(png.startswith(PNG) and len(png) > 2000 for png in pngs)
 

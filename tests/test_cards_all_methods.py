@@ -148,6 +148,7 @@ def test_every_card_has_the_diversity_report_as_table_and_figure(
     assert (folder / "figures" / "diversity_nearest.png").read_bytes()[:4] == b"\x89PNG"
     if method in ("condor", "gra"):  # the paper's categories: domains / task types
         assert "| spread over " in section, section
+        assert (folder / "figures" / "diversity_spread.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize("method", METHODS)
