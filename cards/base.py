@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from datasets import Dataset
+    from matplotlib.axis import Axis
     from matplotlib.figure import Figure
 
 __all__ = [
     "CardContent",
     "base_metadata",
+    "count_axis",
     "counts_table",
     "figure_png",
     "markdown_table",
@@ -175,6 +177,13 @@ def new_figure(width: float = 6.0, height: float = 4.0) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def count_axis(axis: Axis) -> None:
+    """Whole-number ticks on an axis that counts rows: 0, 1, 2, never 0.5 rows."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def figure_png(fig: Figure, *, dpi: int = 110) -> bytes:

@@ -19,15 +19,18 @@ from typing import TYPE_CHECKING, Any
 from synthalign.cards.base import (
     CardContent,
     base_metadata,
+    count_axis,
     counts_table,
     figure_png,
     markdown_table,
     new_figure,
     versions,
 )
+from synthalign.cards.sections import where_of
 
 if TYPE_CHECKING:
     from datasets import Dataset
+    from matplotlib.figure import Figure
 
 DIFFICULTIES = ["Easy", "Medium", "Hard"]
 STAGES = [
@@ -144,6 +147,10 @@ def heatmap_png(matrix: list[list[int]], rows: list[str], columns: list[str], ti
 
 def length_shift_png(original: list[str], refined: list[str]) -> bytes:
     """Answer length before and after refinement: overlaid histograms plus a per-row scatter."""
+    return figure_png(length_shift_figure(original, refined))
+
+
+def length_shift_figure(original: list[str], refined: list[str]) -> Figure:
     fig = new_figure(9.0, 3.6)
     left, right = fig.subplots(1, 2)
     a = [len(t.split()) for t in original]
@@ -160,8 +167,9 @@ def length_shift_png(original: list[str], refined: list[str]) -> bytes:
     right.plot([0, top], [0, top], color="#999999", linestyle="--", linewidth=1)
     right.set_xlabel("original words")
     right.set_ylabel("refined words")
-    right.set_title("per row: above the line = longer after refinement")
-    return figure_png(fig)
+    right.set_title("per row\n(above the line: longer after refinement)", fontsize=10)
+    count_axis(left.yaxis)
+    return fig
 
 
 def funnel_png(stages: list[dict[str, Any]], total: int) -> bytes:
@@ -174,6 +182,7 @@ def funnel_png(stages: list[dict[str, Any]], total: int) -> bytes:
     ax.bar(labels, alive, color="#4472c4", label="rows kept")
     ax.bar(labels, lost, bottom=alive, color="#c0504d", label="failed at this stage")
     ax.set_ylabel("question rows")
+    count_axis(ax.yaxis)
     ax.set_title("rows through the pipeline")
     ax.legend(fontsize=8)
     ax.tick_params(axis="x", labelsize=8)
@@ -356,14 +365,15 @@ def build_card(datasets: dict[str, Dataset], info: dict[str, Any]) -> CardConten
     kept_share = f"{100.0 * len(refined) / total:.1f}%" if total else "n/a"
     tree = _unique(generations, "knowledge_tree")
     recipe_name = recipe.get("name", "condor")
+    where, _ = where_of(info, str(info.get("folder_name") or "condor"))
 
     body = [
         f"# {recipe_name}: Condor synthetic SFT data\n",
         "Supervised fine-tuning data made with the **Condor** method "
         "([arXiv 2501.12273](https://arxiv.org/abs/2501.12273)) with synthalign on "
         "[distilabel](https://github.com/argilla-io/distilabel): "
-        "questions inspired by a World Knowledge Tree (root domain > sub-domain > tag) across seven task types "
-        "and three difficulties, answered by the model, critiqued by the same model (strengths, weaknesses, "
+        "questions inspired by a World Knowledge Tree (root domain > sub-domain > tag) across task types "
+        "and difficulties, answered by the model, critiqued by the same model (strengths, weaknesses, "
         "suggestions) and rewritten from that critique.\n",
         "## Configs\n",
         markdown_table(
@@ -386,10 +396,11 @@ def build_card(datasets: dict[str, Dataset], info: dict[str, Any]) -> CardConten
             ],
             ["config", "rows", "what it holds"],
         ),
-        '\n```python\nfrom datasets import load_dataset\n\nrefined = load_dataset("REPO_OR_FOLDER", "refined", split="train")  # TRL SFT `messages`\n'
-        'void = load_dataset("REPO_OR_FOLDER", "void", split="train")\n```\n',
-        "Train with TRL's SFTTrainer (the paper: lr 2e-5, 3 epochs): "
-        "`synthalign train sft --config pipelines/recipes/condor-sft.yaml --dataset REPO_OR_FOLDER`.\n",
+        "\nTrain with TRL's SFTTrainer on `refined`: "
+        "`synthalign train sft --config pipelines/recipes/condor-sft-quickstart.yaml "
+        f"--dataset {where}` "
+        "(offline, a built-in model); `condor-sft.yaml` has the paper's settings "
+        "(Qwen2.5-7B, lr 2e-5, 3 epochs).\n",
         "Every row of `refined` / `void` carries its provenance: `tag_path`, `root_domain`, `sub_domain`, `tag`, "
         "`task_type`, `difficulty`, `sample_index` (the question call), the critique columns, the model and prompt "
         "template (name@hash) of each stage, the knowledge tree id and `generation_settings`.\n",

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from synthalign.cards.base import figure_png, markdown_table, new_figure
+from synthalign.cards.base import count_axis, figure_png, markdown_table, new_figure
 from synthalign.errors import SynthalignError
 from synthalign.models import resolve_model
 from synthalign.steps.seeds import read_seed_rows
@@ -101,6 +101,13 @@ def _nearest(sims: np.ndarray) -> np.ndarray:
     return work.max(axis=1)
 
 
+SEED_COVERAGE = "seed coverage"
+NO_SEEDS = (
+    "not measured: the recipe names no seed prompts (Condor grows its questions from the "
+    "knowledge tree: see the spread rows), or its seed file is no longer where it was"
+)
+
+
 def _seed_prompts(info: Mapping[str, Any]) -> list[str]:
     """The seed prompts named by the recipe's ``seed_data`` (empty when there are none)."""
     section = (info.get("recipe") or {}).get("seed_data")
@@ -141,6 +148,22 @@ def _histogram(nearest: dict[str, np.ndarray]) -> bytes:
     ax.set_ylabel("prompts")
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.legend()
+    return figure_png(fig)
+
+
+def spread_figure(categories: Mapping[str, Sequence[Any]], top: int = 15) -> bytes:
+    """Rows per value of each category column (Condor's domains, task types and
+    difficulties; GRA's domains), most frequent first: the spread the table scores."""
+    fig = new_figure(6.0 * min(len(categories), 3), 3.6)
+    for ax, (column, values) in zip(
+        fig.subplots(1, len(categories), squeeze=False)[0], categories.items(), strict=True
+    ):
+        ranked = Counter(str(v) for v in values if v is not None).most_common(top)
+        ax.barh([name for name, _ in ranked][::-1], [n for _, n in ranked][::-1], color="#4472c4")
+        ax.set_title(column)
+        ax.set_xlabel("rows")
+        ax.tick_params(axis="y", labelsize=7)
+        count_axis(ax.xaxis)
     return figure_png(fig)
 
 
@@ -230,22 +253,27 @@ def diversity_section(
         ],
     ]
     figures: dict[str, bytes] = {}
+    seeds = _seed_prompts(info)
     try:
-        embedded, nearest = _embedding_rows(prompts, _seed_prompts(info), seed)
+        embedded, nearest = _embedding_rows(prompts, seeds, seed)
     except SynthalignError as exc:  # the MiniLM wheel is not installed
         embedded, nearest = [["embedding measures", f"not computed: {exc}"]], {}
     rows += embedded
-    for column in CATEGORY_COLUMNS:
-        if column in data.column_names:
-            values = data[column]
-            rows.append(
-                [
-                    f"spread over {column} (normalized entropy, {len(set(values))} values)",
-                    f"{_entropy(values):.3f}",
-                ]
-            )
+    if not seeds:
+        rows.append([SEED_COVERAGE, NO_SEEDS])
+    categories = {c: data[c] for c in CATEGORY_COLUMNS if c in data.column_names}
+    rows += [
+        [
+            f"spread over {column} (normalized entropy, {len(set(values))} values)",
+            f"{_entropy(values):.3f}",
+        ]
+        for column, values in categories.items()
+    ]
     body = "## Diversity\n\n" + markdown_table(rows, ["measure", "value"])
     if nearest:
         figures["diversity_nearest.png"] = _histogram(nearest)
         body += "\n![nearest-neighbour similarity of prompts](figures/diversity_nearest.png)\n"
+    if categories:
+        figures["diversity_spread.png"] = spread_figure(categories)
+        body += "\n![rows per category](figures/diversity_spread.png)\n"
     return body, figures

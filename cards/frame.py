@@ -77,5 +77,5 @@ def frame_card(
     body += "\n" + decontamination_section(datasets, funnel_configs or list(datasets), info)
     body += "\n" + accounting_section(info)
     where, on_hub = where_of(info, str(info.get("folder_name") or method))
-    body += "\n" + usage_section(where, default, datasets, on_hub=on_hub)
+    body += "\n" + usage_section(where, default, datasets, on_hub=on_hub, method=method)
     return CardContent(metadata=metadata, body=body, figures={**section.figures, **figures})

@@ -21,7 +21,14 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from synthalign.cards.base import CardContent, base_metadata, figure_png, markdown_table, new_figure
+from synthalign.cards.base import (
+    CardContent,
+    base_metadata,
+    count_axis,
+    figure_png,
+    markdown_table,
+    new_figure,
+)
 from synthalign.llms.pool import pool_members
 from synthalign.steps.gra import STAGES
 
@@ -114,6 +121,7 @@ def funnel_figure(per_round: Mapping[int, Mapping[str, int]]) -> bytes:
         ax.bar(labels, values, bottom=bottom, label=label)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set_ylabel("candidates")
+    count_axis(ax.yaxis)
     ax.set_title("GRA funnel: where each round's candidates ended")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return figure_png(fig)
@@ -145,6 +153,7 @@ def score_histogram(rows: list[dict[str, Any]], min_mean_score: float | None) ->
         )
     ax.set_xlabel("score (0-10; reviewer score = mean of six dimensions)")
     ax.set_ylabel("candidates")
+    count_axis(ax.yaxis)
     ax.set_title("Review scores")
     ax.legend(fontsize=7)
     return figure_png(fig)
@@ -177,6 +186,7 @@ def role_figure(counts: Mapping[str, Mapping[str, int]]) -> bytes:
     ax.set_yticks([i + 0.4 - height / 2 for i in range(len(models))], models, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("candidates")
+    count_axis(ax.xaxis)
     ax.set_title("Roles per pool model")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return figure_png(fig)
@@ -343,7 +353,8 @@ deduplicated in descending score order against the seed pool and earlier rounds
 (all-MiniLM-L6-v2, cosine < **{threshold}**) and get a summary so they can serve as examples
 in the next round.
 
-Train with `synthalign train sft --dataset THIS_DIR` (column `messages`).
+Train on `messages` with `synthalign train sft` or `trl sft`: the commands are under
+"Use and reproduce" below.
 
 ## Variant
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from synthalign.cards.base import (
     CardContent,
     base_metadata,
+    count_axis,
     counts_table,
     figure_png,
     markdown_table,
@@ -25,6 +26,7 @@ from synthalign.cards.base import (
 
 if TYPE_CHECKING:
     from datasets import Dataset
+    from matplotlib.figure import Figure
 
 
 def _floats(values: list[Any]) -> list[float]:
@@ -33,32 +35,56 @@ def _floats(values: list[Any]) -> list[float]:
 
 def tau_histogram(taus: list[float], before: list[float] | None = None) -> bytes:
     """tau after calibration, over the same pairs at T = 1 (``before``) when given."""
+    return figure_png(tau_histogram_figure(taus, before))
+
+
+def tau_bins(values: list[float], n: int = 24) -> list[float]:
+    """Bin edges over the values' own range (with 0.5 in view): tau often sits in a narrow
+    band near 0.5, which 20 bins over [0, 1] put into one or two bars."""
+    lo, hi = min([*values, 0.5]), max([*values, 0.5])
+    pad = max((hi - lo) * 0.05, 1e-3)
+    lo, hi = max(0.0, lo - pad), min(1.0, hi + pad)
+    return [lo + (hi - lo) * i / n for i in range(n + 1)]
+
+
+def tau_histogram_figure(taus: list[float], before: list[float] | None = None) -> Figure:
     fig = new_figure(6.0, 3.6)
     ax = fig.add_subplot()
+    bins = tau_bins([*taus, *(before or [])])
     if before:
-        ax.hist(before, bins=20, range=(0.0, 1.0), color="#bbbbbb", label="before (T = 1)")
+        ax.hist(before, bins=bins, histtype="step", color="#777777", linewidth=1.5,
+                label="before (T = 1)")  # fmt: skip
     ax.hist(
-        taus, bins=20, range=(0.0, 1.0), color="#4472c4", edgecolor="white", alpha=0.75,
+        taus, bins=bins, color="#4472c4", edgecolor="white", alpha=0.75,
         label="after calibration" if before else None,
     )  # fmt: skip
+    count_axis(ax.yaxis)
     ax.axvline(0.5, color="#999999", linestyle="--", linewidth=1)
     ax.set_xlabel("tau = P(chosen preferred)")
     ax.set_ylabel("pairs")
     ax.set_title(f"tau over {len(taus)} pairs")
     if before:
         ax.legend(loc="upper left", fontsize=8)
-    return figure_png(fig)
+    return fig
 
 
 def score_scatter(original: list[float], revised: list[float], kept: list[bool]) -> bytes:
     """Original vs revised score per row; integer (judge) scores get a small fixed jitter
     so that overlapping points stay countable."""
+    return figure_png(score_scatter_figure(original, revised, kept))
+
+
+def score_scatter_figure(original: list[float], revised: list[float], kept: list[bool]) -> Figure:
     import numpy as np  # heavy: numpy
+    from matplotlib.ticker import MaxNLocator  # heavy: matplotlib
 
     fig = new_figure(4.8, 4.6)
     ax = fig.add_subplot()
     x, y = np.asarray(original, dtype=float), np.asarray(revised, dtype=float)
-    if len(x) and np.all(x == np.round(x)) and np.all(y == np.round(y)):
+    integers = bool(len(x)) and np.all(x == np.round(x)) and np.all(y == np.round(y))
+    for axis in (ax.xaxis, ax.yaxis):  # few, short tick labels: reward scores are long floats
+        axis.set_major_locator(MaxNLocator(nbins=5, integer=integers))
+    if integers:
         rng = np.random.default_rng(0)
         x = x + rng.uniform(-0.15, 0.15, len(x))
         y = y + rng.uniform(-0.15, 0.15, len(y))
@@ -75,7 +101,7 @@ def score_scatter(original: list[float], revised: list[float], kept: list[bool])
     ax.set_ylabel("score of the revised response")
     ax.set_title("scores: above the line = revision preferred")
     ax.legend(loc="lower right", fontsize=8)
-    return figure_png(fig)
+    return fig
 
 
 INTRO = (
@@ -87,10 +113,10 @@ INTRO = (
     "own score gaps unless the recipe fixes it."
 )
 TRAIN = (
-    "A config with 0 rows is not published (no row reached it). Train: `synthalign train rdpo "
-    "--config R.yaml --dataset REPO_OR_DIR` (rDPO), `synthalign train dpo` (hard-label DPO "
-    "baseline on `dpo`), or `synthalign train sft` with `dataset_config: sft` (SFT on the chosen "
-    "responses)."
+    "A config with 0 rows is not published (no row reached it). Train: `synthalign train rdpo` "
+    '(rDPO; the command is under "Use and reproduce" below), `synthalign train dpo` '
+    "(hard-label DPO baseline on `dpo`), or `synthalign train sft` with `dataset_config: sft` "
+    "(SFT on the chosen responses)."
 )
 
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SFT_MODEL",
     "accounting_section",
+    "train_command",
     "trl_command",
     "usage_section",
     "where_of",
@@ -27,6 +28,25 @@ __all__ = [
 
 SFT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 """The model the card's TRL commands name; any chat model works."""
+
+TRAIN_QUICKSTARTS = {
+    "condor": ("sft", "condor-sft-quickstart.yaml", "refined"),
+    "gra": ("sft", "gra-sft-quickstart.yaml", "all"),
+    "synpo": ("simpo", "simpo-train-quickstart.yaml", "pairs"),
+    "rdpo": ("rdpo", "rdpo-train-quickstart.yaml", "rdpo"),
+}
+"""Per method: ``synthalign train`` kind, the shipped offline recipe (a built-in model),
+and the config that recipe trains on; a folder without that config gets no command."""
+
+
+def train_command(method: str | None, where: str, datasets: Mapping[str, Dataset]) -> str | None:
+    """``synthalign train`` on this folder with the method's shipped quickstart recipe."""
+    if method not in TRAIN_QUICKSTARTS:
+        return None
+    kind, recipe, config = TRAIN_QUICKSTARTS[method]
+    if not len(datasets.get(config, ())):
+        return None
+    return f"synthalign train {kind} --config pipelines/recipes/{recipe} --dataset {where}"
 
 
 def accounting_section(info: Mapping[str, Any]) -> str:
@@ -50,7 +70,11 @@ def accounting_section(info: Mapping[str, Any]) -> str:
 
 
 def _formats(data: Dataset) -> str | None:
+    """The TRL trainer that reads ``data`` as it is; none for an empty config or one that
+    also holds dropped rows (``kept`` false), which a trainer would learn from too."""
     columns = set(data.column_names)
+    if not len(data) or ("kept" in columns and not all(data["kept"])):
+        return None
     if "messages" in columns:
         return "sft"
     if {"prompt", "chosen", "rejected"} <= columns:
@@ -67,7 +91,12 @@ def trl_command(kind: str, where: str, config: str, model: str = SFT_MODEL) -> s
 
 
 def usage_section(
-    where: str, default: str | None, datasets: Mapping[str, Dataset], *, on_hub: bool
+    where: str,
+    default: str | None,
+    datasets: Mapping[str, Dataset],
+    *,
+    on_hub: bool,
+    method: str | None = None,
 ) -> str:
     """How to load the folder (or repo), train on it with TRL and rerun it."""
     name = default or next(iter(datasets), "default")
@@ -92,6 +121,17 @@ def usage_section(
             "",
             "```bash",
             *trl,
+            "```",
+            "",
+        ]
+    ours = train_command(method, where, datasets)
+    if ours:
+        lines += [
+            "Or with synthalign's trainer, from a synthalign checkout (the recipe trains a "
+            "built-in model offline; change its `model` and hyper-parameters for real use):",
+            "",
+            "```bash",
+            ours,
             "```",
             "",
         ]

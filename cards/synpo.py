@@ -16,13 +16,21 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from synthalign.cards.base import CardContent, base_metadata, figure_png, markdown_table, new_figure
+from synthalign.cards.base import (
+    CardContent,
+    base_metadata,
+    count_axis,
+    figure_png,
+    markdown_table,
+    new_figure,
+)
 from synthalign.steps.synpo_publish import IMPROVER_STAGES, PAIR_STAGES
 
 if TYPE_CHECKING:
     from datasets import Dataset
+    from matplotlib.figure import Figure
 
-__all__ = ["build_card", "funnel_figure", "gap_histogram", "stage_funnel"]
+__all__ = ["build_card", "funnel_figure", "gap_histogram", "gap_histogram_figure", "stage_funnel"]
 
 PAPER = "[SynPO: Self-Boosting Large Language Models with Synthetic Preference Data](https://arxiv.org/abs/2410.06961)"
 
@@ -79,6 +87,7 @@ def funnel_figure(funnels: Mapping[str, Mapping[str, int]]) -> bytes:
     ax.set_yticks([i + 0.4 - height / 2 for i in range(len(steps))], steps)
     ax.invert_yaxis()
     ax.set_xlabel("rows")
+    count_axis(ax.xaxis)
     ax.set_title("SynPO funnel: rows left after each step")
     if len(funnels) > 1:
         ax.legend(fontsize=8)
@@ -86,9 +95,23 @@ def funnel_figure(funnels: Mapping[str, Mapping[str, int]]) -> bytes:
 
 
 def gap_histogram(
-    gaps: Mapping[str, list[float | None]], threshold: float | None, title: str
+    gaps: Mapping[str, list[float | None]],
+    threshold: float | None,
+    title: str,
+    difference: str = "chosen - rejected",
 ) -> bytes:
     """Histogram of reward-score gaps (one series per label), threshold as a dashed line."""
+    return figure_png(gap_histogram_figure(gaps, threshold, title, difference))
+
+
+def gap_histogram_figure(
+    gaps: Mapping[str, list[float | None]],
+    threshold: float | None,
+    title: str,
+    difference: str = "chosen - rejected",
+) -> Figure:
+    """``difference`` names the signed gap as the rows store it (``gold - policy``): a
+    negative gap is a row where the second scored higher, and the axis says so."""
     fig = new_figure(7.0, 4.0)
     ax = fig.add_subplot()
     series = {k: [g for g in v if g is not None] for k, v in gaps.items()}
@@ -109,11 +132,13 @@ def gap_histogram(
         ax.text(0.5, 0.5, "no scored rows", ha="center", va="center", transform=ax.transAxes)
     if threshold is not None:
         ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:g}")
-    ax.set_xlabel("score gap (higher-ranked minus lower-ranked response)")
+    first = difference.split(" - ")[0]
+    ax.set_xlabel(f"reward gap = {difference} (above 0: {first} scored higher)")
     ax.set_ylabel("rows")
+    count_axis(ax.yaxis)
     ax.set_title(title)
     ax.legend(fontsize=8)
-    return figure_png(fig)
+    return fig
 
 
 def _funnel_table(funnels: Mapping[str, Mapping[str, int]]) -> str:
@@ -173,7 +198,7 @@ prompt is the answer. The noise keyword teaches the generator to leave out a key
 that does not fit. Keywords are YAKE candidates without stopwords or personal names (see
 `synthalign.steps.keywords`); a seed prompt with too few keywords gives no row.
 
-Train with `synthalign train sft --dataset THIS_DIR` (`dataset_config: generator`).
+Train the generator with `synthalign train sft` and `dataset_config: generator` in its recipe.
 
 ## Columns
 
@@ -194,6 +219,7 @@ def _improver_card(datasets: Mapping[str, Dataset], info: Mapping[str, Any]) -> 
             {"gold - policy": candidates["score_gap"]},
             threshold,
             "Improver set: gold minus policy score",
+            difference="gold - policy",
         )
         funnel = stage_funnel(candidates["drop_stage"], IMPROVER_STAGES, IMPROVER_LABELS)
         figures["funnel.png"] = funnel_figure({str(info.get("iteration", 1)): funnel})
@@ -259,7 +285,7 @@ Models: {", ".join(f"{k} `{v}`" for k, v in models.items()) or "see the rows"}.
   `drop_reason` (stage `sample` = passed every filter but was not drawn)
 - `prompts`: every generated prompt, kept or dropped at stage `prompt` with the reason
 
-Train with `synthalign train simpo --dataset THIS_DIR` (`dataset_config: pairs`).
+Train with `synthalign train simpo` on `pairs`: the command is under "Use and reproduce" below.
 {_example(datasets.get("pairs"), ["prompt", "chosen", "rejected", "keywords", "score_gap"])}"""
     return CardContent(_metadata(datasets, ["dpo", "simpo", "preference"]), body, figures)
 
@@ -309,6 +335,6 @@ with its provenance (keywords, iteration, scores, gap, models).
 
 ![score gaps](figures/score_gap_histogram.png)
 
-Train with `synthalign train simpo --dataset THIS_DIR` (`dataset_config: preferences`).
+Train with `synthalign train simpo` and `dataset_config: preferences` in its recipe.
 {_example(data, ["prompt", "chosen", "rejected", "keywords", "iteration", "score_gap"])}"""
     return CardContent(_metadata(datasets, ["dpo", "simpo", "preference"]), body, figures)

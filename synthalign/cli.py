@@ -138,6 +138,14 @@ RevisionOpt = Annotated[
 CreatePROpt = Annotated[
     bool, typer.Option("--create-pr", help="open a pull request instead of committing")
 ]
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="print the plan (steps, models, expected calls and tokens) of the first state "
+        "and exit; loads no model",
+    ),
+]
 VerboseOpt = Annotated[
     bool,
     typer.Option(
@@ -172,7 +180,13 @@ def generate(
     llm: Annotated[
         list[str] | None,
         typer.Option(
-            "--llm", help="LLM spec(s) overriding the recipe's, e.g. builtin:smollm2-135m"
+            "--llm",
+            help=(
+                "LLM spec(s) replacing the recipe's, e.g. builtin:smollm2-135m. condor: one "
+                "(every role) or four (question, answer, critique, refine); gra: the pool "
+                "(repeat it); rdpo: the teacher, then optionally the judge; synpo: not "
+                "accepted, its models are the recipe's policy and trained checkpoints"
+            ),
         ),
     ] = None,
     output: OutputOpt = None,
@@ -185,13 +199,7 @@ def generate(
     ray: RayOpt = False,
     overwrite: OverwriteOpt = False,
     verbose: VerboseOpt = False,
-    dry_run: Annotated[
-        bool,
-        typer.Option(
-            "--dry-run",
-            help="print the plan (steps, models, expected calls and tokens) and exit; loads no model",
-        ),
-    ] = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Generate a dataset with one method and write it as a Hub dataset folder."""
     _quiet_imports(verbose)
@@ -241,7 +249,15 @@ def train(
     model: Annotated[
         str | None, typer.Option("--model", help="model spec or path (overrides the recipe)")
     ] = None,
-    output: OutputOpt = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="model folder: checkpoints, then the trained model and its tokenizer "
+            "(overrides the recipe's output_dir)",
+        ),
+    ] = None,
     overwrite: Annotated[
         bool,
         typer.Option(
@@ -277,10 +293,17 @@ def loop(
     ray: RayOpt = False,
     overwrite: OverwriteOpt = False,
     verbose: VerboseOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Run rounds (GRA) or self-boosting iterations (SynPO); resumes after the last finished one."""
     _quiet_imports(verbose)
     from synthalign.run import loop as run  # lazy: keeps `synthalign --help` free of distilabel
+
+    if dry_run:
+        from synthalign.plan import print_plan  # lazy: as above
+
+        report(lambda: print_plan(method.value, config))
+        return
 
     output = output or Path("outputs") / f"{method.value}-loop"
     folder = report(

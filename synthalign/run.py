@@ -377,14 +377,21 @@ def run(
 
 def check_hub_options(push_to_hub: str | None, options: Mapping[str, Any] | None) -> dict[str, Any]:
     """The push options, checked before the run (they mean nothing without a push)."""
-    given = {k: v for k, v in (options or {}).items() if v not in (None, False)}
+    given = {  # what the user asked for; --public is private=False, an explicit choice
+        k: v for k, v in (options or {}).items() if v is not None and (v or k == "private")
+    }
     unknown = set(given) - {"private", "revision", "create_pr"}
     if unknown:
         raise RecipeError(f"unknown Hub option(s) {sorted(unknown)}")
     if given and not push_to_hub:
-        named = ", ".join("--" + k.replace("_", "-") for k in given)
+        flags = {"private": "--private" if given.get("private") else "--public"}
+        named = ", ".join(flags.get(k, "--" + k.replace("_", "-")) for k in given)
         raise RecipeError(f"{named} only apply to a push: add --push-to-hub NAMESPACE/NAME")
     revision = given.get("revision")
+    if revision is not None and given.get("create_pr"):
+        raise RecipeError(
+            "--create-pr opens a pull request against the repo's default branch: drop --revision"
+        )
     if revision is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]*", str(revision)):
         raise RecipeError(
             f"--revision {revision!r} is not a branch name: use letters, digits, '.', '_', '-', '/'"

@@ -76,9 +76,9 @@ def test_section_reports_duplicates_seed_coverage_and_category_spread(tmp_path: 
         table["seed prompts with an output prompt within cosine 0.5"] == "50.0%"
     )  # vaccines, not tunnelling
     assert "spread over domain (normalized entropy, 3 values)" in body
-    assert list(figures) == ["diversity_nearest.png"] and figures[
-        "diversity_nearest.png"
-    ].startswith(b"\x89PNG")
+    assert list(figures) == ["diversity_nearest.png", "diversity_spread.png"]
+    assert all(png.startswith(b"\x89PNG") for png in figures.values())
+    assert "![rows per category](figures/diversity_spread.png)" in body
 
 
 def test_section_without_prompts_says_so() -> None:
