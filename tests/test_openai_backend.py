@@ -71,9 +71,10 @@ class _StubHandler(BaseHTTPRequestHandler):
         time.sleep(0.05)  # long enough that concurrent requests overlap
         with cls.lock:
             cls.in_flight -= 1
-        text = json.dumps({"label": body["messages"][-1]["content"], "confidence": 3})
         if cls.reply:
             text = f"{cls.reply} (reply {len(cls.bodies)})"
+        else:
+            text = json.dumps({"label": body["messages"][-1]["content"], "confidence": 3})
         self._send(
             {
                 "choices": [{"message": {"role": "assistant", "content": text}}],
