@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from synthalign.accounting import priced, role_prices, summary_line
 from synthalign.cards.frame import frame_card
+from synthalign.cards.sections import trl_format
 from synthalign.console import RunConsole, log_path
 from synthalign.contract import METHOD_MODULES, Method, State, get_method
 from synthalign.errors import OutputError, RecipeError, RunFailed
@@ -146,19 +147,13 @@ def check_outcome(
     return funnel
 
 
-def _trainable(data: Dataset) -> bool:
-    """A config TRL trains on as it is (conversational SFT or preference columns)."""
-    columns = set(data.column_names)
-    return "messages" in columns or {"prompt", "chosen", "rejected"} <= columns
-
-
 def choose_default(method: Method, datasets: dict[str, Dataset], order: list[str]) -> str | None:
     """The method's default config when it has rows, else the first training config with
     rows, else the first config with rows: ``load_dataset(DIR)`` never meets an empty one."""
     if len(datasets.get(method.default_config, ())):
         return method.default_config
     filled = [name for name in order if len(datasets.get(name, ()))]
-    training = [name for name in filled if _trainable(datasets[name])]
+    training = [name for name in filled if trl_format(datasets[name])]  # as the card's TRL lines
     return next(iter(training or filled), None)
 
 
