@@ -337,6 +337,8 @@ def run(
             _check_iterations(iterations)
         recipe = prepare_recipe(method, config, llms)
         hub = check_hub_options(push_to_hub, hub_options)
+        if push_to_hub and loop:
+            _check_loop_push(method, recipe)
         total = iterations if iterations is not None else method.default_iterations(recipe)
         _check_iterations(total)
         out = Path(output).expanduser().absolute()
@@ -368,6 +370,19 @@ def run(
                 url = push_hub_folder(out, push_to_hub, **hub)
                 shown.line(f"pushed {_shown(out)} to {url}")
         return out
+
+
+def _check_loop_push(method: Method, recipe: Recipe) -> None:
+    """A loop pushes its output folder, which must be one dataset (GRA's rounds are; a
+    SynPO loop writes a Hub folder per stage): refused before any model loads."""
+    folder = method.first_state(recipe, True).folder
+    if folder != ".":
+        raise RecipeError(
+            f"{method.name}'s loop writes one dataset folder per stage ({folder}, ...), not "
+            "one dataset to push: drop --push-to-hub and push the folder you want after the "
+            "loop (`huggingface-cli upload REPO DIR --repo-type dataset`), or push "
+            f"`synthalign generate {method.name}`'s output"
+        )
 
 
 def check_hub_options(push_to_hub: str | None, options: Mapping[str, Any] | None) -> dict[str, Any]:
