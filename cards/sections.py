@@ -22,6 +22,7 @@ __all__ = [
     "accounting_section",
     "train_command",
     "trl_command",
+    "trl_format",
     "usage_section",
     "where_of",
 ]
@@ -69,7 +70,7 @@ def accounting_section(info: Mapping[str, Any]) -> str:
     )
 
 
-def _formats(data: Dataset) -> str | None:
+def trl_format(data: Dataset) -> str | None:
     """The TRL trainer that reads ``data`` as it is; none for an empty config or one that
     also holds dropped rows (``kept`` false), which a trainer would learn from too."""
     columns = set(data.column_names)
@@ -77,7 +78,10 @@ def _formats(data: Dataset) -> str | None:
         return None
     if "messages" in columns:
         return "sft"
-    if {"prompt", "chosen", "rejected"} <= columns:
+    pair = ("prompt", "chosen", "rejected")
+    # TRL takes a pair all conversational or all plain text: rDPO's ``all`` config (plain
+    # prompt, chat-format answers, kept for inspection) is neither
+    if set(pair) <= columns and len({type(data.features[c]) for c in pair}) == 1:
         return "dpo"
     return None
 
@@ -113,7 +117,7 @@ def usage_section(
     trl = [
         trl_command(kind, where, config)
         for config, data in datasets.items()
-        if (kind := _formats(data)) is not None
+        if (kind := trl_format(data)) is not None
     ]
     if trl:
         lines += [

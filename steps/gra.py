@@ -128,7 +128,7 @@ def with_templates(row: dict[str, Any], **ids: str) -> dict[str, Any]:
 
 def published_rows(folder: str, config: str) -> list[dict[str, Any]]:
     """The rows of one config of a published Hub folder (none when it has no such config)."""
-    files = sorted((Path(folder) / "data" / config).glob("*.parquet"))
+    files = sorted((Path(folder).expanduser() / "data" / config).glob("*.parquet"))
     return [row for f in files for row in pq.read_table(f).to_pylist()]
 
 

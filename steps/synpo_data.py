@@ -246,7 +246,7 @@ def read_config(folder: str, config: str, columns: list[str] | None = None) -> l
     """Rows of one config of a Hub-layout folder, read from its parquet shards ([] if none)."""
     import pyarrow.parquet as pq  # heavy: pyarrow
 
-    files = sorted((Path(folder) / "data" / config).glob("*.parquet"))
+    files = sorted((Path(folder).expanduser() / "data" / config).glob("*.parquet"))
     return [row for file in files for row in pq.read_table(file, columns=columns).to_pylist()]
 
 

@@ -268,7 +268,7 @@ class GrowKnowledgeTree(FixedColumns, GeneratorStep):
     _task: ExpandKnowledgeTree | None = PrivateAttr(default=None)
 
     def process(self, offset: int = 0) -> "GeneratorStepOutput":
-        path = Path(self.tree_file)
+        path = Path(self.tree_file).expanduser()
         if path.is_file():
             _, counts = load_grown(path)
         else:

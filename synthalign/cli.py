@@ -290,6 +290,16 @@ def loop(
         int, typer.Option("--iterations", "-n", help="rounds / iterations to run (>= 1)")
     ],
     output: OutputOpt = None,
+    push_to_hub: Annotated[
+        str | None,
+        typer.Option(
+            "--push-to-hub",
+            help="Hub dataset repo id to push the output folder to after the last round (gra)",
+        ),
+    ] = None,
+    private: PrivateOpt = None,
+    revision: RevisionOpt = None,
+    create_pr: CreatePROpt = False,
     ray: RayOpt = False,
     overwrite: OverwriteOpt = False,
     verbose: VerboseOpt = False,
@@ -312,11 +322,15 @@ def loop(
             config,
             iterations=iterations,
             output=output,
+            push_to_hub=push_to_hub,
+            hub_options={"private": private, "revision": revision, "create_pr": create_pr},
             use_ray=ray,
             overwrite=overwrite,
             verbose=verbose,
         )
     )
+    if push_to_hub:
+        typer.echo(f"pushed to {push_to_hub}")
     typer.echo(f"loop output in {_where(folder, output)}")
 
 

@@ -19,6 +19,7 @@ after the last one.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -96,13 +97,14 @@ class Progress:
 
     def folder(self, key: str) -> str | None:
         found = self.record(key)
-        return found.get("path") if found else None
+        path = found.get("path") if found else None
+        return os.path.expanduser(path) if path else None  # a published record writes ~
 
     def model(self, name: str) -> str | None:
         """The path of a model trained by a :class:`TrainJob` named ``name``."""
         for state in reversed(self._states):
             if name in (state.get("models") or {}):
-                return state["models"][name]
+                return os.path.expanduser(state["models"][name])
         return None
 
     def counts(self, key: str) -> dict[str, int]:

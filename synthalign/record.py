@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from synthalign.cards.base import versions
 from synthalign.contract import Progress, State
 from synthalign.errors import OutputError
+from synthalign.secrets import known_secret_values, scrub
 
 if TYPE_CHECKING:
     from synthalign.contract import Method
@@ -202,4 +203,5 @@ class RunRecord:
             if isinstance(existing, dict)
             else {}
         )
-        write_json_atomic(path, {**kept, **self.data})
+        # scrubbed as the Hub folder's copy is: no credential, the home folder as ~
+        write_json_atomic(path, scrub({**kept, **self.data}, known_secret_values()))

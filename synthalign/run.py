@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from synthalign.accounting import priced, role_prices, summary_line
 from synthalign.cards.frame import frame_card
+from synthalign.cards.sections import trl_format
 from synthalign.console import RunConsole, log_path
 from synthalign.contract import METHOD_MODULES, Method, State, get_method
 from synthalign.errors import OutputError, RecipeError, RunFailed
@@ -146,19 +147,13 @@ def check_outcome(
     return funnel
 
 
-def _trainable(data: Dataset) -> bool:
-    """A config TRL trains on as it is (conversational SFT or preference columns)."""
-    columns = set(data.column_names)
-    return "messages" in columns or {"prompt", "chosen", "rejected"} <= columns
-
-
 def choose_default(method: Method, datasets: dict[str, Dataset], order: list[str]) -> str | None:
     """The method's default config when it has rows, else the first training config with
     rows, else the first config with rows: ``load_dataset(DIR)`` never meets an empty one."""
     if len(datasets.get(method.default_config, ())):
         return method.default_config
     filled = [name for name in order if len(datasets.get(name, ()))]
-    training = [name for name in filled if _trainable(datasets[name])]
+    training = [name for name in filled if trl_format(datasets[name])]  # as the card's TRL lines
     return next(iter(training or filled), None)
 
 
@@ -342,6 +337,8 @@ def run(
             _check_iterations(iterations)
         recipe = prepare_recipe(method, config, llms)
         hub = check_hub_options(push_to_hub, hub_options)
+        if push_to_hub and loop:
+            _check_loop_push(method, recipe)
         total = iterations if iterations is not None else method.default_iterations(recipe)
         _check_iterations(total)
         out = Path(output).expanduser().absolute()
@@ -373,6 +370,19 @@ def run(
                 url = push_hub_folder(out, push_to_hub, **hub)
                 shown.line(f"pushed {_shown(out)} to {url}")
         return out
+
+
+def _check_loop_push(method: Method, recipe: Recipe) -> None:
+    """A loop pushes its output folder, which must be one dataset (GRA's rounds are; a
+    SynPO loop writes a Hub folder per stage): refused before any model loads."""
+    folder = method.first_state(recipe, True).folder
+    if folder != ".":
+        raise RecipeError(
+            f"{method.name}'s loop writes one dataset folder per stage ({folder}, ...), not "
+            "one dataset to push: drop --push-to-hub and push the folder you want after the "
+            "loop (`huggingface-cli upload REPO DIR --repo-type dataset`), or push "
+            f"`synthalign generate {method.name}`'s output"
+        )
 
 
 def check_hub_options(push_to_hub: str | None, options: Mapping[str, Any] | None) -> dict[str, Any]:

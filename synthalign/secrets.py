@@ -87,8 +87,21 @@ def known_secret_values() -> list[str]:
     return sorted(values, key=len, reverse=True)
 
 
+def home_relative(text: str) -> str:
+    """``text`` with the home folder written ``~``: a published path names no user.
+
+    Everything that reads such a path back (seed files, earlier stage folders, trained
+    models, the resume record) expands ``~``, so a rerun by the same user still works.
+    """
+    home = os.path.expanduser("~").rstrip("/")
+    if len(home) <= 1:
+        return text
+    return text.replace(home + "/", "~/")
+
+
 def scrub_text(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with known secrets and token-shaped strings replaced by :data:`REDACTED`.
+    """``text`` with known secrets and token-shaped strings replaced by :data:`REDACTED`,
+    and the home folder by ``~``.
 
     For free text (a copied config, an error message) where no key says what is secret.
     """
@@ -97,7 +110,7 @@ def scrub_text(text: str, secrets: Iterable[str]) -> str:
             text = text.replace(secret, REDACTED)
     for pattern in _SECRET_VALUE_RES:
         text = pattern.sub(REDACTED, text)
-    return text
+    return home_relative(text)
 
 
 def _is_secret_key(key: str) -> bool:

@@ -214,6 +214,33 @@ def test_the_cards_trl_commands_name_configs_in_trl_formats(workspace: Path, met
             assert all(table.column("kept").to_pylist()), command
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_the_cards_trl_commands_train_as_written(workspace: Path, method: str) -> None:
+    """TRL's own CLI runs each command of the card: only the Hub model is swapped for the
+    offline built-in one, with one CPU step added (``--use_cpu``: TRL's default bf16
+    needs a GPU), so what TRL reads from the folder is what a user's run reads."""
+    from synthalign.models import tiny_random_path
+
+    _, body = _front(workspace / "out" / method)
+    commands = [
+        c for block in _blocks(body, "bash") for c in block.splitlines() if c.startswith("trl ")
+    ]
+    trl = Path(sys.executable).with_name("trl")
+    for command in commands:
+        args = shlex.split(command)
+        args[args.index("--model_name_or_path") + 1] = str(tiny_random_path())
+        args[args.index("--output_dir") + 1] = f"trl-models/{method}/{args[-1]}"
+        short = ["--max_steps", "1", "--per_device_train_batch_size", "2", "--max_length", "64"]
+        proc = subprocess.run(
+            [str(trl), *args[1:], *short, "--use_cpu", "true", "--report_to", "none"],
+            env=fresh_home_env(workspace / "home", HF_HUB_OFFLINE="1", TQDM_DISABLE="1"),
+            capture_output=True, text=True, timeout=600, cwd=workspace,
+        )  # fmt: skip
+        assert proc.returncode == 0, (command, proc.stderr[-3000:])
+        assert (workspace / args[args.index("--output_dir") + 1] / "model.safetensors").is_file()
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_card_command_rewrites_the_card_unchanged(workspace: Path, method: str) -> None:
     """``synthalign card DIR`` (the card's own command) rebuilds the same card: same

@@ -10,6 +10,8 @@ distilabel pipeline that needs no model), so the CLI's options reach the server.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +20,7 @@ import pytest
 import yaml
 from cli_checks import fails_in_one_line, recipe_with
 from echo_method import METHOD as ECHO
+from gra_recipe import tiny_gra_recipe
 from hub_helpers import WriteFolder
 
 from synthalign.hub import push_hub_folder
@@ -164,3 +167,38 @@ def test_a_pull_request_to_a_branch_fails_before_the_run(tmp_path: Path) -> None
          "--push-to-hub", "me/data", "--revision", "b", "--create-pr"],
         "drop --revision",
     )  # fmt: skip
+
+
+def test_a_synpo_loop_refuses_a_push_before_the_run(tmp_path: Path) -> None:
+    """A SynPO loop writes a dataset folder per stage, so there is no one folder to push:
+    said before any model loads, not after the iterations."""
+    fails_in_one_line(
+        ["loop", "synpo", "--config", str(recipe_with(tmp_path, "synpo-quickstart.yaml")),
+         "--iterations", "1", "--push-to-hub", "me/data"],
+        "writes one dataset folder per stage",
+    )  # fmt: skip
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.slow
+def test_a_gra_loop_pushes_its_rounds_with_the_options(
+    private_by_default: LocalHub, tmp_path: Path
+) -> None:
+    """``loop gra --push-to-hub`` pushes the output folder (every round) after the last
+    round, with the same Hub options as ``generate``."""
+    recipe = tiny_gra_recipe(
+        tmp_path, limit=4, samples=8, n_reviewers=1, min_valid_reviews=1, min_mean_score=0.0
+    )
+    repo_id = "synthalign-tests/gra-loop"
+    proc = subprocess.run(
+        [sys.executable, "-m", "synthalign.cli", "loop", "gra", "--config", str(recipe),
+         "--iterations", "1", "--output", str(tmp_path / "out"), "--push-to-hub", repo_id,
+         "--public"],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"pushed to {repo_id}" in proc.stdout
+    assert _private(private_by_default, repo_id) is False  # --public overrode the default
+    files = private_by_default.files(repo_id)
+    assert {"README.md", "synthalign.json", "pipeline.yaml"} <= set(files)
+    assert any(f.startswith("data/rejected/") for f in files)
