@@ -49,7 +49,10 @@ def test_bounded_integers_become_enums_everywhere_in_the_schema() -> None:
 @needs_llama_cpp
 def test_smollm2_on_llama_cpp_schema_forced_outputs_all_parse() -> None:
     llm = load_llm(
-        "builtin:smollm2-135m", structured_output=Verdict, max_new_tokens=96, temperature=0
+        "builtin:smollm2-135m@llamacpp",
+        structured_output=Verdict,
+        max_new_tokens=96,
+        temperature=0,
     )
     assert isinstance(llm, LlamaCppLLM)
     llm.load()
